@@ -1,0 +1,135 @@
+"""The `exai` command. Each subcommand is a thin shell over a function of its module."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _Group(click.Group):
+    """Usage errors exit 2 (click's default), as the contract asks."""
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(package_name="exai")
+def main() -> None:
+    """exai: AI workflow tools over MCP on WebSocket (GLM and Kimi)."""
+
+
+@main.command()
+@click.option("--host", default=None, help="bind address (EXAI_HOST)")
+@click.option("--port", type=int, default=None, help="WebSocket port, 0 = any free (EXAI_PORT)")
+@click.option("--monitor-port", type=int, default=None, help="monitor HTTP port (EXAI_MONITOR_PORT)")
+@click.option("--demo", is_flag=True, help="serve the built-in simulated model")
+def serve(host: str | None, port: int | None, monitor_port: int | None, demo: bool) -> None:
+    """Run the daemon in the foreground."""
+    from exai.server import run_serve
+
+    sys.exit(run_serve(host=host, port=port, monitor_port=monitor_port, demo=demo))
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("tool")
+@click.argument("pairs", nargs=-1)
+@click.option("--json", "json_args", default=None, help="arguments as a JSON object")
+@click.option("--timeout", type=float, default=None, help="deadline of the call in seconds")
+@click.option("--url", default=None, help="daemon URL, ws://HOST:PORT/")
+@click.option("--token", default=None, help="bearer token (EXAI_AUTH_TOKEN)")
+def call(
+    tool: str,
+    pairs: tuple[str, ...],
+    json_args: str | None,
+    timeout: float | None,
+    url: str | None,
+    token: str | None,
+) -> None:
+    """Call one tool: exai call chat prompt='hello'."""
+    from exai.clientcli import run_call
+
+    arguments: dict[str, object] = {}
+    if json_args is not None:
+        try:
+            loaded = json.loads(json_args)
+        except json.JSONDecodeError as exc:
+            raise click.UsageError(f"--json is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise click.UsageError("--json must be a JSON object")
+        arguments.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"argument {pair!r} is not key=value")
+        arguments[key] = _parse_value(value)
+    sys.exit(run_call(tool, arguments, timeout=timeout, url=url, token=token))
+
+
+def _parse_value(text: str) -> object:
+    """`n=3` gives 3, `flag=true` gives True, `files=["/a"]` a list; anything else is text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return value if isinstance(value, int | float | bool | list | dict) or value is None else text
+
+
+@main.command()
+@click.option("--url", default=None)
+@click.option("--token", default=None)
+def tools(url: str | None, token: str | None) -> None:
+    """List the daemon's tools."""
+    from exai.clientcli import run_tools
+
+    sys.exit(run_tools(url=url, token=token))
+
+
+@main.command()
+@click.option("--monitor-url", default=None, help="http://HOST:PORT of the monitor")
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def status(monitor_url: str | None, as_json: bool) -> None:
+    """One snapshot of connections, requests, limiters and providers."""
+    from exai.clientcli import run_status
+
+    sys.exit(run_status(monitor_url=monitor_url, as_json=as_json))
+
+
+@main.command()
+@click.option("--monitor-url", default=None)
+@click.option("--interval", type=float, default=1.0, show_default=True)
+def top(monitor_url: str | None, interval: float) -> None:
+    """A live view of the daemon."""
+    from exai.clientcli import run_top
+
+    sys.exit(run_top(monitor_url=monitor_url, interval=interval))
+
+
+@main.command()
+@click.option("--url", default=None)
+@click.option("--token", default=None)
+def stdio(url: str | None, token: str | None) -> None:
+    """MCP stdio bridge to the daemon."""
+    from exai.bridge import run_stdio
+
+    sys.exit(run_stdio(url=url, token=token))
+
+
+@main.command("mock-provider")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8090, show_default=True, help="0 = any free port")
+def mock_provider(host: str, port: int) -> None:
+    """Run the OpenAI-compatible simulator."""
+    from exai.providers.simulator import run_mock_provider
+
+    sys.exit(run_mock_provider(host=host, port=port))
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="validate only; exit non-zero when invalid")
+def config(check: bool) -> None:
+    """Show the effective configuration and where each value came from."""
+    from exai.config import run_config_command
+
+    sys.exit(run_config_command(check=check))

@@ -1,0 +1,508 @@
+"""The client commands of the `exai` CLI: call, tools, status, top.
+
+Each `run_*` function is synchronous, prints for a human and returns the exit status:
+0 ok, 1 tool or daemon error, 2 usage, 3 timed out, 4 cannot connect or connection lost,
+130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import trio
+from loguru import logger
+
+from exai.client import ConnectionLost, RpcError, ToolResult, connect
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import RenderableType
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_TIMEOUT: Final = 3
+EXIT_UNREACHABLE: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+# The daemon answers a timed-out call itself (-32001); the client waits this much longer
+# before giving up on its own.
+CLIENT_GRACE_SECS: Final = 5.0
+STATUS_HTTP_TIMEOUT_SECS: Final = 5.0
+PROGRESS_TICK_SECS: Final = 0.5
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8079
+DEFAULT_MONITOR_PORT: Final = 8080
+
+ERR_TIMEOUT: Final = -32001
+ERR_OVERLOADED: Final = -32000
+ERR_INVALID_PARAMS: Final = -32602
+
+
+# -- where the daemon is ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the client commands find the daemon."""
+
+    host: str
+    port: int
+    monitor_port: int
+    auth_token: str | None
+
+
+def _dotenv(path: Path = Path(".env")) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file; used only when the configuration does not load."""
+    values: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return values
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def _port(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text else default
+    except ValueError:
+        return default
+
+
+def load_endpoint() -> Endpoint:
+    """The daemon's address from exai.config; from the raw environment and .env (or the
+    defaults) when the configuration is missing or invalid, so a client never crashes on it."""
+    try:
+        from exai.config import load_settings
+
+        settings = load_settings()
+        secret = settings.auth_token
+        return Endpoint(
+            host=settings.host,
+            port=settings.port,
+            monitor_port=settings.monitor_port,
+            auth_token=secret.get_secret_value() if secret is not None else None,
+        )
+    except Exception as exc:  # an invalid configuration must not stop a client
+        logger.debug("configuration not usable ({}); using the environment", type(exc).__name__)
+    env = {**_dotenv(), **os.environ}
+    return Endpoint(
+        host=env.get("EXAI_HOST") or DEFAULT_HOST,
+        port=_port(env.get("EXAI_PORT"), DEFAULT_PORT),
+        monitor_port=_port(env.get("EXAI_MONITOR_PORT"), DEFAULT_MONITOR_PORT),
+        auth_token=env.get("EXAI_AUTH_TOKEN") or None,
+    )
+
+
+def _connectable(host: str) -> str:
+    """A host a client can reach: wildcard binds mean loopback; IPv6 gets brackets."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def resolve_url(url: str | None) -> str:
+    """`--url` if given, else ws://EXAI_HOST:EXAI_PORT/."""
+    if url:
+        return url
+    endpoint = load_endpoint()
+    return f"ws://{_connectable(endpoint.host)}:{endpoint.port}/"
+
+
+def resolve_token(token: str | None) -> str | None:
+    """`--token` if given, else EXAI_AUTH_TOKEN (or None)."""
+    if token:
+        return token
+    return load_endpoint().auth_token
+
+
+def resolve_monitor_url(monitor_url: str | None) -> str:
+    """`--monitor-url` if given, else http://EXAI_HOST:EXAI_MONITOR_PORT."""
+    if monitor_url:
+        return monitor_url.rstrip("/")
+    endpoint = load_endpoint()
+    return f"http://{_connectable(endpoint.host)}:{endpoint.monitor_port}"
+
+
+def quiet_logs(level: str = "WARNING") -> None:
+    """Client commands keep stderr for the user: only warnings and errors are logged."""
+    logger.remove()
+    logger.add(sys.stderr, level=level, format="exai: {level}: {message}")
+
+
+# -- exai call -------------------------------------------------------------------------
+
+
+class ProgressLine:
+    """Progress on stderr: one live line rewritten in place on a terminal, else one line
+    per progress message."""
+
+    def __init__(self, stream: TextIO, *, live: bool) -> None:
+        self._stream = stream
+        self._live = live
+        self._started = time.monotonic()
+        self._message = "waiting for the daemon"
+        self._shown = False
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def update(self, params: dict[str, Any]) -> None:
+        progress, total = params.get("progress"), params.get("total")
+        message = str(params.get("message") or "")
+        if total:
+            message = f"{message} ({progress}/{total})".strip()
+        elif not message:
+            message = f"progress {progress}"
+        self._message = message
+        if self._live:
+            self.render()
+        else:
+            self._stream.write(f"[{self._elapsed():6.1f}s] {message}\n")
+            self._stream.flush()
+
+    def render(self) -> None:
+        """Redraw the live line (terminal only)."""
+        if not self._live:
+            return
+        self._stream.write(f"\r\x1b[K[{self._elapsed():6.1f}s] {self._message}")
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._live and self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+    async def tick(self) -> None:
+        """Keep the elapsed seconds moving on a terminal; runs until cancelled."""
+        if not self._live:
+            return
+        while True:
+            self.render()
+            await trio.sleep(PROGRESS_TICK_SECS)
+
+
+class _Interrupts:
+    """Ctrl-C cancels whichever scope is current: the connect phase, then the call itself
+    (so the daemon is told, and the connection still closes cleanly)."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.hit = False
+
+    def fire(self) -> None:
+        self.hit = True
+        self.scope.cancel()
+
+    async def watch(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are only delivered to the main thread
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                self.fire()
+
+
+def _print_result(result: ToolResult) -> None:
+    text = result.text
+    if not text and result.structured is not None:
+        text = json.dumps(result.structured, indent=2)
+    if text:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.flush()
+
+
+def _rpc_error_exit(exc: RpcError) -> int:
+    data = exc.data if isinstance(exc.data, dict) else {}
+    if exc.code == ERR_INVALID_PARAMS:
+        print(f"exai: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if exc.code == ERR_TIMEOUT:
+        print(f"exai: {exc.message}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if exc.code == ERR_OVERLOADED:
+        retry = data.get("retry_after_s")
+        hint = f"; retry after {retry} s" if retry is not None else ""
+        print(f"exai: {exc.message}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"exai: error {exc.code}: {exc.message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+async def _call(
+    tool: str, arguments: dict[str, Any], timeout: float | None, url: str, token: str | None
+) -> int:
+    progress = ProgressLine(sys.stderr, live=sys.stderr.isatty())
+    interrupts = _Interrupts()
+    result: ToolResult | None = None
+    timed_out = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(interrupts.watch)
+        try:
+            with interrupts.scope:
+                async with connect(url, token=token) as client:
+                    interrupts.scope = trio.CancelScope()
+                    if interrupts.hit:
+                        interrupts.scope.cancel()
+                    nursery.start_soon(progress.tick)
+                    with interrupts.scope:
+                        limit = math.inf if timeout is None else timeout + CLIENT_GRACE_SECS
+                        with trio.move_on_after(limit) as deadline:
+                            result = await client.call_tool(
+                                tool, arguments, timeout=timeout, on_progress=progress.update
+                            )
+                        timed_out = deadline.cancelled_caught
+        except RpcError as exc:
+            progress.clear()
+            return _rpc_error_exit(exc)
+        except ConnectionLost as exc:
+            progress.clear()
+            print(f"exai: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        finally:
+            nursery.cancel_scope.cancel()
+    progress.clear()
+    if result is not None:  # an answer that won the race with Ctrl-C is still shown
+        _print_result(result)
+        return EXIT_ERROR if result.is_error else EXIT_OK
+    if timed_out:
+        print(f"exai: no answer from the daemon within {timeout} s; gave up", file=sys.stderr)
+        return EXIT_TIMEOUT
+    print("exai: interrupted; the call was cancelled", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def run_call(
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    timeout: float | None,
+    url: str | None,
+    token: str | None,
+) -> int:
+    """`exai call`: one tool call; progress on stderr, result text on stdout."""
+    quiet_logs()
+    if timeout is not None and not timeout > 0:
+        print("exai: --timeout must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return trio.run(_call, tool, arguments, timeout, resolve_url(url), resolve_token(token))
+    except KeyboardInterrupt:
+        print("exai: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# -- exai tools ------------------------------------------------------------------------
+
+
+async def _tools(url: str, token: str | None) -> list[dict[str, Any]]:
+    async with connect(url, token=token) as client:
+        return await client.list_tools()
+
+
+def run_tools(*, url: str | None, token: str | None) -> int:
+    """`exai tools`: each tool's name and the first line of its description."""
+    quiet_logs()
+    try:
+        tools = trio.run(_tools, resolve_url(url), resolve_token(token))
+    except ConnectionLost as exc:
+        print(f"exai: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except RpcError as exc:
+        print(f"exai: error {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    width = max((len(str(tool.get("name", ""))) for tool in tools), default=0)
+    for tool in tools:
+        description = str(tool.get("description") or "").strip()
+        first_line = description.splitlines()[0] if description else ""
+        print(f"{tool.get('name', '?')!s:<{width}}  {first_line}".rstrip())
+    return EXIT_OK
+
+
+# -- exai status / exai top ------------------------------------------------------------
+
+
+class MonitorUnreachable(Exception):
+    """The monitor did not answer /api/status with JSON."""
+
+
+def fetch_status(client: httpx.Client, monitor_url: str) -> dict[str, Any]:
+    """GET /api/status; raises MonitorUnreachable with a readable message."""
+    import httpx
+
+    url = f"{monitor_url}/api/status"
+    try:
+        response = client.get(url)
+        response.raise_for_status()
+        data = response.json()
+    except httpx.HTTPStatusError as exc:
+        raise MonitorUnreachable(f"{url} answered HTTP {exc.response.status_code}") from None
+    except httpx.HTTPError as exc:
+        raise MonitorUnreachable(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+    except ValueError:
+        raise MonitorUnreachable(f"{url} did not answer JSON") from None
+    if not isinstance(data, dict):
+        raise MonitorUnreachable(f"{url} answered {type(data).__name__}, not an object")
+    return data
+
+
+def _num(value: Any, fmt: str = "") -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, fmt)
+    return "-" if value is None else str(value)
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _mapping(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        return {}
+    return {str(name): item for name, item in value.items() if isinstance(item, dict)}
+
+
+def render_status(data: dict[str, Any]) -> RenderableType:
+    """A readable snapshot of an /api/status document; missing fields show as '-'."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    summary = Text.assemble(
+        ("connections ", "bold"),
+        _num(data.get("connections")),
+        ("   in flight ", "bold"),
+        _num(data.get("inflight")),
+        ("   queued ", "bold"),
+        _num(data.get("queued")),
+        ("   uptime ", "bold"),
+        _duration(data.get("uptime_s")),
+    )
+
+    limiters = Table(title="limiters", title_justify="left", expand=False)
+    for column in ("limiter", "borrowed", "total", "waiting"):
+        limiters.add_column(column, justify="left" if column == "limiter" else "right")
+    for name, item in sorted(_mapping(data, "limiters").items()):
+        limiters.add_row(
+            name, _num(item.get("borrowed")), _num(item.get("total")), _num(item.get("waiting"))
+        )
+
+    providers = Table(title="providers", title_justify="left", expand=False)
+    for column in ("provider", "circuit", "in flight", "calls", "errors"):
+        providers.add_column(
+            column, justify="left" if column in ("provider", "circuit") else "right"
+        )
+    for name, item in sorted(_mapping(data, "providers").items()):
+        circuit = str(item.get("circuit", "-"))
+        style = "green" if circuit == "closed" else "red" if circuit == "open" else "yellow"
+        providers.add_row(
+            name,
+            Text(circuit, style=style),
+            _num(item.get("inflight")),
+            _num(item.get("calls_total")),
+            _num(item.get("errors_total")),
+        )
+
+    requests = Table(title="requests in flight", title_justify="left", expand=False)
+    for column in ("id", "tool", "age", "deadline left"):
+        requests.add_column(column, justify="left" if column in ("id", "tool") else "right")
+    raw_requests = data.get("requests")
+    for item in raw_requests if isinstance(raw_requests, list) else []:
+        if isinstance(item, dict):
+            requests.add_row(
+                str(item.get("id", "-")),
+                str(item.get("tool", "-")),
+                _num(item.get("age_s"), ".1f") + "s",
+                _num(item.get("deadline_s"), ".1f") + "s",
+            )
+    return Group(summary, limiters, providers, requests)
+
+
+def run_status(*, monitor_url: str | None, as_json: bool) -> int:
+    """`exai status`: one snapshot of the daemon's monitor; exit 4 if unreachable."""
+    import httpx
+    from rich.console import Console
+
+    quiet_logs()
+    base = resolve_monitor_url(monitor_url)
+    try:
+        with httpx.Client(timeout=STATUS_HTTP_TIMEOUT_SECS) as client:
+            data = fetch_status(client, base)
+    except MonitorUnreachable as exc:
+        print(f"exai: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        Console().print(render_status(data))
+    return EXIT_OK
+
+
+@contextmanager
+def _ctrl_c_ends() -> Iterator[None]:
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+
+
+def run_top(*, monitor_url: str | None, interval: float) -> int:
+    """`exai top`: the status snapshot refreshed every `interval` seconds until Ctrl-C
+    (exit 0); exit 4 if the monitor is unreachable at start."""
+    import httpx
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    quiet_logs()
+    base = resolve_monitor_url(monitor_url)
+    interval = max(interval, 0.1)
+    with httpx.Client(timeout=STATUS_HTTP_TIMEOUT_SECS) as client:
+        try:
+            data = fetch_status(client, base)
+        except MonitorUnreachable as exc:
+            print(f"exai: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        with _ctrl_c_ends(), Live(render_status(data), auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    view: RenderableType = render_status(fetch_status(client, base))
+                except MonitorUnreachable as exc:
+                    view = Group(Text(f"{exc} (retrying)", style="bold red"), render_status(data))
+                live.update(view, refresh=True)
+    return EXIT_OK

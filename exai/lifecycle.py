@@ -1,0 +1,241 @@
+"""One tools/call from arrival to response: deadline, slots, cancellation, outcome.
+
+Every call runs in its own cancel scope whose deadline covers queueing, limiter waits and
+provider time. Whoever cancels it records why first; the scope does the rest, so nothing a
+call started (slot, HTTP request) outlives it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import trio
+from loguru import logger
+
+from exai import metrics
+from exai.limits import Limits, Overloaded
+from exai.protocol import (
+    INTERNAL_ERROR,
+    TIMED_OUT,
+    RequestId,
+    RpcError,
+    ToolCall,
+    error_message,
+    notification_message,
+    result_message,
+)
+from exai.providers.base import CallBudget, ProviderError
+from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
+
+# At most this many progress notifications per second per call.
+PROGRESS_INTERVAL_S = 0.25
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class CancelReason(StrEnum):
+    CLIENT = "client"
+    DISCONNECT = "disconnect"
+    DEADLINE = "deadline"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(eq=False)
+class InflightCall:
+    """A tools/call that has arrived and not yet been answered."""
+
+    id: RequestId
+    connection_id: str
+    tool: str
+    arrived: float
+    deadline: float
+    scope: trio.CancelScope
+    reason: CancelReason | None = None
+
+    def cancel(self, reason: CancelReason) -> None:
+        """Cancel the call; the first reason given is the one recorded."""
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "connection": self.connection_id,
+            "tool": self.tool,
+            "age_s": round(now - self.arrived, 3),
+            "deadline_s": round(max(0.0, self.deadline - now), 3),
+        }
+
+
+class Calls:
+    """Every call in flight in the daemon, by (connection id, request id)."""
+
+    def __init__(self) -> None:
+        self.active: dict[tuple[str, RequestId], InflightCall] = {}
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self.active)
+
+    def add(self, call: InflightCall) -> None:
+        if not self.active:
+            self._idle = trio.Event()
+        self.active[(call.connection_id, call.id)] = call
+
+    def remove(self, call: InflightCall) -> None:
+        del self.active[(call.connection_id, call.id)]
+        if not self.active:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight."""
+        await self._idle.wait()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        return [call.snapshot(now) for call in self.active.values()]
+
+
+class Progress:
+    """Progress notifications of one call: strictly increasing, a few per second at most."""
+
+    def __init__(self, token: str | int | None, send: Send):
+        self.token = token
+        self._send = send
+        self._count = 0
+        self._last = -PROGRESS_INTERVAL_S
+
+    async def report(self, message: str) -> None:
+        if self.token is None:
+            return
+        now = trio.current_time()
+        if now - self._last < PROGRESS_INTERVAL_S:
+            return
+        self._last = now
+        self._count += 1
+        params = {"progressToken": self.token, "progress": self._count, "message": message}
+        await self._send(notification_message("notifications/progress", params))
+
+
+@dataclass
+class Services:
+    """What calls share: configuration, limiters, providers, tools, the conversation store."""
+
+    settings: Any
+    limits: Limits
+    gateway: Any
+    tools: dict[str, Tool]
+    store: Any
+    calls: Calls
+    status: Callable[[], dict[str, Any]]
+
+
+async def run_tool_call(
+    services: Services,
+    call: InflightCall,
+    request: ToolCall,
+    tool: Tool,
+    session_slots: trio.CapacityLimiter,
+    send: Send,
+) -> dict[str, Any] | None:
+    """Run one call to its end; return the response to send, or None when none is owed.
+
+    Returns only after every slot the call took is released and every provider request it
+    made is closed, whatever ended it.
+    """
+    rid = f"{call.connection_id}/{call.id}"
+    log = logger.bind(rid=rid)
+    progress = Progress(request.progress_token, send)
+    budget = CallBudget(services.settings.max_provider_calls)
+    ctx = ToolContext(
+        request_id=rid,
+        settings=services.settings,
+        gateway=services.gateway,
+        budget=budget,
+        store=services.store,
+        report=progress.report,
+        status=services.status,
+        streaming=request.progress_token is not None,
+    )
+    outcome = "error"
+    response: dict[str, Any] | None = None
+    metrics.inflight_requests.inc()
+    try:
+        with call.scope:
+            try:
+                args = tool.parse(request.arguments)
+                async with services.limits.admit(session_slots):
+                    output = await tool.run(args, ctx)
+            except ToolArgumentError as exc:
+                output = ToolOutput(str(exc), is_error=True)
+            except ProviderError as exc:
+                output = ToolOutput(str(exc), is_error=True)
+            outcome = "tool_error" if output.is_error else "ok"
+            response = result_message(call.id, _result(output, budget, ctx.usage))
+        if call.scope.cancelled_caught:
+            reason = call.reason or CancelReason.DEADLINE
+            call.reason = reason
+            metrics.cancellations_total.labels(reason.value).inc()
+            outcome = f"cancelled_{reason.value}"
+            response = _cancelled_response(call, reason)
+    except Overloaded as exc:
+        outcome = "overloaded"
+        response = error_message(call.id, exc.code, exc.message, exc.data)
+    except RpcError as exc:
+        response = error_message(call.id, exc.code, exc.message, exc.data)
+    except Exception:
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("call {} tool={} failed unexpectedly, error id {}", rid, call.tool, error_id)
+        response = error_message(call.id, INTERNAL_ERROR, "Internal error", {"error_id": error_id})
+    finally:
+        metrics.inflight_requests.dec()
+        took = trio.current_time() - call.arrived
+        metrics.requests_total.labels(call.tool, outcome).inc()
+        metrics.request_duration.labels(call.tool).observe(took)
+        log.info(
+            "call {} tool={} outcome={} {:.3f}s provider_calls={} tokens={}/{}",
+            rid,
+            call.tool,
+            outcome,
+            took,
+            budget.used,
+            ctx.usage["prompt_tokens"],
+            ctx.usage["completion_tokens"],
+        )
+    return response
+
+
+def _cancelled_response(call: InflightCall, reason: CancelReason) -> dict[str, Any] | None:
+    if reason is CancelReason.DEADLINE:
+        timeout = round(call.deadline - call.arrived, 3)
+        shown = f"{timeout:g}"
+        return error_message(
+            call.id, TIMED_OUT, f"Request timed out after {shown} s", {"timeout_s": timeout}
+        )
+    if reason is CancelReason.SHUTDOWN:
+        return error_message(
+            call.id, INTERNAL_ERROR, "Server shutting down: the call was cancelled", {"reason": "shutdown"}
+        )
+    return None  # the client cancelled it or is gone: no response is owed
+
+
+def _result(output: ToolOutput, budget: CallBudget, usage: dict[str, int]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "content": [{"type": "text", "text": output.text}],
+        "isError": output.is_error,
+    }
+    if output.structured is not None:
+        structured = dict(output.structured)
+        structured.setdefault("provider_calls", budget.used)
+        result["structuredContent"] = structured
+    meta = {"provider_calls": budget.used, "usage": dict(usage)}
+    if output.meta:
+        meta.update(output.meta)
+    result["_meta"] = meta
+    return result

@@ -1,0 +1,109 @@
+"""Capacity limiters and the admission queue.
+
+Every slot is a `trio.CapacityLimiter` held in `async with`: cancellation at any point
+releases it, so there is nothing to "recover" and no count that can drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from exai.protocol import OVERLOADED, RpcError
+
+PROVIDERS = ("kimi", "glm")
+
+
+class Overloaded(RpcError):
+    def __init__(self, retry_after_s: float):
+        super().__init__(OVERLOADED, "Server overloaded", {"retry_after_s": retry_after_s})
+
+
+class Limits:
+    """The daemon's limiters: one global, one per connection, one per provider."""
+
+    def __init__(self, *, global_max: int, session_max: int, max_queued: int, provider_max: dict[str, int]):
+        self.global_slots = trio.CapacityLimiter(global_max)
+        self.session_max = session_max
+        self.max_queued = max_queued
+        self.providers = {name: trio.CapacityLimiter(n) for name, n in provider_max.items()}
+        self.sessions: dict[str, trio.CapacityLimiter] = {}
+        self.queued = 0
+        # Rolling mean of a call's slot time, to tell refused callers when to come back.
+        self._mean_call_s = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(
+            global_max=settings.global_max_inflight,
+            session_max=settings.session_max_inflight,
+            max_queued=settings.max_queued,
+            provider_max={"kimi": settings.kimi_max_inflight, "glm": settings.glm_max_inflight},
+        )
+
+    @asynccontextmanager
+    async def session(self, connection_id: str) -> AsyncIterator[trio.CapacityLimiter]:
+        """A per-connection limiter, listed in statistics while the connection lives."""
+        limiter = trio.CapacityLimiter(self.session_max)
+        self.sessions[connection_id] = limiter
+        try:
+            yield limiter
+        finally:
+            del self.sessions[connection_id]
+
+    @asynccontextmanager
+    async def admit(self, session_slots: trio.CapacityLimiter) -> AsyncIterator[None]:
+        """Hold a global and a session slot for the body; wait in the queue if none is free.
+
+        Raises Overloaded at once when the call would have to wait and the queue is full.
+        Both slots are released on every exit path, cancellation included.
+        """
+        must_wait = self.global_slots.available_tokens < 1 or session_slots.available_tokens < 1
+        if must_wait and self.queued >= self.max_queued:
+            raise Overloaded(self.retry_after())
+        waiting = must_wait
+        if waiting:
+            self.queued += 1
+        try:
+            async with self.global_slots, session_slots:
+                if waiting:
+                    self.queued -= 1
+                    waiting = False
+                started = trio.current_time()
+                try:
+                    yield
+                finally:
+                    took = trio.current_time() - started
+                    self._mean_call_s = 0.9 * self._mean_call_s + 0.1 * took
+        finally:
+            if waiting:
+                self.queued -= 1
+
+    def retry_after(self) -> float:
+        """Seconds until a slot is likely free: the queue drained at the current pace."""
+        backlog = (self.queued + 1) / max(1, self.global_slots.total_tokens)
+        return float(max(1, math.ceil(backlog * self._mean_call_s)))
+
+    def all_limiters(self) -> dict[str, trio.CapacityLimiter]:
+        named = {"global": self.global_slots, **self.providers}
+        named.update({f"session:{cid}": lim for cid, lim in self.sessions.items()})
+        return named
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Snapshot for /api/status: {name: {borrowed, total, waiting}}."""
+        out = {}
+        for name, limiter in self.all_limiters().items():
+            stats = limiter.statistics()
+            out[name] = {
+                "borrowed": stats.borrowed_tokens,
+                "total": int(stats.total_tokens),
+                "waiting": stats.tasks_waiting,
+            }
+        return out
+
+    def borrowed_total(self) -> int:
+        return sum(lim.borrowed_tokens for lim in self.all_limiters().values())

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the daemon (names fixed by the contract, section 5)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+requests_total = Counter(
+    "exai_requests", "tools/call requests by outcome", ["tool", "outcome"], registry=REGISTRY
+)
+request_duration = Histogram(
+    "exai_request_duration_seconds", "tools/call duration", ["tool"], registry=REGISTRY
+)
+inflight_requests = Gauge("exai_inflight_requests", "tools/call running now", registry=REGISTRY)
+connections = Gauge("exai_connections", "open WebSocket connections", registry=REGISTRY)
+limiter_borrowed = Gauge(
+    "exai_limiter_borrowed", "tokens borrowed per limiter", ["limiter"], registry=REGISTRY
+)
+provider_requests_total = Counter(
+    "exai_provider_requests",
+    "provider HTTP attempts by outcome",
+    ["provider", "model", "outcome"],
+    registry=REGISTRY,
+)
+provider_latency = Histogram(
+    "exai_provider_latency_seconds", "provider attempt latency", ["provider"], registry=REGISTRY
+)
+cancellations_total = Counter(
+    "exai_cancellations", "cancelled tools/call by reason", ["reason"], registry=REGISTRY
+)

@@ -1,0 +1,130 @@
+"""The monitor: health, readiness, Prometheus metrics, JSON status and a live dashboard.
+
+It runs on the daemon's event loop; every answer is a snapshot of in-memory state, so it
+stays fast while the daemon is saturated.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from exai import metrics
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def monitor_app(daemon: Any) -> Any:
+    """The ASGI app over a Daemon's state."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        status, content_type, body = route(daemon, scope["method"], scope["path"])
+        headers: Headers = [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def route(daemon: Any, method: str, path: str) -> tuple[int, str, bytes]:
+    if method not in ("GET", "HEAD"):
+        return 405, "text/plain", b"method not allowed\n"
+    if path == "/healthz":
+        return 200, "text/plain", b"ok"
+    if path == "/readyz":
+        if daemon.ready:
+            return 200, "application/json", _json({"ready": True})
+        why = "draining: shutting down" if daemon.draining else "starting"
+        return 503, "application/json", _json({"ready": False, "reason": why})
+    if path == "/metrics":
+        refresh_gauges(daemon)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY)
+    if path == "/api/status":
+        return 200, "application/json", _json(daemon.status())
+    if path in ("/", "/index.html"):
+        return 200, "text/html; charset=utf-8", DASHBOARD.encode()
+    return 404, "text/plain", b"not found\n"
+
+
+def refresh_gauges(daemon: Any) -> None:
+    """Gauges that mirror limiter state are read at scrape time, so they cannot drift."""
+    for name, stats in daemon.limits.statistics().items():
+        if not name.startswith("session:"):
+            metrics.limiter_borrowed.labels(name).set(stats["borrowed"])
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def serve_monitor(
+    daemon: Any, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the monitor until cancelled; task_status gets its base URL (real port)."""
+    config = Config()
+    shown = f"[{host}]" if ":" in host else host
+    config.bind = [f"{shown}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.5
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(hypercorn_serve, monitor_app(daemon), config, mode="asgi"))
+        task_status.started(binds[0].rstrip("/"))
+
+
+DASHBOARD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>exai</title>
+<style>
+body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em}table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
+.bad{color:#b00}.ok{color:#070}#err{color:#b00}
+</style></head><body>
+<h1>exai <span id="summary"></span></h1><div id="err"></div>
+<h2>Requests</h2><table id="requests"></table>
+<h2>Limiters</h2><table id="limiters"></table>
+<h2>Providers</h2><table id="providers"></table>
+<script>
+function table(id, head, rows){
+  const t=document.getElementById(id);
+  t.innerHTML='<tr>'+head.map(h=>'<th>'+h+'</th>').join('')+'</tr>'+
+    rows.map(r=>'<tr>'+r.map(c=>'<td>'+String(c)+'</td>').join('')+'</tr>').join('');
+}
+async function tick(){
+  try{
+    const s=await (await fetch('/api/status',{cache:'no-store'})).json();
+    document.getElementById('err').textContent='';
+    document.getElementById('summary').textContent=
+      `- ${s.connections} connections, ${s.inflight} in flight, ${s.queued} queued, up ${Math.round(s.uptime_s)} s`+
+      (s.demo?' (DEMO: simulated model)':'');
+    table('requests',['id','tool','age s','deadline left s'],s.requests.map(r=>[r.id,r.tool,r.age_s,r.deadline_s]));
+    table('limiters',['limiter','borrowed','total','waiting'],
+      Object.entries(s.limiters).map(([k,v])=>[k,v.borrowed,v.total,v.waiting]));
+    table('providers',['provider','circuit','in flight','calls','errors'],
+      Object.entries(s.providers).map(([k,v])=>[k,v.circuit,v.inflight,v.calls_total,v.errors_total]));
+  }catch(e){document.getElementById('err').textContent='daemon unreachable: '+e;}
+}
+tick();setInterval(tick,1000);
+</script></body></html>
+"""

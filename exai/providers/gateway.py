@@ -1,0 +1,430 @@
+"""The model gateway: model names to providers, and one provider call with its retries.
+
+Per attempt, in this order: the provider's circuit, the call's budget, the request-rate
+ceiling, then the provider's in-flight slot, held only while the HTTP request runs (never
+across a backoff sleep). Every wait is bounded by the caller's deadline; a wait that cannot
+end before it fails at once with a message saying so.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import httpx
+import trio
+from loguru import logger
+
+from exai import metrics
+from exai.providers.base import CallBudget, Completion, OnText, ProviderError
+from exai.providers.catalog import (
+    AUTO,
+    PROVIDER_INFO,
+    PROVIDERS,
+    ModelInfo,
+    catalog,
+    default_model,
+    estimate_tokens,
+    is_allowed,
+)
+from exai.providers.circuit import MISCONFIGURED, OPEN, CircuitBreaker
+from exai.providers.openai_compat import (
+    AttemptError,
+    OpenAICompatProvider,
+    context_too_long_message,
+)
+from exai.providers.ratelimit import RequestRateLimiter
+from exai.providers.retry import retry_wait, too_late_message
+
+DEMO_API_KEY: Final = "exai-demo-key"
+NOT_CONFIGURED: Final = "not_configured"
+CLOSE_TIMEOUT_S: Final = 1.0
+# Errors that mean "this provider cannot serve anything now", where `auto` may switch.
+FALLBACK_KINDS: Final = frozenset({"circuit_open", "auth"})
+
+
+@dataclass
+class ProviderStats:
+    calls_total: int = 0
+    errors_total: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Route:
+    """Everything the gateway keeps for one provider."""
+
+    name: str
+    limiter: trio.CapacityLimiter
+    circuit: CircuitBreaker
+    http: OpenAICompatProvider | None  # None: no API key, not configured
+    rate: RequestRateLimiter | None
+    stats: ProviderStats = field(default_factory=ProviderStats)
+
+    @property
+    def state(self) -> str:
+        return self.circuit.state if self.http is not None else NOT_CONFIGURED
+
+
+class ModelGateway:
+    """Routes model names to providers; owns one httpx.AsyncClient per configured provider."""
+
+    def __init__(self, settings: Any, routes: dict[str, Route], *, demo: bool):
+        self.settings = settings
+        self.routes = routes
+        self.demo = demo
+        self.models: dict[str, ModelInfo] = catalog(demo)
+        self.rng = random.Random()
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        limiters: dict[str, trio.CapacityLimiter],
+        *,
+        simulator_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> ModelGateway:
+        """Build the gateway; `simulator_url` puts it in demo mode (both providers on the simulator)."""
+        demo = simulator_url is not None
+        routes = {}
+        for name in PROVIDERS:
+            info = PROVIDER_INFO[name]
+            if simulator_url is not None:
+                key: str | None = DEMO_API_KEY
+                base_url = simulator_url
+            else:
+                key = _secret(getattr(settings, f"{name}_api_key", None))
+                base_url = str(getattr(settings, f"{name}_base_url"))
+            limiter = limiters[name]
+            http = None
+            if key:
+                http = OpenAICompatProvider(
+                    name, base_url, key, max_connections=int(limiter.total_tokens), transport=transport
+                )
+            rpm = getattr(settings, f"{name}_rpm", None)
+            routes[name] = Route(
+                name=name,
+                limiter=limiter,
+                circuit=CircuitBreaker(
+                    name, failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_secs
+                ),
+                http=http,
+                rate=RequestRateLimiter(name, rpm, env_var=info.rpm_env) if rpm else None,
+            )
+        return cls(settings, routes, demo=demo)
+
+    async def __aenter__(self) -> ModelGateway:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close every provider client; bounded and shielded, so it also runs when cancelled."""
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            for route in self.routes.values():
+                if route.http is not None:
+                    await route.http.aclose()
+
+    # -- routing ----------------------------------------------------------------------
+
+    def _requested(self, model: str | None) -> str:
+        name = (model or "").strip() or str(self.settings.default_model).strip() or AUTO
+        return name.lower()
+
+    def resolve(self, model: str | None) -> tuple[str, str]:
+        """(provider, model id) for a requested model; None or "auto" use the configured default.
+
+        Raises ProviderError: unknown_model (listing the allowed ones) or not_configured.
+        """
+        name = self._requested(model)
+        if name == AUTO:
+            return self._auto()
+        info = self.models.get(name)
+        if info is None:
+            raise ProviderError(
+                "exai", "unknown_model", f"Unknown model '{name}'. Allowed models: {self._allowed_text()}."
+            )
+        if not is_allowed(self.settings, info):
+            raise ProviderError(
+                info.provider,
+                "unknown_model",
+                f"Model '{name}' is not allowed by {PROVIDER_INFO[info.provider].allowed_env}. "
+                f"Allowed models: {self._allowed_text()}.",
+            )
+        if self.routes[info.provider].http is None:
+            pinfo = PROVIDER_INFO[info.provider]
+            raise ProviderError(
+                info.provider,
+                "not_configured",
+                f"Model '{name}' is served by {pinfo.label}, which is not configured: set "
+                f"{pinfo.key_env} and restart exai. Allowed models: {self._allowed_text()}.",
+            )
+        return info.provider, name
+
+    def _usable(self) -> list[tuple[str, str]]:
+        """(provider, its default model) for every configured provider, in preference order."""
+        usable = []
+        for name in PROVIDERS:
+            model = default_model(self.settings, name, self.demo)
+            if self.routes[name].http is not None and model is not None:
+                usable.append((name, model))
+        return usable
+
+    def _auto(self, exclude: str | None = None) -> tuple[str, str]:
+        candidates = [pair for pair in self._usable() if pair[0] != exclude]
+        if not candidates:
+            raise ProviderError(
+                "exai",
+                "not_configured",
+                "No model provider is configured: set KIMI_API_KEY or GLM_API_KEY (or run "
+                "`exai serve --demo` for the built-in simulated model).",
+            )
+        if self.settings.fallback:
+            for pair in candidates:
+                if self.routes[pair[0]].circuit.admits():
+                    return pair
+        return candidates[0]
+
+    def _allowed_names(self) -> list[str]:
+        return [
+            name
+            for name, info in self.models.items()
+            if is_allowed(self.settings, info) and self.routes[info.provider].http is not None
+        ]
+
+    def _allowed_text(self) -> str:
+        names = self._allowed_names()
+        return ", ".join([AUTO, *names]) if names else "none (no provider is configured)"
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def complete(
+        self,
+        *,
+        model: str | None,
+        messages: list[dict[str, Any]],
+        budget: CallBudget,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        on_text: OnText | None = None,
+        request_id: str = "",
+    ) -> Completion:
+        """One completion, with retries, within the caller's deadline and budget.
+
+        Streams when `on_text` is given: it is called with (text so far, tokens so far), in
+        order, never after this returns; a retry starts the text again from "". Raises
+        ProviderError (BudgetExhausted included); cancellation propagates untouched and
+        closes the open HTTP request at once.
+        """
+        provider, model_id = self.resolve(model)
+        call: dict[str, Any] = {
+            "messages": messages,
+            "budget": budget,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "on_text": on_text,
+            "request_id": request_id,
+        }
+        try:
+            return await self._call(provider, model_id, **call)
+        except ProviderError as exc:
+            if not (
+                self._requested(model) == AUTO
+                and self.settings.fallback
+                and exc.provider == provider
+                and exc.kind in FALLBACK_KINDS
+            ):
+                raise
+            try:
+                other, other_model = self._auto(exclude=provider)
+            except ProviderError:
+                raise exc from None
+            if not self.routes[other].circuit.admits():
+                raise
+            logger.bind(request_id=request_id).warning(
+                "provider fallback: {} unavailable ({}), auto uses {} {}", provider, exc.kind, other, other_model
+            )
+            return await self._call(other, other_model, **call)
+
+    async def _call(
+        self,
+        provider: str,
+        model_id: str,
+        *,
+        messages: list[dict[str, Any]],
+        budget: CallBudget,
+        temperature: float | None,
+        max_tokens: int | None,
+        on_text: OnText | None,
+        request_id: str,
+    ) -> Completion:
+        route = self.routes[provider]
+        assert route.http is not None, "resolve() only returns configured providers"
+        info = self.models[model_id]
+        estimated = estimate_tokens(messages)
+        if estimated > info.context_window:
+            raise ProviderError(provider, "context_too_long", context_too_long_message(info, estimated))
+        if max_tokens is not None:
+            max_tokens = min(max_tokens, info.max_output_tokens)
+        attempts = 1 + self.settings.provider_max_retries
+        for number in range(1, attempts + 1):
+            route.circuit.check()
+            budget.take()
+            deadline = trio.current_effective_deadline()
+            if route.rate is not None:
+                await route.rate.wait_turn(deadline)
+            try:
+                with route.circuit.attempt():
+                    async with route.limiter:
+                        return await self._attempt(
+                            route,
+                            info,
+                            messages=messages,
+                            temperature=temperature,
+                            max_tokens=max_tokens,
+                            on_text=on_text,
+                            log_context=(request_id, number, attempts),
+                        )
+            except AttemptError as exc:
+                if not exc.retryable or number == attempts:
+                    raise _final(exc, number) from None
+                left = deadline - trio.current_time()
+                wait = retry_wait(number - 1, exc.retry_after, left, self.rng)
+                if wait >= left:
+                    raise ProviderError(
+                        provider, exc.kind, too_late_message(provider, exc.retry_after, wait, left)
+                    ) from None
+                await trio.sleep(wait)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _attempt(
+        self,
+        route: Route,
+        info: ModelInfo,
+        *,
+        messages: list[dict[str, Any]],
+        temperature: float | None,
+        max_tokens: int | None,
+        on_text: OnText | None,
+        log_context: tuple[str, int, int],
+    ) -> Completion:
+        """One HTTP attempt, counted, timed and logged whatever its outcome."""
+        assert route.http is not None
+        request_id, number, attempts = log_context
+        started = trio.current_time()
+        outcome = "cancelled"
+        detail = ""
+        route.stats.calls_total += 1
+        try:
+            completion = await route.http.attempt(
+                model=info,
+                messages=messages,
+                timeout_s=self.settings.provider_timeout_secs,
+                stream_idle_s=self.settings.stream_idle_secs,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                on_text=on_text,
+            )
+        except AttemptError as exc:
+            outcome = exc.kind
+            detail = f" status={exc.status}" if exc.status else ""
+            route.stats.errors_total += 1
+            raise
+        else:
+            outcome = "ok"
+            usage = completion.usage
+            route.stats.prompt_tokens += usage.prompt_tokens
+            route.stats.completion_tokens += usage.completion_tokens
+            detail = f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}"
+            return completion
+        finally:
+            took = trio.current_time() - started
+            metrics.provider_requests_total.labels(route.name, info.name, outcome).inc()
+            metrics.provider_latency.labels(route.name).observe(took)
+            level = "INFO" if outcome in ("ok", "cancelled") else "WARNING"
+            logger.bind(request_id=request_id).log(
+                level,
+                "provider attempt {}/{} {} {}: {} in {:.3f}s{}",
+                number,
+                attempts,
+                route.name,
+                info.name,
+                outcome,
+                took,
+                detail,
+            )
+
+    # -- status -----------------------------------------------------------------------
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """Every known model with its limits, whether a call could use it now, and why not."""
+        out = []
+        for info in self.models.values():
+            route = self.routes[info.provider]
+            pinfo = PROVIDER_INFO[info.provider]
+            state = route.state
+            reason = None
+            if not is_allowed(self.settings, info):
+                reason = f"not in {pinfo.allowed_env}"
+            elif route.http is None:
+                reason = f"{pinfo.key_env} is not set"
+            elif state == MISCONFIGURED:
+                reason = f"{pinfo.label} rejected the API key; fix {pinfo.key_env} and restart exai"
+            elif state == OPEN:
+                reason = f"{pinfo.label} is failing; its circuit is open for now"
+            entry: dict[str, Any] = {
+                "name": info.name,
+                "provider": info.provider,
+                "context_window": info.context_window,
+                "max_output_tokens": info.max_output_tokens,
+                "available": reason is None,
+                "circuit": state,
+            }
+            if reason is not None:
+                entry["reason"] = reason
+            out.append(entry)
+        return out
+
+    def statistics(self) -> dict[str, dict[str, Any]]:
+        """Per provider: circuit state, open requests, attempts, failed attempts, tokens."""
+        return {
+            name: {
+                "circuit": route.state,
+                "inflight": route.http.open_requests if route.http is not None else 0,
+                "calls_total": route.stats.calls_total,
+                "errors_total": route.stats.errors_total,
+                "prompt_tokens": route.stats.prompt_tokens,
+                "completion_tokens": route.stats.completion_tokens,
+            }
+            for name, route in self.routes.items()
+        }
+
+    @property
+    def open_requests(self) -> int:
+        """Provider HTTP requests open right now, across providers."""
+        return sum(route.http.open_requests for route in self.routes.values() if route.http is not None)
+
+    def allowed_models(self) -> list[str]:
+        """Names a call may use (besides "auto")."""
+        return self._allowed_names()
+
+
+def _final(exc: AttemptError, attempts: int) -> ProviderError:
+    if attempts == 1:
+        return exc
+    return AttemptError(
+        exc.provider,
+        exc.kind,
+        f"{exc} (gave up after {attempts} attempts)",
+        retryable=exc.retryable,
+        status=exc.status,
+    )
+
+
+def _secret(value: Any) -> str | None:
+    if value is None:
+        return None
+    reveal = getattr(value, "get_secret_value", None)
+    text = reveal() if callable(reveal) else str(value)
+    return text.strip() or None

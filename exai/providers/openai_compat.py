@@ -1,0 +1,524 @@
+"""One HTTP attempt against an OpenAI-compatible chat-completions API (Kimi, GLM, the simulator).
+
+This is the I/O boundary: every httpx error and every provider error body becomes an
+`AttemptError` here, with a sentence a user can act on. Retries, circuits, limiters and
+budgets are the gateway's; this module makes exactly one request per `attempt()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+import httpx
+import trio
+from httpx_sse import EventSource, SSEError
+
+from exai.providers.base import Completion, OnText, ProviderError, Usage
+from exai.providers.catalog import PROVIDER_INFO, ModelInfo, ProviderInfo, estimate_tokens
+from exai.providers.retry import is_retryable_status, parse_retry_after
+
+CONNECT_TIMEOUT_S: Final = 10.0
+KEEPALIVE_EXPIRY_S: Final = 30.0
+PROGRESS_INTERVAL_S: Final = 0.1  # at most ~10 on_text calls per second, the first at once
+ERROR_DETAIL_CHARS: Final = 300
+USER_AGENT: Final = "exai/0.1"
+
+T = TypeVar("T")
+
+_CONTEXT_HINTS: Final = (
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "token limit",
+    "too long",
+    "too many tokens",
+    "prompt is too long",
+    "input length",
+    "超长",
+)
+_FILTER_HINTS: Final = (
+    "content_filter",
+    "content filter",
+    "sensitive",
+    "high risk",
+    "unsafe",
+    "inappropriate",
+    "1301",
+    "敏感",
+)
+_QUOTA_HINTS: Final = (
+    "insufficient",
+    "quota",
+    "balance",
+    "billing",
+    "arrears",
+    "1113",
+    "余额",
+)
+_FILTERED_FINISH: Final = frozenset({"content_filter", "sensitive"})
+
+
+class AttemptError(ProviderError):
+    """One provider request failed; carries what the retry policy needs to decide."""
+
+    def __init__(
+        self,
+        provider: str,
+        kind: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(provider, kind, message, retryable=retryable)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def make_client(
+    api_key: str, *, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The provider's one shared client: pool sized to the provider's in-flight limit."""
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
+    return httpx.AsyncClient(
+        limits=limits,
+        transport=transport,
+        headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )
+
+
+class OpenAICompatProvider:
+    """A chat-completions endpoint and the shared client that talks to it.
+
+    `open_requests` counts requests whose HTTP exchange has begun and not yet been closed.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str,
+        *,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.name = name
+        self.info: ProviderInfo = PROVIDER_INFO[name]
+        self.base_url = str(base_url).rstrip("/")
+        self.url = f"{self.base_url}/chat/completions"
+        self._api_key = api_key
+        self.client = make_client(api_key, max_connections=max_connections, transport=transport)
+        self.open_requests = 0
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def attempt(
+        self,
+        *,
+        model: ModelInfo,
+        messages: list[dict[str, Any]],
+        timeout_s: float,
+        stream_idle_s: float,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        on_text: OnText | None = None,
+    ) -> Completion:
+        """Make one request; return the whole answer or raise AttemptError.
+
+        The attempt ends by `timeout_s` (a retryable timeout) unless the caller's own deadline
+        comes first, in which case the caller's cancellation propagates untouched. Cancellation
+        closes the HTTP request at once; no connection is left checked out of the pool.
+        """
+        body: dict[str, Any] = {"model": model.name, "messages": messages, "stream": on_text is not None}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        now = trio.current_time()
+        call_deadline = trio.current_effective_deadline()
+        attempt_deadline = now + timeout_s
+        left = max(0.0, min(timeout_s, call_deadline - now))
+        read_s = min(left, stream_idle_s + 1.0) if on_text is not None else left
+        timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=read_s, write=left, pool=left)
+        # Our own scope only when the provider timeout comes first: at the caller's deadline
+        # the caller's Cancelled must propagate, not a retryable timeout.
+        own = attempt_deadline < call_deadline
+        self.open_requests += 1
+        try:
+            with trio.CancelScope(deadline=attempt_deadline if own else math.inf) as scope:
+                with self._map_transport_errors(model):
+                    if on_text is None:
+                        return await self._request(body, model, messages, timeout)
+                    return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
+        finally:
+            self.open_requests -= 1
+        assert scope.cancelled_caught
+        await trio.lowlevel.checkpoint_if_cancelled()
+        raise AttemptError(
+            self.name,
+            "timeout",
+            f"{self.info.label} did not answer within {timeout_s:g} s (EXAI_PROVIDER_TIMEOUT_SECS). "
+            "Try again, ask for a shorter answer, or raise EXAI_PROVIDER_TIMEOUT_SECS.",
+            retryable=True,
+        )
+
+    def _build_request(self, body: dict[str, Any], timeout: httpx.Timeout) -> httpx.Request:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if body["stream"]:
+            headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        request = self.client.build_request("POST", self.url, content=data, headers=headers, timeout=timeout)
+        request.stream = _RequestBody(data)
+        return request
+
+    async def _request(
+        self, body: dict[str, Any], model: ModelInfo, messages: list[dict[str, Any]], timeout: httpx.Timeout
+    ) -> Completion:
+        response = await self.client.send(self._build_request(body, timeout))
+        if response.status_code != 200:
+            raise self._error_from_response(response, model, messages)
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            text = choice["message"]["content"] or ""
+            finish = choice.get("finish_reason")
+            if not isinstance(text, str):
+                raise TypeError("content is not text")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise self._bad_response("an answer that is not a chat completion") from None
+        self._check_finish(finish)
+        usage = _usage(payload.get("usage")) or Usage(estimate_tokens(messages), 0)
+        return Completion(text=text, model=model.name, provider=self.name, usage=usage, finish_reason=finish)
+
+    async def _stream(
+        self,
+        body: dict[str, Any],
+        model: ModelInfo,
+        messages: list[dict[str, Any]],
+        timeout: httpx.Timeout,
+        idle_s: float,
+        on_text: OnText,
+    ) -> Completion:
+        state = _StreamState()
+        # One scope whose deadline moves forward with every event: headers and chunks alike.
+        with trio.CancelScope(deadline=trio.current_time() + idle_s) as idle:
+            response = await self.client.send(self._build_request(body, timeout), stream=True)
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise self._error_from_response(response, model, messages)
+                async with _finishing(EventSource(response).aiter_sse()) as events:
+                    async for event in events:
+                        idle.deadline = trio.current_time() + idle_s
+                        await self._on_event(event.data, state, on_text)
+                        idle.deadline = trio.current_time() + idle_s
+            finally:
+                await response.aclose()
+        if idle.cancelled_caught:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if not state.done:
+                raise AttemptError(
+                    self.name,
+                    "timeout",
+                    f"{self.info.label} stopped sending its answer for {idle_s:g} s "
+                    "(EXAI_STREAM_IDLE_SECS); the stream was aborted. Try again.",
+                    retryable=True,
+                )
+        if not state.done and state.finish is None:
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"The answer from {self.info.label} was cut off after {state.tokens} chunks (the "
+                "stream ended without finishing). No partial answer was used. Try again.",
+                retryable=True,
+            )
+        self._check_finish(state.finish)
+        usage = state.usage or Usage(estimate_tokens(messages), state.tokens)
+        return Completion(
+            text="".join(state.parts), model=model.name, provider=self.name, usage=usage, finish_reason=state.finish
+        )
+
+    async def _on_event(self, data: str, state: _StreamState, on_text: OnText) -> None:
+        """Take in one SSE event; report progress at most every PROGRESS_INTERVAL_S."""
+        if state.done:
+            return  # read on to the end of the body, so the connection can be reused
+        if data.strip() == "[DONE]":
+            state.done = True
+            return
+        chunk = self._parse_chunk(data)
+        if "error" in chunk:
+            message, _ = _error_detail(json.dumps(chunk), self._api_key)
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"{self.info.label} reported an error mid-answer ({message}). Try again.",
+                retryable=True,
+            )
+        state.usage = _usage(chunk.get("usage")) or state.usage
+        delta, finish, choice_usage = self._parse_choice(chunk)
+        state.usage = choice_usage or state.usage
+        state.finish = finish or state.finish
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            state.parts.append(content)
+        elif not delta.get("reasoning_content"):
+            return
+        state.tokens += 1
+        now = trio.current_time()
+        if now - state.last_report >= PROGRESS_INTERVAL_S:
+            state.last_report = now
+            await on_text("".join(state.parts), state.tokens)
+
+    def _parse_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            raise self._bad_response("a malformed chunk in its streamed answer")
+        return chunk
+
+    def _parse_choice(self, chunk: dict[str, Any]) -> tuple[dict[str, Any], str | None, Usage | None]:
+        choices = chunk.get("choices")
+        if choices is None or choices == []:
+            return {}, None, None
+        try:
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            finish = choice.get("finish_reason")
+            if not isinstance(delta, dict) or not (finish is None or isinstance(finish, str)):
+                raise TypeError("bad delta")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise self._bad_response("a malformed chunk in its streamed answer") from None
+        return delta, finish, _usage(choice.get("usage"))
+
+    def _check_finish(self, finish: str | None) -> None:
+        if finish in _FILTERED_FINISH:
+            raise AttemptError(
+                self.name,
+                "content_filtered",
+                f"{self.info.label} stopped the answer with its content filter. "
+                "Rephrase the request or leave out the flagged material.",
+            )
+
+    def _bad_response(self, what: str) -> AttemptError:
+        return AttemptError(
+            self.name,
+            "bad_response",
+            f"{self.info.label} sent {what}; no partial answer was used. Try again; if it "
+            f"persists, check {self.info.url_env} points at an OpenAI-compatible API.",
+        )
+
+    def _error_from_response(
+        self, response: httpx.Response, model: ModelInfo, messages: list[dict[str, Any]]
+    ) -> AttemptError:
+        """Map a non-200 answer to an error, by status and by what the body says."""
+        status = response.status_code
+        detail, code = _error_detail(response.text, self._api_key)
+        lowered = f"{detail} {code}".lower()
+        label = self.info.label
+        said = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+        def error(kind: str, message: str, retryable: bool = False) -> AttemptError:
+            return AttemptError(
+                self.name, kind, message, retryable=retryable, status=status, retry_after=retry_after
+            )
+
+        if status in (401, 403):
+            return error(
+                "auth",
+                f"{label} rejected the API key ({said}). Fix {self.info.key_env} and restart exai.",
+            )
+        if status == 429 and any(hint in lowered for hint in _QUOTA_HINTS):
+            return error(
+                "rate_limited",
+                f"{label} refused the request because the account's quota or balance is used up "
+                f"({said}). Top up the account or use a model of the other provider.",
+            )
+        if status == 429:
+            return error(
+                "rate_limited",
+                f"{label} is rate limiting requests ({said}). Wait a little and try again, or set "
+                f"{self.info.rpm_env} below your plan's limit.",
+                retryable=True,
+            )
+        if status == 408:
+            return error("timeout", f"{label} timed out the request ({said}). Try again.", True)
+        if is_retryable_status(status):
+            return error(
+                "unavailable",
+                f"{label} is unavailable ({said}). Try again later or use a model of the other provider.",
+                True,
+            )
+        if status == 413 or any(hint in lowered for hint in _CONTEXT_HINTS):
+            return error("context_too_long", context_too_long_message(model, estimate_tokens(messages), said))
+        if any(hint in lowered for hint in _FILTER_HINTS):
+            return error(
+                "content_filtered",
+                f"{label} refused the content ({said}). Rephrase the request or leave out the "
+                "flagged material.",
+            )
+        if status == 404:
+            return error(
+                "bad_request",
+                f"{label} does not serve model {model.name} at {self.base_url} ({said}). Check the "
+                f"model name and {self.info.url_env}.",
+            )
+        return error("bad_request", f"{label} refused the request ({said}). Check the request's parameters.")
+
+    @contextmanager
+    def _map_transport_errors(self, model: ModelInfo) -> Iterator[None]:
+        """The one place httpx exceptions become exai errors (`trio.Cancelled` passes untouched)."""
+        label = self.info.label
+        try:
+            yield
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"Could not connect to {label} at {self.base_url} ({_describe(exc)}). Check "
+                f"{self.info.url_env} and the network.",
+                retryable=True,
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise AttemptError(
+                self.name,
+                "timeout",
+                f"{label} did not answer in time ({_describe(exc)}). Try again.",
+                retryable=True,
+            ) from None
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"The connection to {label} broke mid-request ({_describe(exc)}); no partial answer "
+                "was used. Try again.",
+                retryable=True,
+            ) from None
+        except (httpx.DecodingError, SSEError) as exc:
+            raise self._bad_response(f"an answer exai cannot decode ({_describe(exc)})") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"The {label} URL {self.base_url} cannot be used ({_describe(exc)}). Fix {self.info.url_env}.",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise AttemptError(
+                self.name,
+                "unavailable",
+                f"The request to {label} failed ({_describe(exc)}). Try again.",
+                retryable=True,
+            ) from None
+
+
+class _RequestBody(httpx.AsyncByteStream):
+    """A request body that is a plain iterator, not an async generator.
+
+    httpcore stops iterating the body when cancelled mid-write; an abandoned async generator
+    (httpx's own body streams are ones) makes trio warn when it is collected.
+    """
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._sent = True
+
+    def __aiter__(self) -> _RequestBody:  # type: ignore[override]
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return self._data
+
+
+@dataclass
+class _StreamState:
+    parts: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish: str | None = None
+    usage: Usage | None = None
+    done: bool = False
+    last_report: float = -math.inf
+
+
+@asynccontextmanager
+async def _finishing(events: AsyncGenerator[T, None]) -> AsyncIterator[AsyncGenerator[T, None]]:
+    """Yield `events`; on exit, make sure it and the generators under it have ended.
+
+    httpx's streaming iterators are async generators nested in one another, and `aclose()`
+    on the outer one leaves the inner ones suspended (trio then warns when they are
+    collected). Reading on inside a cancelled scope ends them all from the inside: the next
+    read raises Cancelled in the innermost one, or the body turns out to be complete.
+    """
+    try:
+        yield events
+    finally:
+        with trio.CancelScope() as drain:
+            drain.cancel()
+            with suppress(Exception):  # StopAsyncIteration, or a read error: the exchange is over
+                while True:
+                    await events.__anext__()
+
+
+def context_too_long_message(model: ModelInfo, estimated: int, said: str = "") -> str:
+    because = f" ({PROVIDER_INFO[model.provider].label}: {said})" if said else ""
+    return (
+        f"The request (about {estimated:,} tokens by exai's estimate) does not fit the context "
+        f"window of {model.name}, {model.context_window:,} tokens{because}. Send fewer or smaller "
+        "files, shorten the conversation (start a new one without continuation_id), or use a "
+        "model with a larger context window."
+    )
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_detail(text: str, api_key: str) -> tuple[str, str]:
+    """The provider's error message and code from an error body, secrets scrubbed, shortened."""
+    message, code = text.strip(), ""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("msg") or json.dumps(error))
+            code = str(error.get("code") or error.get("type") or "")
+        elif error is not None:
+            message = str(error)
+    if api_key:
+        message = message.replace(api_key, "[redacted]")
+        code = code.replace(api_key, "[redacted]")
+    message = " ".join(message.split())
+    if len(message) > ERROR_DETAIL_CHARS:
+        message = message[:ERROR_DETAIL_CHARS] + "…"
+    return message, code[:80]
+
+
+def _usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,63 @@
+"""chat: talk to a model, optionally continuing a thread and with files as context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from exai.providers.base import as_messages
+from exai.store import ThreadNotFound
+from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.files import read_files
+
+SYSTEM = (
+    "You are a senior engineer helping a coding assistant. Answer precisely and concisely; "
+    "say when you are unsure."
+)
+
+
+class ChatArgs(ToolArgs):
+    prompt: str = Field(min_length=1, description="What to ask or discuss.")
+    model: str | None = Field(None, description="Model name, or 'auto' (default) to let exai choose.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature, 0 to 2.")
+    continuation_id: str | None = Field(
+        None, description="Continue an earlier conversation: the continuation_id a previous call returned."
+    )
+    files: list[str] = Field(
+        default_factory=list, description="Absolute paths of files to include as context."
+    )
+
+
+class Chat(Tool):
+    name = "chat"
+    description = (
+        "Ask a model (GLM or Kimi) a question or think through a problem together. "
+        "Pass files as absolute paths for context, and continuation_id to continue a thread."
+    )
+    Args = ChatArgs
+
+    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+        history: list[dict[str, Any]] = []
+        if args.continuation_id:
+            try:
+                history = ctx.store.load(args.continuation_id)
+            except ThreadNotFound:
+                raise ToolArgumentError(
+                    f"continuation_id {args.continuation_id!r} is unknown or expired; start a new thread"
+                ) from None
+        prompt = args.prompt
+        if args.files:
+            prompt = f"{prompt}\n\nFiles:\n{await read_files(args.files, ctx.settings.allowed_roots)}"
+        completion = await ctx.complete(
+            as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
+        )
+        thread = ctx.store.append(
+            args.continuation_id,
+            self.name,
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.text}],
+        )
+        return ToolOutput(
+            completion.text,
+            meta={"model": completion.model, "provider": completion.provider, "continuation_id": thread},
+        )

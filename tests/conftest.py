@@ -1,0 +1,136 @@
+"""Test rules: loopback only, port 0 everywhere, the real daemon over real WebSockets, the
+real simulator over real HTTP. `autojump_clock` for logic about time; real time only with
+short, generous bounds.
+
+After every test that started a daemon, the invariant check runs: no limiter token
+borrowed, no call alive, no provider request open. A leak fails the test that caused it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from exai.config import Settings
+from exai.providers.simulator import Simulator, serve_simulator
+from loguru import logger
+
+from exai.server import Bound, serve
+
+INVARIANT_GRACE_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No variable of the user's shell or a .env file leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith(("EXAI_", "KIMI_", "GLM_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def log_lines() -> Any:
+    """Every log line emitted during the test, as text."""
+    lines: list[str] = []
+    sink_id = logger.add(lambda m: lines.append(str(m).rstrip("\n")), level="DEBUG", format="{message}")
+    yield lines
+    logger.remove(sink_id)
+
+
+@pytest.fixture
+async def simulator(nursery: trio.Nursery) -> AsyncIterator[Simulator]:
+    sim: Simulator = await nursery.start(serve_simulator, "127.0.0.1", 0)
+    yield sim
+
+
+def test_settings(tmp_path: Any, sim_url: str | None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "monitor_port": 0,
+        "state_dir": tmp_path / "state",
+        "allowed_roots": [tmp_path],
+        "shutdown_grace_secs": 1.0,
+        "log_level": "DEBUG",
+    }
+    if sim_url is not None:
+        values.update(
+            kimi_api_key="test-kimi-key",
+            kimi_base_url=sim_url,
+            glm_api_key="test-glm-key",
+            glm_base_url=sim_url,
+            default_model="kimi-k2-0905-preview",
+        )
+    values.update(overrides)
+    return Settings(**values)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+class Daemons:
+    """Starts daemons for a test and checks the invariants when it ends."""
+
+    def __init__(self, nursery: trio.Nursery, tmp_path: Any, simulator: Simulator):
+        self.nursery = nursery
+        self.tmp_path = tmp_path
+        self.simulator = simulator
+        self.started: list[Bound] = []
+
+    async def start(self, *, demo: bool = False, **overrides: Any) -> Bound:
+        sim_url = None if demo else self.simulator.url
+        settings = test_settings(self.tmp_path, sim_url, **overrides)
+        bound: Bound = await self.nursery.start(partial(serve, settings, demo=demo))
+        self.started.append(bound)
+        return bound
+
+    def leaks(self, bound: Bound) -> list[str]:
+        daemon = bound.daemon
+        found = []
+        borrowed = {n: s["borrowed"] for n, s in daemon.limits.statistics().items() if s["borrowed"]}
+        if borrowed:
+            found.append(f"limiter tokens still borrowed: {borrowed}")
+        if len(daemon.calls):
+            found.append(f"calls still alive: {daemon.calls.snapshot()}")
+        if daemon.services.gateway.open_requests:
+            found.append(f"provider requests still open: {daemon.services.gateway.open_requests}")
+        return found
+
+    async def check_invariants(self) -> None:
+        for bound in self.started:
+            with trio.move_on_after(INVARIANT_GRACE_S):
+                while self.leaks(bound):  # noqa: ASYNC110 - several owners, no single event
+                    await trio.sleep(0.01)
+            problems = self.leaks(bound)
+            assert not problems, "; ".join(problems)
+        if self.simulator.stats.inflight:
+            with trio.move_on_after(INVARIANT_GRACE_S):
+                await self.simulator.wait_until(lambda s: s.inflight == 0)
+            assert self.simulator.stats.inflight == 0, "the simulator still has requests in flight"
+
+    async def stop_all(self) -> None:
+        for bound in self.started:
+            bound.daemon.request_shutdown()
+            with trio.fail_after(10):
+                await bound.daemon.stopped.wait()
+
+
+@pytest.fixture
+async def daemons(nursery: trio.Nursery, tmp_path: Any, simulator: Simulator) -> AsyncIterator[Daemons]:
+    harness = Daemons(nursery, tmp_path, simulator)
+    yield harness
+    try:
+        await harness.check_invariants()
+    finally:
+        await harness.stop_all()
+
+
+@pytest.fixture
+async def daemon(daemons: Daemons) -> Bound:
+    """A daemon on the simulator with the default limits."""
+    return await daemons.start()

@@ -1,0 +1,443 @@
+"""Tests of exai.config.
+
+Rules: every test runs in an empty temporary directory with every EXAI_*/KIMI_*/GLM_*
+variable removed, so neither the developer's shell nor a stray .env leaks in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+from pydantic import SecretStr
+
+import exai
+from exai import config
+from exai.config import (
+    ENV_NAMES,
+    ConfigError,
+    Settings,
+    describe_settings,
+    is_loopback,
+    load_settings,
+    run_config_command,
+)
+
+REPO = Path(exai.__file__).resolve().parent.parent
+SECRET = "sk-very-secret-value-123"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in list(os.environ):
+        if name.startswith(("EXAI_", "KIMI_", "GLM_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def problem_of() -> str:
+    """The ConfigError text for the current environment (set by the caller via monkeypatch)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "\n" not in text
+    return text
+
+
+# -- defaults and sources of values ---------------------------------------------------------
+
+
+def test_defaults_are_the_contract(tmp_path: Path) -> None:
+    s = load_settings()
+    assert (s.host, s.port, s.monitor_port, s.auth_token) == ("127.0.0.1", 8079, 8080, None)
+    assert (s.max_connections, s.max_message_bytes) == (1000, 1048576)
+    assert (s.global_max_inflight, s.session_max_inflight) == (24, 8)
+    assert (s.kimi_max_inflight, s.glm_max_inflight, s.max_queued) == (6, 4, 256)
+    assert (s.tool_timeout_secs, s.provider_timeout_secs) == (180.0, 120.0)
+    assert (s.provider_max_retries, s.max_provider_calls, s.max_auto_steps) == (3, 5, 3)
+    assert (s.stream_idle_secs, s.circuit_failures, s.circuit_cooldown_secs) == (30.0, 5, 30.0)
+    assert (s.kimi_rpm, s.glm_rpm) == (None, None)
+    assert (s.kimi_allowed_models, s.glm_allowed_models) == (None, None)
+    assert s.fallback is True
+    assert s.shutdown_grace_secs == 10.0
+    assert s.state_dir == Path.home() / ".local" / "state" / "exai"
+    assert (s.conversation_ttl_hours, s.max_conversation_turns) == (24.0, 40)
+    assert s.allowed_roots == [tmp_path.resolve()]
+    assert (s.log_level, s.log_format) == ("INFO", "text")
+    assert (s.kimi_api_key, s.kimi_base_url) == (None, "https://api.moonshot.ai/v1")
+    assert (s.glm_api_key, s.glm_base_url) == (None, "https://api.z.ai/api/paas/v4")
+    assert s.default_model == "auto"
+
+
+def test_env_names_are_the_contract() -> None:
+    assert ENV_NAMES["host"] == "EXAI_HOST"
+    assert ENV_NAMES["kimi_api_key"] == "KIMI_API_KEY"
+    assert ENV_NAMES["glm_base_url"] == "GLM_BASE_URL"
+    assert ENV_NAMES["default_model"] == "EXAI_DEFAULT_MODEL"
+    plain = {"kimi_api_key", "kimi_base_url", "glm_api_key", "glm_base_url"}
+    for name, env in ENV_NAMES.items():
+        if name not in plain:
+            assert env == f"EXAI_{name.upper()}"
+    assert len(ENV_NAMES) == 36
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("EXAI_PORT", "9001")
+    monkeypatch.setenv("EXAI_TOOL_TIMEOUT_SECS", "60.5")
+    monkeypatch.setenv("EXAI_PROVIDER_TIMEOUT_SECS", "30")
+    monkeypatch.setenv("EXAI_KIMI_RPM", "120")
+    monkeypatch.setenv("EXAI_KIMI_ALLOWED_MODELS", " kimi-k2 , kimi-latest,")
+    monkeypatch.setenv("EXAI_ALLOWED_ROOTS", f"{tmp_path}{os.pathsep}{other}{os.pathsep}")
+    monkeypatch.setenv("EXAI_FALLBACK", "no")
+    monkeypatch.setenv("EXAI_LOG_LEVEL", "debug")
+    monkeypatch.setenv("EXAI_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("KIMI_API_KEY", SECRET)
+    monkeypatch.setenv("GLM_BASE_URL", "http://127.0.0.1:8090/v1/")
+    s = load_settings()
+    assert s.port == 9001
+    assert (s.tool_timeout_secs, s.provider_timeout_secs) == (60.5, 30.0)
+    assert s.kimi_rpm == 120
+    assert s.kimi_allowed_models == ["kimi-k2", "kimi-latest"]
+    assert s.allowed_roots == [tmp_path.resolve(), other.resolve()]
+    assert s.fallback is False
+    assert (s.log_level, s.log_format) == ("DEBUG", "json")
+    assert isinstance(s.kimi_api_key, SecretStr)
+    assert s.kimi_api_key.get_secret_value() == SECRET
+    assert s.glm_base_url == "http://127.0.0.1:8090/v1"
+
+
+def test_empty_optional_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EXAI_KIMI_RPM", "EXAI_GLM_RPM", "EXAI_AUTH_TOKEN", "KIMI_API_KEY", "GLM_API_KEY"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("EXAI_KIMI_ALLOWED_MODELS", "")
+    monkeypatch.setenv("EXAI_GLM_ALLOWED_MODELS", " , ")
+    s = load_settings()
+    assert (s.kimi_rpm, s.glm_rpm, s.auth_token, s.kimi_api_key, s.glm_api_key) == (None,) * 5
+    assert (s.kimi_allowed_models, s.glm_allowed_models) == (None, None)
+
+
+def test_dotenv_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("EXAI_PORT=9100\nEXAI_MONITOR_PORT=9101\nEXAI_MAX_QUEUED=7\n")
+    monkeypatch.setenv("EXAI_MONITOR_PORT", "9200")
+    s = load_settings()
+    assert (s.port, s.monitor_port, s.max_queued) == (9100, 9200, 7)
+
+
+def test_overrides_beat_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_PORT=9100\n")
+    monkeypatch.setenv("EXAI_HOST", "localhost")
+    s = load_settings(host="127.0.0.2", port=0)
+    assert (s.host, s.port) == ("127.0.0.2", 0)
+
+
+def test_construct_by_field_name() -> None:
+    s = Settings(host="::1", port=0, max_queued=0, auth_token=SecretStr(SECRET))
+    assert (s.host, s.port, s.max_queued) == ("::1", 0, 0)
+    assert s.auth_token is not None and s.auth_token.get_secret_value() == SECRET
+    s = Settings.model_validate({"glm_allowed_models": ["glm-4.6"], "fallback": False})
+    assert s.glm_allowed_models == ["glm-4.6"]
+    assert s.fallback is False
+
+
+def test_unknown_override_is_a_programming_error() -> None:
+    with pytest.raises(TypeError, match="prot"):
+        load_settings(prot=1)
+
+
+def test_env_example_lists_every_variable_with_its_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    example = (REPO / ".env.example").read_text()
+    lines = example.splitlines()
+    for env in ENV_NAMES.values():
+        assigned = [i for i, line in enumerate(lines) if line.startswith((f"{env}=", f"# {env}="))]
+        assert len(assigned) == 1, env
+        assert lines[assigned[0] - 1].startswith("# "), f"{env} has no comment line"
+    # Used as .env as it is, the example gives exactly the defaults.
+    defaults = load_settings()
+    (tmp_path / ".env").write_text(example)
+    assert set(dotenv_values(tmp_path / ".env")) <= set(ENV_NAMES.values())
+    assert load_settings() == defaults
+
+
+# -- invalid values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "rule"),
+    [
+        ("EXAI_PORT", "abc", "must be an integer from 0 to 65535"),
+        ("EXAI_PORT", "70000", "must be an integer from 0 to 65535"),
+        ("EXAI_MONITOR_PORT", "-1", "must be an integer from 0 to 65535"),
+        ("EXAI_MAX_CONNECTIONS", "0", "must be an integer >= 1"),
+        ("EXAI_GLOBAL_MAX_INFLIGHT", "-3", "must be an integer >= 1"),
+        ("EXAI_MAX_MESSAGE_BYTES", "1.5", "must be an integer >= 1"),
+        ("EXAI_MAX_QUEUED", "-1", "must be an integer >= 0"),
+        ("EXAI_PROVIDER_MAX_RETRIES", "-1", "must be an integer >= 0"),
+        ("EXAI_MAX_AUTO_STEPS", "many", "must be an integer >= 0"),
+        ("EXAI_KIMI_RPM", "0", "must be an integer >= 1"),
+        ("EXAI_TOOL_TIMEOUT_SECS", "0", "must be a number > 0"),
+        ("EXAI_STREAM_IDLE_SECS", "soon", "must be a number > 0"),
+        ("EXAI_CIRCUIT_COOLDOWN_SECS", "nan", "must be a number > 0"),
+        ("EXAI_SHUTDOWN_GRACE_SECS", "-1", "must be a number >= 0"),
+        (
+            "EXAI_LOG_LEVEL",
+            "loud",
+            "must be one of TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL",
+        ),
+        ("EXAI_LOG_FORMAT", "xml", "must be one of text, json"),
+        ("KIMI_BASE_URL", "ftp://example.com", "must be an http:// or https:// URL"),
+        ("GLM_BASE_URL", "example.com/v1", "must be an http:// or https:// URL"),
+        ("GLM_BASE_URL", "http://host:port", "must be an http:// or https:// URL"),
+        ("EXAI_FALLBACK", "maybe", "must be a boolean"),
+        ("EXAI_DEFAULT_MODEL", "", "must not be empty"),
+        ("EXAI_HOST", "", "must be a host name or IP address"),
+        ("EXAI_STATE_DIR", "", "must be a directory path"),
+        ("EXAI_ALLOWED_ROOTS", os.pathsep, "must name at least one existing directory"),
+    ],
+)
+def test_invalid_value_names_variable_value_and_rule(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, rule: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    text = problem_of()
+    shown = value if value else '""'
+    assert text.startswith(f"{env}={shown}: "), text
+    assert rule in text
+
+
+def test_nonexistent_allowed_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    monkeypatch.setenv("EXAI_ALLOWED_ROOTS", f"{tmp_path}{os.pathsep}{missing}")
+    text = problem_of()
+    assert text.startswith("EXAI_ALLOWED_ROOTS=")
+    assert f"{missing} is not an existing directory" in text
+
+
+def test_allowed_root_that_is_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("EXAI_ALLOWED_ROOTS", str(tmp_path / "file"))
+    assert "is not an existing directory" in problem_of()
+
+
+def test_provider_timeout_above_tool_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_TOOL_TIMEOUT_SECS", "60")
+    monkeypatch.setenv("EXAI_PROVIDER_TIMEOUT_SECS", "90")
+    text = problem_of()
+    assert text == "EXAI_PROVIDER_TIMEOUT_SECS=90: must not exceed EXAI_TOOL_TIMEOUT_SECS (60)"
+
+
+def test_equal_timeouts_and_limits_are_fine() -> None:
+    s = load_settings(
+        tool_timeout_secs=5, provider_timeout_secs=5, global_max_inflight=2, session_max_inflight=2
+    )
+    assert (s.provider_timeout_secs, s.session_max_inflight) == (5.0, 2)
+
+
+def test_session_limit_above_global_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_SESSION_MAX_INFLIGHT", "30")
+    assert (
+        problem_of()
+        == "EXAI_SESSION_MAX_INFLIGHT=30: must not exceed EXAI_GLOBAL_MAX_INFLIGHT (24)"
+    )
+
+
+def test_non_loopback_host_needs_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_HOST", "0.0.0.0")
+    text = problem_of()
+    assert text.startswith("EXAI_HOST=0.0.0.0: ")
+    assert "EXAI_AUTH_TOKEN" in text
+    monkeypatch.setenv("EXAI_AUTH_TOKEN", SECRET)
+    assert load_settings().host == "0.0.0.0"
+
+
+def test_several_problems_make_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_PORT", "abc")
+    monkeypatch.setenv("EXAI_LOG_FORMAT", "xml")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert len(info.value.problems) == 2
+    assert str(info.value) == "; ".join(info.value.problems)
+    assert "EXAI_PORT=abc" in str(info.value) and "EXAI_LOG_FORMAT=xml" in str(info.value)
+
+
+def test_invalid_override_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^EXAI_PORT=70000: must be an integer from 0 to 65535$"):
+        load_settings(port=70000)
+
+
+def test_odd_values_stay_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_PORT", "80\n80")
+    assert problem_of().startswith("EXAI_PORT=80\\n80: ")
+    monkeypatch.setenv("EXAI_PORT", "x" * 500)
+    assert len(problem_of()) < 200
+
+
+def test_unreadable_dotenv_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"EXAI_PORT=\xff\xfe\n")
+    text = problem_of()
+    assert text.startswith(".env: cannot read")
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", ["KIMI_API_KEY", "GLM_API_KEY", "EXAI_AUTH_TOKEN"])
+def test_invalid_secret_is_redacted_in_errors(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv(env, f"{SECRET} trailing words")
+    text = problem_of()
+    assert SECRET not in text
+    assert text.startswith(f"{env}=****: ")
+
+
+def test_secrets_absent_from_errors_of_other_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIMI_API_KEY", SECRET)
+    monkeypatch.setenv("EXAI_AUTH_TOKEN", SECRET)
+    monkeypatch.setenv("EXAI_SESSION_MAX_INFLIGHT", "100")
+    monkeypatch.setenv("EXAI_PORT", "-5")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert SECRET not in str(info.value)
+    assert SECRET not in repr(info.value)
+
+
+def test_secrets_absent_from_describe_and_config_output(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KIMI_API_KEY", SECRET)
+    (tmp_path / ".env").write_text(f"GLM_API_KEY={SECRET}-glm\nEXAI_AUTH_TOKEN={SECRET}-token\n")
+    rows = {env: (value, source) for env, value, source in describe_settings()}
+    assert rows["KIMI_API_KEY"] == ("****", "environment")
+    assert rows["GLM_API_KEY"] == ("****", ".env")
+    assert rows["EXAI_AUTH_TOKEN"] == ("****", ".env")
+    assert SECRET not in repr(rows)
+    assert run_config_command(check=False) == 0
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err
+
+
+# -- describe_settings and `exai config` ---------------------------------------------------
+
+
+def test_describe_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_MONITOR_PORT=9101\nEXAI_MAX_QUEUED=7\n# EXAI_GLM_RPM=5\n")
+    monkeypatch.setenv("EXAI_MAX_QUEUED", "9")
+    monkeypatch.setenv("EXAI_LOG_LEVEL", "warning")
+    rows = describe_settings({"port": 0, "host": None})
+    assert [env for env, _, _ in rows] == list(ENV_NAMES.values())
+    table = {env: (value, source) for env, value, source in rows}
+    assert table["EXAI_PORT"] == ("0", "command line")
+    assert table["EXAI_HOST"] == ("127.0.0.1", "default")
+    assert table["EXAI_MONITOR_PORT"] == ("9101", ".env")
+    assert table["EXAI_MAX_QUEUED"] == ("9", "environment")
+    assert table["EXAI_LOG_LEVEL"] == ("WARNING", "environment")
+    assert table["EXAI_GLM_RPM"] == ("unset", "default")
+    assert table["EXAI_TOOL_TIMEOUT_SECS"] == ("180", "default")
+    assert table["EXAI_FALLBACK"] == ("true", "default")
+    assert table["EXAI_AUTH_TOKEN"] == ("unset", "default")
+    assert table["EXAI_ALLOWED_ROOTS"] == (str(tmp_path.resolve()), "default")
+
+
+def test_describe_settings_raises_on_invalid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_PORT", "abc")
+    with pytest.raises(ConfigError, match="EXAI_PORT=abc"):
+        describe_settings()
+
+
+def test_config_command_prints_aligned_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXAI_PORT", "9001")
+    assert run_config_command(check=False) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert len(lines) == len(ENV_NAMES)
+    port_line = next(line for line in lines if line.startswith("EXAI_PORT "))
+    assert port_line.split() == ["EXAI_PORT", "9001", "(environment)"]
+    # Aligned: every value and every source starts in the same column.
+    value_columns = {len(line) - len(line[len(line.split()[0]) :].lstrip()) for line in lines}
+    source_columns = {line.rindex("(") for line in lines}
+    assert len(value_columns) == 1 and len(source_columns) == 1
+
+
+def test_config_command_invalid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXAI_LOG_FORMAT", "xml")
+    assert run_config_command(check=False) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "exai: invalid configuration: EXAI_LOG_FORMAT=xml: must be one of text, json\n"
+
+
+def test_config_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_config_command(check=True) == 0
+    assert capsys.readouterr() == ("configuration ok\n", "")
+
+
+def test_config_check_invalid(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXAI_HOST", "192.0.2.1")
+    assert run_config_command(check=True) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("exai: invalid configuration: EXAI_HOST=192.0.2.1: ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    env["EXAI_PORT"] = "abc"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "EXAI_PORT=abc" in result.stderr
+
+
+# -- is_loopback ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST", "::ffff:127.0.0.1"]
+)
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+    assert load_settings(host=host).host == host
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "192.168.1.10", "example.com", "128.0.0.1", "localhost.example"]
+)
+def test_non_loopback_hosts(host: str) -> None:
+    assert not is_loopback(host)
+
+
+def test_constants_are_the_field_defaults() -> None:
+    fields = Settings.model_fields
+    assert fields["port"].default == config.DEFAULT_PORT == 8079
+    assert fields["monitor_port"].default == config.DEFAULT_MONITOR_PORT == 8080
+    assert fields["tool_timeout_secs"].default == config.DEFAULT_TOOL_TIMEOUT_SECS == 180.0
+    assert fields["kimi_base_url"].default == config.DEFAULT_KIMI_BASE_URL

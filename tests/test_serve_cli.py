@@ -1,0 +1,80 @@
+"""`exai serve` as a user runs it: a real process, real signals, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import trio
+
+from exai.client import connect
+
+EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
+
+
+def clean_env(tmp_path: Any, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    env.update(EXAI_STATE_DIR=str(tmp_path / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0")
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("EXAI_PORT", "not-a-port"),
+        ("EXAI_PORT", "70000"),
+        ("EXAI_GLOBAL_MAX_INFLIGHT", "-3"),
+        ("EXAI_PROVIDER_TIMEOUT_SECS", "500"),  # more than the tool timeout
+        ("EXAI_SESSION_MAX_INFLIGHT", "100"),  # more than the global limit
+        ("EXAI_HOST", "0.0.0.0"),  # non-loopback without a token
+        ("EXAI_LOG_FORMAT", "xml"),
+        ("KIMI_BASE_URL", "ftp://example.invalid"),
+    ],
+)
+def test_invalid_configuration_exits_2_with_one_line(tmp_path: Any, variable: str, value: str) -> None:
+    env = clean_env(tmp_path, **{variable: value})
+    proc = subprocess.run([*EXAI, "serve"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+async def test_serve_demo_call_and_sigterm(tmp_path: Any) -> None:
+    env = clean_env(tmp_path)
+    proc = await trio.lowlevel.open_process(
+        [*EXAI, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        buffer = b""
+        with trio.fail_after(20):
+            while b"exai monitor on" not in buffer:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "serve exited early"
+                buffer += chunk
+        match = re.search(rb"exai listening on (ws://127\.0\.0\.1:\d+)", buffer)
+        assert match, buffer
+        url = match.group(1).decode()
+        async with connect(url) as client:
+            result = await client.call_tool("chat", {"prompt": "hello"})
+            assert not result.is_error and result.text
+            version = await client.call_tool("version", {})
+            assert version.structured["demo"] is True
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await proc.wait()
+        assert code == 0
+        errors = (await proc.stderr.receive_some(1 << 20)).decode()
+        assert "DEMO" in errors
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
