@@ -7,8 +7,8 @@ import itertools
 import signal
 import sys
 import time
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import trio

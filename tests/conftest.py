@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 import trio
-from exai.config import Settings
-from exai.providers.simulator import Simulator, serve_simulator
 from loguru import logger
 
+from exai.config import Settings
+from exai.providers.simulator import Simulator, serve_simulator
 from exai.server import Bound, serve
 
 INVARIANT_GRACE_S = 2.0

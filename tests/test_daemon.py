@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 import trio
 from support import eventually
-import httpx
 from trio_websocket import ConnectionClosed
 
 from exai.client import ExaiClient, RpcError, connect, open_websocket

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from typing import Any
 
 import pytest
@@ -157,11 +158,27 @@ async def test_broken_answers_give_clear_errors(
         await settled(gw, simulator)
 
 
+async def test_an_open_circuit_answers_at_once_without_a_request(simulator: Simulator) -> None:
+    async with sim_gateway(simulator, circuit_failures=2, provider_max_retries=0) as gw:
+        for _ in range(2):
+            with pytest.raises(ProviderError):
+                await call(gw, sim_messages(status=503))
+        started = trio.current_time()
+        with pytest.raises(ProviderError) as fast:
+            await call(gw, sim_messages(reply="never sent"))
+        assert trio.current_time() - started < 0.05
+        assert fast.value.kind == "circuit_open"
+        assert simulator.stats.requests_total == 2
+        # `auto` goes to the other provider meanwhile.
+        result = await gw.complete(model=None, messages=sim_messages(reply="from glm"), budget=CallBudget(1))
+        assert (result.provider, result.text) == ("glm", "from glm")
+
+
 async def test_the_simulator_never_sees_more_than_the_provider_limit(simulator: Simulator) -> None:
     async with sim_gateway(simulator, kimi=4) as gw:
         async with trio.open_nursery() as nursery:
             for i in range(30):
-                nursery.start_soon(lambda i=i: call(gw, sim_messages(f"call {i}", latency_s=0.02)))
+                nursery.start_soon(call, gw, sim_messages(f"call {i}", latency_s=0.02))
         await settled(gw, simulator)
     assert simulator.stats.requests_total == 30
     assert simulator.stats.max_inflight == 4
@@ -181,22 +198,32 @@ async def test_the_pool_survives_200_cancellations_under_contention(simulator: S
             )
 
     async with provider.client:
-        # 200 requests for 4 connections, the limiter bypassed: most wait in the pool,
-        # some are mid-request, and each is cancelled at a random moment.
-        async with trio.open_nursery() as nursery:
-            for i in range(200):
-                nursery.start_soon(lambda i=i: one(f"doomed {i}", rng.uniform(0.0, 0.3), latency_s=0.05))
-        assert provider.open_requests == 0
-        with trio.fail_after(2):
-            await simulator.wait_until(lambda s: s.inflight == 0)
-        assert simulator.stats.aborted > 0  # some were cancelled mid-request, not only in the queue
+        transport = provider.client._transport
+        # 3 x 200 requests for 4 connections, the limiter bypassed: most wait in the pool,
+        # some are mid-request, and each is cancelled at a random moment. Four hanging ones
+        # hold the connections first, so some cancellations certainly land mid-request.
+        for round_ in range(3):
+            simulator.reset()
+            async with trio.open_nursery() as nursery:
+                for i in range(pool_size):
+                    nursery.start_soon(partial(one, f"hang {round_}.{i}", rng.uniform(0.05, 0.3), hang=True))
+                with trio.fail_after(2):
+                    await simulator.wait_until(lambda s: s.inflight == pool_size)
+                for i in range(200 - pool_size):
+                    doomed = partial(one, f"doomed {round_}.{i}", rng.uniform(0.0, 0.3), latency_s=0.05)
+                    nursery.start_soon(doomed)
+            assert provider.open_requests == 0
+            with trio.fail_after(2):
+                await simulator.wait_until(lambda s: s.inflight == 0)
+            assert simulator.stats.aborted >= pool_size  # cancelled mid-request, not only queued
+            assert transport.statistics()["active"] == 0  # type: ignore[attr-defined]
         # A full load: pool_size requests at once each take 0.3 s. With every slot free they
         # finish together; a leaked slot would make them queue (or hit the pool timeout).
         started = trio.current_time()
         simulator.reset()
         async with trio.open_nursery() as nursery:
             for i in range(pool_size):
-                nursery.start_soon(lambda i=i: one(f"load {i}", None, latency_s=0.3))
+                nursery.start_soon(partial(one, f"load {i}", None, latency_s=0.3))
         took = trio.current_time() - started
         assert simulator.stats.completed == pool_size
         assert simulator.stats.max_inflight == pool_size
@@ -204,7 +231,7 @@ async def test_the_pool_survives_200_cancellations_under_contention(simulator: S
         # And the pool still serves many rounds of work.
         async with trio.open_nursery() as nursery:
             for i in range(40):
-                nursery.start_soon(lambda i=i: one(f"after {i}", None))
+                nursery.start_soon(one, f"after {i}", None)
         assert simulator.stats.completed == pool_size + 40
         assert provider.open_requests == 0
 
@@ -226,7 +253,7 @@ async def test_the_gateway_recovers_after_200_cancelled_calls(simulator: Simulat
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
             for i in range(4):
-                nursery.start_soon(lambda i=i: call(gw, sim_messages(f"load {i}", latency_s=0.3)))
+                nursery.start_soon(call, gw, sim_messages(f"load {i}", latency_s=0.3))
         assert trio.current_time() - started < 0.55
         assert simulator.stats.max_inflight == 4
 

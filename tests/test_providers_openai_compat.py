@@ -314,6 +314,24 @@ async def test_a_stream_that_goes_silent_is_aborted_after_the_idle_time(autojump
     assert "EXAI_STREAM_IDLE_SECS" in str(exc)
 
 
+async def test_a_slow_progress_callback_is_not_provider_silence(autojump_clock: trio.abc.Clock) -> None:
+    events: list[str | float] = [chunk("a"), 0.2, chunk("b"), chunk(None, "stop"), "[DONE]"]
+
+    async def slow_on_text(text: str, tokens: int) -> None:
+        await trio.sleep(10.0)  # longer than the idle time: a slow client, not a silent provider
+
+    result = await attempt(provider(answering(lambda: sse(events))), on_text=slow_on_text, stream_idle_s=5.0)
+    assert result.text == "ab"
+
+
+async def test_a_body_left_open_after_done_still_gives_the_answer(autojump_clock: trio.abc.Clock) -> None:
+    events: list[str | float] = [chunk("all of it"), chunk(None, "stop"), "[DONE]"]
+    start = trio.current_time()
+    result = await attempt(provider(answering(lambda: sse(events, then_stall=True))), on_text=_ignore, stream_idle_s=5.0)
+    assert result.text == "all of it"
+    assert trio.current_time() - start == pytest.approx(5.0)  # read on for the body's end, then gave up
+
+
 async def test_waiting_for_the_stream_headers_also_counts_as_idle(autojump_clock: trio.abc.Clock) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         await trio.sleep(1000)

@@ -287,6 +287,8 @@ class ModelGateway:
                             log_context=(request_id, number, attempts),
                         )
             except AttemptError as exc:
+                # A caller cancelled meanwhile (its deadline, say) gets Cancelled, not this error.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 if not exc.retryable or number == attempts:
                     raise _final(exc, number) from None
                 left = deadline - trio.current_time()

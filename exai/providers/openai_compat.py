@@ -21,6 +21,7 @@ from httpx_sse import EventSource, SSEError
 from exai.providers.base import Completion, OnText, ProviderError, Usage
 from exai.providers.catalog import PROVIDER_INFO, ModelInfo, ProviderInfo, estimate_tokens
 from exai.providers.retry import is_retryable_status, parse_retry_after
+from exai.providers.transport import TrioH11Transport
 
 CONNECT_TIMEOUT_S: Final = 10.0
 KEEPALIVE_EXPIRY_S: Final = 30.0
@@ -85,15 +86,16 @@ class AttemptError(ProviderError):
 def make_client(
     api_key: str, *, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """The provider's one shared client: pool sized to the provider's in-flight limit."""
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-    )
+    """The provider's one shared client; keep-alive pool sized to the provider's in-flight limit.
+
+    The transport is ours (`exai.providers.transport`): httpcore 1.0.9's pool costs
+    O(connections^2) per request and can lose slots to cancelled requests (encode/httpcore#1093).
+    Concurrency is bounded by the provider's limiter, taken around every attempt.
+    """
     return httpx.AsyncClient(
-        limits=limits,
-        transport=transport,
+        transport=transport if transport is not None else TrioH11Transport(
+            max_keepalive=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
+        ),
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         follow_redirects=False,
     )
@@ -222,8 +224,10 @@ class OpenAICompatProvider:
                     raise self._error_from_response(response, model, messages)
                 async with _finishing(EventSource(response).aiter_sse()) as events:
                     async for event in events:
-                        idle.deadline = trio.current_time() + idle_s
-                        await self._on_event(event.data, state, on_text)
+                        if self._take_event(event.data, state):
+                            # The caller's time (a slow client, say) is not provider silence.
+                            idle.deadline = math.inf
+                            await on_text("".join(state.parts), state.tokens)
                         idle.deadline = trio.current_time() + idle_s
             finally:
                 await response.aclose()
@@ -251,13 +255,13 @@ class OpenAICompatProvider:
             text="".join(state.parts), model=model.name, provider=self.name, usage=usage, finish_reason=state.finish
         )
 
-    async def _on_event(self, data: str, state: _StreamState, on_text: OnText) -> None:
-        """Take in one SSE event; report progress at most every PROGRESS_INTERVAL_S."""
+    def _take_event(self, data: str, state: _StreamState) -> bool:
+        """Take in one SSE event; True when progress is due (at most every PROGRESS_INTERVAL_S)."""
         if state.done:
-            return  # read on to the end of the body, so the connection can be reused
+            return False  # read on to the end of the body, so the connection can be reused
         if data.strip() == "[DONE]":
             state.done = True
-            return
+            return False
         chunk = self._parse_chunk(data)
         if "error" in chunk:
             message, _ = _error_detail(json.dumps(chunk), self._api_key)
@@ -275,12 +279,13 @@ class OpenAICompatProvider:
         if isinstance(content, str) and content:
             state.parts.append(content)
         elif not delta.get("reasoning_content"):
-            return
+            return False
         state.tokens += 1
         now = trio.current_time()
-        if now - state.last_report >= PROGRESS_INTERVAL_S:
-            state.last_report = now
-            await on_text("".join(state.parts), state.tokens)
+        if now - state.last_report < PROGRESS_INTERVAL_S:
+            return False
+        state.last_report = now
+        return True
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:

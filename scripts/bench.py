@@ -1,0 +1,326 @@
+"""exai benchmark: prints one JSON object of numbers (no pass/fail; targets live in issue notes).
+
+Three processes on loopback: the simulator (`exai mock-provider`), the daemon (`exai serve`),
+and this driver. A second simulator runs inside this driver, behind the GLM provider, so that
+disconnect-to-abort is timed on one clock.
+
+    python scripts/bench.py            # full run, about a minute
+    python scripts/bench.py --quick    # a smoke run, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import trio
+
+from exai.client import ExaiClient, connect
+from exai.providers.simulator import Simulator, serve_simulator
+
+EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
+MESSAGES = [{"role": "user", "content": "benchmark"}]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def ms(value: float) -> float:
+    return round(value * 1000, 3)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
+    buffer = b""
+    while True:
+        match = re.search(pattern, buffer)
+        if match:
+            return match
+        chunk = await stream.receive_some()
+        if not chunk:
+            raise RuntimeError(f"process exited before printing {pattern!r}: {buffer!r}")
+        buffer += chunk
+
+
+class Bench:
+    def __init__(self, sim_url: str, daemon_url: str, local_sim: Simulator, daemon_pid: int):
+        self.sim_url = sim_url
+        self.daemon_url = daemon_url
+        self.local_sim = local_sim
+        self.daemon_pid = daemon_pid
+        self.http = httpx.AsyncClient(
+            base_url=sim_url,
+            headers={"Authorization": "Bearer bench"},
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+            timeout=30,
+        )
+
+    async def sim_config(self, **behaviour: Any) -> None:
+        admin = self.sim_url.rsplit("/v1", 1)[0]
+        response = await self.http.post(f"{admin}/_sim/config", json=behaviour)
+        response.raise_for_status()
+
+    async def direct_call(self) -> float:
+        started = trio.current_time()
+        body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES}
+        response = await self.http.post("/chat/completions", json=body)
+        response.raise_for_status()
+        response.json()
+        return trio.current_time() - started
+
+    async def daemon_call(self, client: ExaiClient) -> float:
+        started = trio.current_time()
+        result = await client.call_tool("chat", {"prompt": "benchmark"})
+        if result.is_error:
+            raise RuntimeError(result.text)
+        return trio.current_time() - started
+
+    async def sequential(self, n: int) -> dict[str, Any]:
+        """One call at a time: daemon latency minus direct latency, interleaved."""
+        await self.sim_config(latency_s=0)
+        direct, through = [], []
+        async with connect(self.daemon_url) as client:
+            for _ in range(20):  # warm up both paths
+                await self.direct_call()
+                await self.daemon_call(client)
+            for _ in range(n):
+                direct.append(await self.direct_call())
+                through.append(await self.daemon_call(client))
+        return {
+            "calls": n,
+            "direct_p50_ms": ms(pct(direct, 0.5)),
+            "daemon_p50_ms": ms(pct(through, 0.5)),
+            "added_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
+            "added_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
+        }
+
+    async def open_loop(self, rate: float, seconds: float, latency: float, connections: int) -> dict[str, Any]:
+        """Calls start on schedule whatever the daemon is doing; the same schedule direct."""
+        await self.sim_config(latency_s=latency)
+        n = int(rate * seconds)
+
+        async def schedule(call: Callable[[int], Awaitable[float]]) -> list[float]:
+            out: list[float] = []
+            start = trio.current_time()
+
+            async def one(i: int) -> None:
+                out.append(await call(i))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(n):
+                    await trio.sleep_until(start + i / rate)
+                    nursery.start_soon(one, i)
+            return out
+
+        direct = await schedule(lambda i: self.direct_call())
+        async with trio.open_nursery() as opener:
+            clients: list[ExaiClient] = []
+            ready = trio.Event()
+            done = trio.Event()
+
+            async def hold() -> None:
+                async with connect(self.daemon_url) as client:
+                    clients.append(client)
+                    if len(clients) == connections:
+                        ready.set()
+                    await done.wait()
+
+            for _ in range(connections):
+                opener.start_soon(hold)
+            await ready.wait()
+            through = await schedule(lambda i: self.daemon_call(clients[i % connections]))
+            done.set()
+        return {
+            "rate_per_s": rate,
+            "calls": n,
+            "provider_latency_ms": ms(latency),
+            "direct_p50_ms": ms(pct(direct, 0.5)),
+            "direct_p99_ms": ms(pct(direct, 0.99)),
+            "daemon_p50_ms": ms(pct(through, 0.5)),
+            "daemon_p99_ms": ms(pct(through, 0.99)),
+            "added_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
+            "added_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
+        }
+
+    async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
+        """Closed loop against a zero-latency simulator."""
+        await self.sim_config(latency_s=0)
+        count = 0
+        errors = 0
+        async with trio.open_nursery() as nursery:
+            deadline = trio.current_time() + seconds
+
+            async def worker(client: ExaiClient) -> None:
+                nonlocal count, errors
+                while trio.current_time() < deadline:
+                    try:
+                        await self.daemon_call(client)
+                        count += 1
+                    except Exception:
+                        errors += 1
+
+            async def conn(workers: int) -> None:
+                async with connect(self.daemon_url) as client, trio.open_nursery() as inner:
+                    for _ in range(workers):
+                        inner.start_soon(worker, client)
+
+            for i in range(connections):
+                nursery.start_soon(conn, inflight // connections + (1 if i < inflight % connections else 0))
+        return {"inflight": inflight, "seconds": seconds, "calls": count, "errors": errors,
+                "calls_per_s": round(count / seconds, 1)}
+
+    async def disconnect_to_abort(self, n: int) -> dict[str, Any]:
+        """A call hangs at the (in-process) provider; the client drops; time until the abort."""
+        sim = self.local_sim
+        gaps = []
+        for i in range(n):
+            aborted = sim.stats.aborted
+            async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
+
+                async def doomed(i: int = i) -> None:
+                    try:
+                        await client.call_tool("chat", {"prompt": f'{i}\n#sim {{"hang": true}}', "model": "glm-4.5-flash"})
+                    except Exception:
+                        pass
+
+                nursery.start_soon(doomed)
+                with trio.fail_after(5):
+                    await sim.wait_until(lambda s, target=aborted: s.inflight == 1)
+                dropped = trio.current_time()
+                await client.close_abruptly()
+                with trio.fail_after(5):
+                    await sim.wait_until(lambda s, target=aborted: s.aborted > target)
+                assert sim.stats.last_abort_at is not None
+                gaps.append(sim.stats.last_abort_at - dropped)
+        return {"runs": n, "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps))}
+
+    async def memory(self, idle: int, inflight: int) -> dict[str, Any]:
+        """RSS growth of the daemon per idle connection and per in-flight call."""
+        await self.sim_config(latency_s=0)
+        base = rss_kib(self.daemon_pid)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+            opened = 0
+            all_open = trio.Event()
+
+            async def hold() -> None:
+                nonlocal opened
+                async with connect(self.daemon_url):
+                    opened += 1
+                    if opened == idle:
+                        all_open.set()
+                    await done.wait()
+
+            for _ in range(idle):
+                nursery.start_soon(hold)
+            await all_open.wait()
+            await trio.sleep(0.5)
+            with_idle = rss_kib(self.daemon_pid)
+            done.set()
+        await trio.sleep(0.5)
+        base_calls = rss_kib(self.daemon_pid)
+        await self.sim_config(hang=True)
+        async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
+
+            async def hanging(i: int) -> None:
+                try:
+                    await client.call_tool("chat", {"prompt": f"hold {i}"})
+                except Exception:
+                    pass
+
+            for i in range(inflight):
+                nursery.start_soon(hanging, i)
+            with trio.fail_after(30):
+                while True:
+                    stats = (await self.http.get(self.sim_url.rsplit("/v1", 1)[0] + "/_sim/stats")).json()
+                    if stats["inflight"] >= inflight:
+                        break
+                    await trio.sleep(0.1)
+            with_calls = rss_kib(self.daemon_pid)
+            nursery.cancel_scope.cancel()
+        await self.sim_config(latency_s=0)
+        return {
+            "idle_connections": idle,
+            "rss_per_idle_connection_kib": round((with_idle - base) / idle, 2),
+            "inflight_calls": inflight,
+            "rss_with_inflight_mib": round(with_calls / 1024, 1),
+            "rss_per_inflight_call_kib": round((with_calls - base_calls) / inflight, 2),
+        }
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    async with trio.open_nursery() as nursery:
+        local_sim: Simulator = await nursery.start(serve_simulator, "127.0.0.1", 0)
+        sim = await trio.lowlevel.open_process(
+            [*EXAI, "mock-provider", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        try:
+            sim_url = (await read_line_matching(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
+            limit = "2000"
+            daemon_env = {
+                **env,
+                "KIMI_API_KEY": "bench", "KIMI_BASE_URL": sim_url,
+                "GLM_API_KEY": "bench", "GLM_BASE_URL": local_sim.url,
+                "EXAI_DEFAULT_MODEL": "kimi-k2-0905-preview",
+                "EXAI_PORT": "0", "EXAI_MONITOR_PORT": "0",
+                "EXAI_GLOBAL_MAX_INFLIGHT": limit, "EXAI_SESSION_MAX_INFLIGHT": limit,
+                "EXAI_KIMI_MAX_INFLIGHT": limit, "EXAI_GLM_MAX_INFLIGHT": "64",
+                "EXAI_MAX_CONNECTIONS": "5000", "EXAI_MAX_QUEUED": "5000",
+                "EXAI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+                "EXAI_STATE_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), f"exai-bench-{os.getpid()}"),
+            }
+            daemon = await trio.lowlevel.open_process(
+                [*EXAI, "serve"], env=daemon_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
+            try:
+                url = (await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)")).group(1).decode()
+                bench = Bench(sim_url, url, local_sim, daemon.pid)
+                scale = 0.2 if quick else 1.0
+                results: dict[str, Any] = {}
+                results["sequential"] = await bench.sequential(int(500 * scale))
+                results["open_loop_300_per_s"] = await bench.open_loop(300, 5 * scale, 0.2, 8)
+                results["throughput"] = await bench.throughput(64, 5 * scale, 8)
+                results["disconnect_to_abort"] = await bench.disconnect_to_abort(int(100 * scale))
+                results["memory"] = await bench.memory(int(1000 * scale), int(1000 * scale))
+                await bench.http.aclose()
+                return results
+            finally:
+                daemon.send_signal(signal.SIGTERM)
+                with trio.move_on_after(15):
+                    await daemon.wait()
+                if daemon.returncode is None:
+                    daemon.kill()
+        finally:
+            sim.send_signal(signal.SIGINT)
+            with trio.move_on_after(5):
+                await sim.wait()
+            if sim.returncode is None:
+                sim.kill()
+            nursery.cancel_scope.cancel()
+    raise AssertionError("unreachable")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    opts = parser.parse_args()
+    print(json.dumps(trio.run(main, opts.quick), indent=2))
