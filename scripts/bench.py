@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
