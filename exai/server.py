@@ -452,9 +452,24 @@ def run_serve(*, host: str | None, port: int | None, monitor_port: int | None, d
 
     try:
         trio.run(main)
-    except OSError as exc:
-        print(f"exai: cannot listen: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
+    except BaseException as exc:
+        bind_error = _find(exc, OSError)
+        if bind_error is None:
+            raise
+        print(f"exai: cannot listen: {bind_error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first `kind` exception in `exc` or, for a group, anywhere inside it."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None

@@ -22,9 +22,11 @@ from typing import Any
 
 import httpx
 import trio
+from httpx_sse import aconnect_sse
 
-from exai.client import ExaiClient, connect
+from exai.client import ExaiClient, RpcError, connect
 from exai.providers.simulator import Simulator, serve_simulator
+from exai.providers.transport import TrioH11Transport
 
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 MESSAGES = [{"role": "user", "content": "benchmark"}]
@@ -65,10 +67,11 @@ class Bench:
         self.daemon_url = daemon_url
         self.local_sim = local_sim
         self.daemon_pid = daemon_pid
+        # The direct baseline uses the daemon's own transport, so the difference is the daemon.
         self.http = httpx.AsyncClient(
+            transport=TrioH11Transport(max_keepalive=256),
             base_url=sim_url,
             headers={"Authorization": "Bearer bench"},
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
             timeout=30,
         )
 
@@ -186,6 +189,71 @@ class Bench:
         return {"inflight": inflight, "seconds": seconds, "calls": count, "errors": errors,
                 "calls_per_s": round(count / seconds, 1)}
 
+    async def first_chunk(self, n: int) -> dict[str, Any]:
+        """Streaming: first progress notification through the daemon vs first SSE chunk direct."""
+        await self.sim_config(latency_s=0, chunks=5, chunk_delay_s=0.02)
+        direct, through = [], []
+        body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES, "stream": True}
+        async with connect(self.daemon_url) as client:
+            for i in range(n + 10):
+                started = trio.current_time()
+                async with aconnect_sse(self.http, "POST", "/chat/completions", json=body) as source:
+                    first = None
+                    async for _event in source.aiter_sse():
+                        first = first or trio.current_time() - started
+                direct.append(first or 0.0)
+                started = trio.current_time()
+                seen: list[float] = []
+
+                def on_progress(params: dict[str, Any], started: float = started, seen: list[float] = seen) -> None:
+                    if not seen:
+                        seen.append(trio.current_time() - started)
+
+                await client.call_tool("chat", {"prompt": f"stream {i}"}, on_progress=on_progress)
+                through.append(seen[0])
+        direct, through = direct[10:], through[10:]
+        await self.sim_config(latency_s=0)
+        return {
+            "calls": n,
+            "direct_first_chunk_p50_ms": ms(pct(direct, 0.5)),
+            "daemon_first_progress_p50_ms": ms(pct(through, 0.5)),
+            "overhead_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
+            "overhead_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
+        }
+
+    async def storm(self, inflight: int, seconds: float, timeout: float) -> dict[str, Any]:
+        """The simulator refuses half the attempts with 429 + Retry-After: 1."""
+        await self.sim_config(status=429, fail_ratio=0.5, retry_after="1")
+        ok = tool_errors = timeouts = other = 0
+        overrun = 0.0
+        deadline = trio.current_time() + seconds
+
+        async def worker(client: ExaiClient, w: int) -> None:
+            nonlocal ok, tool_errors, timeouts, other, overrun
+            i = 0
+            while trio.current_time() < deadline:
+                i += 1
+                started = trio.current_time()
+                try:
+                    result = await client.call_tool("chat", {"prompt": f"storm {w}.{i}"}, timeout=timeout)
+                    ok += not result.is_error
+                    tool_errors += result.is_error
+                except RpcError as exc:
+                    timeouts += exc.code == -32001
+                    other += exc.code != -32001
+                overrun = max(overrun, trio.current_time() - started - timeout)
+
+        async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
+            for w in range(inflight):
+                nursery.start_soon(worker, client, w)
+        await self.sim_config(latency_s=0)
+        return {
+            "inflight": inflight, "seconds": seconds, "call_timeout_s": timeout,
+            "ok_per_s": round(ok / seconds, 1), "ok": ok, "tool_errors": tool_errors,
+            "timeouts": timeouts, "other_errors": other,
+            "worst_deadline_overrun_ms": ms(max(0.0, overrun)),
+        }
+
     async def disconnect_to_abort(self, n: int) -> dict[str, Any]:
         """A call hangs at the (in-process) provider; the client drops; time until the abort."""
         sim = self.local_sim
@@ -265,7 +333,7 @@ class Bench:
         }
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
     async with trio.open_nursery() as nursery:
         local_sim: Simulator = await nursery.start(serve_simulator, "127.0.0.1", 0)
@@ -294,12 +362,28 @@ async def main(quick: bool) -> dict[str, Any]:
                 url = (await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)")).group(1).decode()
                 bench = Bench(sim_url, url, local_sim, daemon.pid)
                 scale = 0.2 if quick else 1.0
+                runs: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                    "sequential": lambda: bench.sequential(int(500 * scale)),
+                    "open_loop_300_per_s": lambda: bench.open_loop(300, 5 * scale, 0.2, 8),
+                    "throughput": lambda: bench.throughput(64, 5 * scale, 8),
+                    "streaming_first_chunk": lambda: bench.first_chunk(int(200 * scale)),
+                    "storm_429_half": lambda: bench.storm(32, 8 * scale, 3.0),
+                    "disconnect_to_abort": lambda: bench.disconnect_to_abort(int(100 * scale)),
+                    "memory": lambda: bench.memory(int(1000 * scale), int(1000 * scale)),
+                }
+                profiler = None
+                if profile:
+                    profiler = await trio.lowlevel.open_process(
+                        ["py-spy", "record", "--pid", str(daemon.pid), "--format", "raw", "-o", profile],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
                 results: dict[str, Any] = {}
-                results["sequential"] = await bench.sequential(int(500 * scale))
-                results["open_loop_300_per_s"] = await bench.open_loop(300, 5 * scale, 0.2, 8)
-                results["throughput"] = await bench.throughput(64, 5 * scale, 8)
-                results["disconnect_to_abort"] = await bench.disconnect_to_abort(int(100 * scale))
-                results["memory"] = await bench.memory(int(1000 * scale), int(1000 * scale))
+                for name, run in runs.items():
+                    if not only or name in only:
+                        results[name] = await run()
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    await profiler.wait()
                 await bench.http.aclose()
                 return results
             finally:
@@ -321,5 +405,7 @@ async def main(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--only", nargs="*", default=[], help="run only these (names as printed)")
+    parser.add_argument("--profile", help="record the daemon with py-spy (raw format) into this file")
     opts = parser.parse_args()
-    print(json.dumps(trio.run(main, opts.quick), indent=2))
+    print(json.dumps(trio.run(main, opts.quick, opts.only, opts.profile), indent=2))

@@ -78,3 +78,16 @@ async def test_serve_demo_call_and_sigterm(tmp_path: Any) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_busy_port_exits_1_with_one_line(tmp_path: Any) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = clean_env(tmp_path, EXAI_PORT=str(port))
+        proc = subprocess.run([*EXAI, "serve"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr

@@ -282,6 +282,15 @@ async def test_configured_default_status_counts_attempts_per_body(
     assert (await client.post(url, json=chat_body("b"))).status_code == 503
 
 
+async def test_fail_ratio_refuses_about_that_share(sim: Simulator, client: httpx.AsyncClient) -> None:
+    sim.configure(status=429, fail_ratio=0.5, retry_after="1")
+    url = f"{sim.url}/chat/completions"
+    codes = [(await client.post(url, json=chat_body(f"p{i}"))).status_code for i in range(200)]
+    refused = codes.count(429)
+    assert set(codes) == {200, 429}
+    assert 60 <= refused <= 140  # 0.5 +- 5 sigma of a binomial(200, 0.5)
+
+
 async def test_status_with_custom_and_default_error_body(
     sim: Simulator, client: httpx.AsyncClient
 ) -> None:

@@ -242,7 +242,7 @@ class ModelGateway:
                 raise exc from None
             if not self.routes[other].circuit.admits():
                 raise
-            logger.bind(request_id=request_id).warning(
+            logger.bind(rid=request_id).warning(
                 "provider fallback: {} unavailable ({}), auto uses {} {}", provider, exc.kind, other, other_model
             )
             return await self._call(other, other_model, **call)
@@ -344,8 +344,9 @@ class ModelGateway:
             took = trio.current_time() - started
             metrics.provider_requests_total.labels(route.name, info.name, outcome).inc()
             metrics.provider_latency.labels(route.name).observe(took)
-            level = "INFO" if outcome in ("ok", "cancelled") else "WARNING"
-            logger.bind(request_id=request_id).log(
+            # Success is in the call's own log line; failures are events worth a line each.
+            level = "DEBUG" if outcome in ("ok", "cancelled") else "WARNING"
+            logger.bind(rid=request_id).log(
                 level,
                 "provider attempt {}/{} {} {}: {} in {:.3f}s{}",
                 number,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -53,6 +54,7 @@ class Behaviour(BaseModel):
     hang: bool = False  # never answer, until the client aborts
     status: int | None = Field(default=None, ge=400, le=599)  # answer this error status...
     fail_times: int = Field(default=1_000_000, ge=0)  # ...for the first N attempts of the same body
+    fail_ratio: float = Field(default=1.0, ge=0, le=1)  # ...each such attempt with this probability
     # Retry-After header sent with `status`: a header value, so printable ASCII only.
     retry_after: str | None = Field(default=None, pattern=r"^[\x20-\x7e]*$")
     error_body: dict[str, Any] | None = None  # body sent with `status` (default: OpenAI-style)
@@ -335,7 +337,11 @@ class Simulator:
     ) -> None:
         if behaviour.latency_s:
             await trio.sleep(behaviour.latency_s)
-        if behaviour.status is not None and self._attempt(request) <= behaviour.fail_times:
+        if (
+            behaviour.status is not None
+            and self._attempt(request) <= behaviour.fail_times
+            and (behaviour.fail_ratio >= 1 or random.random() < behaviour.fail_ratio)
+        ):
             headers = list(JSON_HEADERS)
             if behaviour.retry_after is not None:
                 headers.append((b"retry-after", behaviour.retry_after.encode("latin-1")))
