@@ -371,3 +371,14 @@ async def test_progress_strictly_increases_and_stops_before_response(daemon: Any
     values = [p["progress"] for p in seen]
     assert len(values) >= 2
     assert values == sorted(set(values))
+
+
+async def test_broken_stream_is_a_clear_error_not_half_an_answer(daemon: Any) -> None:
+    progress: list[Any] = []
+    async with connect(daemon.url) as client:
+        prompt = sim_prompt("cut", chunks=6, cut_after=2, chunk_delay_s=0.01)
+        result = await client.call_tool("chat", {"prompt": prompt}, on_progress=progress.append)
+        assert result.is_error
+        assert "kimi" in result.text.lower()
+        assert "Simulated answer" not in result.text
+        await valid_call_works(client)

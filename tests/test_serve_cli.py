@@ -47,8 +47,8 @@ def test_invalid_configuration_exits_2_with_one_line(tmp_path: Any, variable: st
     assert "Traceback" not in proc.stderr
 
 
-async def test_serve_demo_call_and_sigterm(tmp_path: Any) -> None:
-    env = clean_env(tmp_path)
+async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) -> None:
+    env = clean_env(tmp_path, EXAI_SHUTDOWN_GRACE_SECS="1")
     proc = await trio.lowlevel.open_process(
         [*EXAI, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -63,15 +63,29 @@ async def test_serve_demo_call_and_sigterm(tmp_path: Any) -> None:
         match = re.search(rb"exai listening on (ws://127\.0\.0\.1:\d+)", buffer)
         assert match, buffer
         url = match.group(1).decode()
+        answers: list[Any] = []
         async with connect(url) as client:
             result = await client.call_tool("chat", {"prompt": "hello"})
             assert not result.is_error and result.text
             version = await client.call_tool("version", {})
             assert version.structured["demo"] is True
-        proc.send_signal(signal.SIGTERM)
-        with trio.fail_after(10):
-            code = await proc.wait()
+
+            async def hanging() -> None:
+                try:
+                    await client.call_tool("chat", {"prompt": 'wait\n#sim {"hang": true}'})
+                except Exception as exc:
+                    answers.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(hanging)
+                await trio.sleep(0.3)
+                started = trio.current_time()
+                proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(10):
+                    code = await proc.wait()
         assert code == 0
+        assert trio.current_time() - started < 3.5  # grace 1 s, then cancel and close
+        assert answers and "shutting down" in str(answers[0])
         errors = (await proc.stderr.receive_some(1 << 20)).decode()
         assert "DEMO" in errors
     finally:
