@@ -16,6 +16,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exai import metrics
+from exai.asgi import lifespan
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -25,13 +26,8 @@ def monitor_app(daemon: Any) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         status, content_type, body = route(daemon, scope["method"], scope["path"])

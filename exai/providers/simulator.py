@@ -29,6 +29,8 @@ from hypercorn.trio import serve
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exai.asgi import lifespan
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -234,7 +236,7 @@ class Simulator:
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI callable. Returns as soon as the client disconnects, whatever it was doing."""
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -571,16 +573,6 @@ async def _read_body(receive: Receive) -> bytes | None:
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _send_bytes(
