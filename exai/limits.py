@@ -57,8 +57,10 @@ class Limits:
 
     @asynccontextmanager
     async def admit(self, session_slots: trio.CapacityLimiter) -> AsyncIterator[None]:
-        """Hold a global and a session slot for the body; wait in the queue if none is free.
+        """Hold a session and a global slot for the body; wait in the queue if none is free.
 
+        The session slot is taken first: a call waiting for its own connection's slot must
+        not sit on a global one meanwhile, or one busy connection starves all the others.
         Raises Overloaded at once when the call would have to wait and the queue is full.
         Both slots are released on every exit path, cancellation included.
         """
@@ -69,7 +71,7 @@ class Limits:
         if waiting:
             self.queued += 1
         try:
-            async with self.global_slots, session_slots:
+            async with session_slots, self.global_slots:
                 if waiting:
                     self.queued -= 1
                     waiting = False

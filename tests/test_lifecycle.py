@@ -158,3 +158,21 @@ async def test_shutdown_cancels_calls_past_grace_and_closes_with_1001(daemons: A
         with pytest.raises((ConnectionLost, ConnectionClosed)) as lost:
             await client.ping()
         assert "1001" in str(lost.value)
+
+
+async def test_a_busy_connection_cannot_starve_another(daemons: Any, simulator: Any) -> None:
+    """Calls queued behind their own session limit hold no global slot."""
+    bound = await daemons.start(global_max_inflight=3, session_max_inflight=2)
+    async with connect(bound.url) as busy, connect(bound.url) as other, trio.open_nursery() as nursery:
+        for i in range(6):
+            nursery.start_soon(_hang_until_cancelled, busy, i)
+        await eventually(lambda: bound.daemon.limits.queued == 4)
+        assert bound.daemon.limits.global_slots.borrowed_tokens == 2
+        with trio.fail_after(2):
+            result = await other.call_tool("chat", {"prompt": "my turn"})
+        assert not result.is_error
+        nursery.cancel_scope.cancel()
+
+
+async def _hang_until_cancelled(client: Any, i: int) -> None:
+    await client.call_tool("chat", {"prompt": f"{i}\n{HANG}"})
