@@ -7,9 +7,10 @@ call started (slot, HTTP request) outlives it.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +56,8 @@ class InflightCall:
     deadline: float
     scope: trio.CancelScope
     reason: CancelReason | None = None
+    # The monitor reads snapshots from its own thread and clock: ages use the system's.
+    arrived_monotonic: float = field(default_factory=time.monotonic)
 
     def cancel(self, reason: CancelReason) -> None:
         """Cancel the call; the first reason given is the one recorded."""
@@ -62,13 +65,14 @@ class InflightCall:
             self.reason = reason
         self.scope.cancel()
 
-    def snapshot(self, now: float) -> dict[str, Any]:
+    def snapshot(self, now_monotonic: float) -> dict[str, Any]:
+        age = now_monotonic - self.arrived_monotonic
         return {
             "id": self.id,
             "connection": self.connection_id,
             "tool": self.tool,
-            "age_s": round(now - self.arrived, 3),
-            "deadline_s": round(max(0.0, self.deadline - now), 3),
+            "age_s": round(age, 3),
+            "deadline_s": round(max(0.0, self.deadline - self.arrived - age), 3),
         }
 
 
@@ -98,8 +102,9 @@ class Calls:
         await self._idle.wait()
 
     def snapshot(self) -> list[dict[str, Any]]:
-        now = trio.current_time()
-        return [call.snapshot(now) for call in self.active.values()]
+        """Safe to call from another thread (the monitor's): copies before iterating."""
+        now = time.monotonic()
+        return [call.snapshot(now) for call in list(self.active.values())]
 
 
 class Progress:

@@ -92,7 +92,8 @@ class Limits:
 
     def all_limiters(self) -> dict[str, trio.CapacityLimiter]:
         named = {"global": self.global_slots, **self.providers}
-        named.update({f"session:{cid}": lim for cid, lim in self.sessions.items()})
+        # list() copies in one step, so the monitor's thread may call this while sessions change.
+        named.update({f"session:{cid}": lim for cid, lim in list(self.sessions.items())})
         return named
 
     def statistics(self) -> dict[str, dict[str, int]]:

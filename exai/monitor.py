@@ -7,8 +7,10 @@ stays fast while the daemon is saturated.
 from __future__ import annotations
 
 import json
+import queue
+import time
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import trio
 from hypercorn.config import Config
@@ -19,6 +21,17 @@ from exai import metrics
 from exai.asgi import lifespan
 
 Headers = list[tuple[bytes, bytes]]
+
+# The daemon's loop beats every HEARTBEAT_S; /healthz fails once it has been silent this long.
+HEARTBEAT_S: Final = 0.25
+HEALTH_STALL_S: Final = 2.0
+
+
+async def heartbeat(daemon: Any) -> None:
+    """Prove, for /healthz, that the daemon's event loop runs; until cancelled."""
+    while True:
+        daemon.heartbeat = time.monotonic()
+        await trio.sleep(HEARTBEAT_S)
 
 
 def monitor_app(daemon: Any) -> Any:
@@ -46,6 +59,9 @@ def route(daemon: Any, method: str, path: str) -> tuple[int, str, bytes]:
     if method not in ("GET", "HEAD"):
         return 405, "text/plain", b"method not allowed\n"
     if path == "/healthz":
+        stalled = time.monotonic() - daemon.heartbeat
+        if stalled > HEALTH_STALL_S:
+            return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode()
         return 200, "text/plain", b"ok"
     if path == "/readyz":
         if daemon.ready:
@@ -76,17 +92,44 @@ def _json(obj: Any) -> bytes:
 async def serve_monitor(
     daemon: Any, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve the monitor until cancelled; task_status gets its base URL (real port)."""
+    """Serve the monitor until cancelled; task_status gets its base URL (real port).
+
+    The monitor runs on its own thread and event loop, so it answers at once even while the
+    daemon's loop is saturated; it only reads snapshots. On cancellation it is stopped and
+    its thread joined (within the hypercorn graceful timeout) before this returns.
+    """
     config = Config()
     shown = f"[{host}]" if ":" in host else host
     config.bind = [f"{shown}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
+    handoff: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException] = queue.Queue()
+
+    def run_in_thread() -> None:
+        async def main() -> None:
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                serve = partial(hypercorn_serve, monitor_app(daemon), config, mode="asgi", shutdown_trigger=stop.wait)
+                binds = await nursery.start(serve)
+                handoff.put((binds[0].rstrip("/"), trio.lowlevel.current_trio_token(), stop))
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reaches the daemon's loop through the handoff
+            handoff.put(exc)
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(hypercorn_serve, monitor_app(daemon), config, mode="asgi"))
-        task_status.started(binds[0].rstrip("/"))
+        nursery.start_soon(partial(trio.to_thread.run_sync, run_in_thread))
+        started = await trio.to_thread.run_sync(handoff.get)
+        if isinstance(started, BaseException):
+            raise started
+        url, token, stop = started
+        task_status.started(url)
+        try:
+            await trio.sleep_forever()
+        finally:
+            token.run_sync_soon(stop.set)
 
 
 DASHBOARD = """<!doctype html>

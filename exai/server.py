@@ -63,6 +63,7 @@ class Daemon:
         self.no_connections = trio.Event()
         self.no_connections.set()
         self.started_wall = time.time()
+        self.heartbeat = time.monotonic()
         self.ready = False
         self.draining = False
         self.stopping = trio.Event()
@@ -343,7 +344,7 @@ async def serve(
 
 
 async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
-    from exai.monitor import serve_monitor
+    from exai.monitor import heartbeat, serve_monitor
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
     from exai.store import open_store
@@ -374,6 +375,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     calls=daemon.calls,
                     status=daemon.status,
                 )
+                background.start_soon(heartbeat, daemon)
                 monitor_url = None
                 if settings.monitor_port is not None and settings.monitor_port >= 0:
                     monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)

@@ -62,6 +62,8 @@ async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
 
 
 class Bench:
+    monitor_url: str
+
     def __init__(self, sim_url: str, daemon_url: str, local_sim: Simulator, daemon_pid: int):
         self.sim_url = sim_url
         self.daemon_url = daemon_url
@@ -163,12 +165,24 @@ class Bench:
         }
 
     async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
-        """Closed loop against a zero-latency simulator."""
+        """Closed loop against a zero-latency simulator; the monitor is polled meanwhile."""
         await self.sim_config(latency_s=0)
         count = 0
         errors = 0
+        monitor_latency: list[float] = []
         async with trio.open_nursery() as nursery:
             deadline = trio.current_time() + seconds
+
+            async def poll_monitor() -> None:
+                async with httpx.AsyncClient(transport=TrioH11Transport()) as http:
+                    await trio.sleep(0.5)
+                    while trio.current_time() < deadline:
+                        started = trio.current_time()
+                        (await http.get(f"{self.monitor_url}/api/status")).raise_for_status()
+                        monitor_latency.append(trio.current_time() - started)
+                        await trio.sleep(0.1)
+
+            nursery.start_soon(poll_monitor)
 
             async def worker(client: ExaiClient) -> None:
                 nonlocal count, errors
@@ -187,7 +201,9 @@ class Bench:
             for i in range(connections):
                 nursery.start_soon(conn, inflight // connections + (1 if i < inflight % connections else 0))
         return {"inflight": inflight, "seconds": seconds, "calls": count, "errors": errors,
-                "calls_per_s": round(count / seconds, 1)}
+                "calls_per_s": round(count / seconds, 1),
+                "monitor_status_p50_ms": ms(pct(monitor_latency, 0.5)),
+                "monitor_status_max_ms": ms(max(monitor_latency))}
 
     async def first_chunk(self, n: int) -> dict[str, Any]:
         """Streaming: first progress notification through the daemon vs first SSE chunk direct."""
@@ -359,8 +375,12 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                 [*EXAI, "serve"], env=daemon_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
             try:
-                url = (await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)")).group(1).decode()
+                found = await read_line_matching(
+                    daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)"
+                )
+                url, monitor_url = found.group(1).decode(), found.group(2).decode()
                 bench = Bench(sim_url, url, local_sim, daemon.pid)
+                bench.monitor_url = monitor_url
                 scale = 0.2 if quick else 1.0
                 runs: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
                     "sequential": lambda: bench.sequential(int(500 * scale)),

@@ -101,3 +101,38 @@ async def test_status_tool_returns_the_same_data(daemon: Any) -> None:
         assert not result.is_error
         assert result.structured["connections"] == 1
         assert "global" in result.structured["limiters"]
+
+
+def test_healthz_fails_when_the_event_loop_stalls() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from exai.monitor import HEALTH_STALL_S, route
+
+    stalled = SimpleNamespace(heartbeat=time.monotonic() - HEALTH_STALL_S - 1)
+    status, _, body = route(stalled, "GET", "/healthz")
+    assert status == 503 and b"unresponsive" in body
+    fresh = SimpleNamespace(heartbeat=time.monotonic())
+    assert route(fresh, "GET", "/healthz")[0] == 200
+
+
+async def test_monitor_answers_while_the_loop_is_blocked(daemon: Any) -> None:
+    """The monitor has its own thread and loop: a stuck daemon loop does not silence it."""
+    import threading
+    import time
+
+    answered: list[tuple[float, int]] = []
+
+    def ask() -> None:
+        time.sleep(0.1)  # the daemon's loop is blocked by now
+        with httpx.Client(base_url=daemon.monitor_url) as http:
+            code = http.get("/api/status", timeout=2).status_code
+        answered.append((time.monotonic(), code))
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    blocked_until = time.monotonic() + 0.8
+    time.sleep(0.8)  # noqa: ASYNC251 - blocks the daemon's loop on purpose
+    asker.join()
+    assert answered and answered[0][1] == 200
+    assert answered[0][0] < blocked_until
