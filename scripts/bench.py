@@ -17,7 +17,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -63,6 +64,7 @@ async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
 
 class Bench:
     monitor_url: str
+    fresh_daemon: Callable[[], Any]
 
     def __init__(self, sim_url: str, daemon_url: str, local_sim: Simulator, daemon_pid: int):
         self.sim_url = sim_url
@@ -296,57 +298,76 @@ class Bench:
         return {"runs": n, "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps))}
 
     async def memory(self, idle: int, inflight: int) -> dict[str, Any]:
-        """RSS growth of the daemon per idle connection and per in-flight call."""
-        await self.sim_config(latency_s=0)
-        base = rss_kib(self.daemon_pid)
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-            opened = 0
-            all_open = trio.Event()
+        """RSS growth per idle connection and per in-flight call, each on a fresh daemon."""
+        async with self.fresh_daemon() as (url, _monitor, pid):
+            base = rss_kib(pid)
+            async with trio.open_nursery() as nursery:
+                done = trio.Event()
+                all_open = trio.Event()
+                opened = 0
 
-            async def hold() -> None:
-                nonlocal opened
-                async with connect(self.daemon_url):
-                    opened += 1
-                    if opened == idle:
-                        all_open.set()
-                    await done.wait()
+                async def hold() -> None:
+                    nonlocal opened
+                    async with connect(url):
+                        opened += 1
+                        if opened == idle:
+                            all_open.set()
+                        await done.wait()
 
-            for _ in range(idle):
-                nursery.start_soon(hold)
-            await all_open.wait()
-            await trio.sleep(0.5)
-            with_idle = rss_kib(self.daemon_pid)
-            done.set()
-        await trio.sleep(0.5)
-        base_calls = rss_kib(self.daemon_pid)
+                for _ in range(idle):
+                    nursery.start_soon(hold)
+                await all_open.wait()
+                await trio.sleep(0.5)
+                with_idle = rss_kib(pid)
+                done.set()
         await self.sim_config(hang=True)
-        async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
+        async with self.fresh_daemon() as (url, _monitor, pid):
+            async with connect(url) as client:
+                await client.call_tool("version", {})
+                base_calls = rss_kib(pid)
+                async with trio.open_nursery() as nursery:
 
-            async def hanging(i: int) -> None:
-                try:
-                    await client.call_tool("chat", {"prompt": f"hold {i}"})
-                except Exception:
-                    pass
+                    async def hanging(i: int) -> None:
+                        try:
+                            await client.call_tool("chat", {"prompt": f"hold {i}"})
+                        except Exception:
+                            pass
 
-            for i in range(inflight):
-                nursery.start_soon(hanging, i)
-            with trio.fail_after(30):
-                while True:
-                    stats = (await self.http.get(self.sim_url.rsplit("/v1", 1)[0] + "/_sim/stats")).json()
-                    if stats["inflight"] >= inflight:
-                        break
-                    await trio.sleep(0.1)
-            with_calls = rss_kib(self.daemon_pid)
-            nursery.cancel_scope.cancel()
+                    for i in range(inflight):
+                        nursery.start_soon(hanging, i)
+                    with trio.fail_after(30):
+                        while True:
+                            stats = (await self.http.get(self.sim_url.rsplit("/v1", 1)[0] + "/_sim/stats")).json()
+                            if stats["inflight"] >= inflight:
+                                break
+                            await trio.sleep(0.1)
+                    await trio.sleep(0.5)
+                    with_calls = rss_kib(pid)
+                    nursery.cancel_scope.cancel()
         await self.sim_config(latency_s=0)
         return {
             "idle_connections": idle,
             "rss_per_idle_connection_kib": round((with_idle - base) / idle, 2),
             "inflight_calls": inflight,
+            "rss_base_mib": round(base_calls / 1024, 1),
             "rss_with_inflight_mib": round(with_calls / 1024, 1),
             "rss_per_inflight_call_kib": round((with_calls - base_calls) / inflight, 2),
         }
+
+
+@asynccontextmanager
+async def daemon_process(env: dict[str, str]) -> AsyncIterator[tuple[str, str, int]]:
+    """`exai serve` in a child process: (ws url, monitor url, pid); SIGTERM on exit."""
+    daemon = await trio.lowlevel.open_process([*EXAI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        found = await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)")
+        yield found.group(1).decode(), found.group(2).decode(), daemon.pid
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        with trio.move_on_after(15):
+            await daemon.wait()
+        if daemon.returncode is None:
+            daemon.kill()
 
 
 async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, Any]:
@@ -371,16 +392,10 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                 "EXAI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
                 "EXAI_STATE_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), f"exai-bench-{os.getpid()}"),
             }
-            daemon = await trio.lowlevel.open_process(
-                [*EXAI, "serve"], env=daemon_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-            )
-            try:
-                found = await read_line_matching(
-                    daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)"
-                )
-                url, monitor_url = found.group(1).decode(), found.group(2).decode()
-                bench = Bench(sim_url, url, local_sim, daemon.pid)
+            async with daemon_process(daemon_env) as (url, monitor_url, pid):
+                bench = Bench(sim_url, url, local_sim, pid)
                 bench.monitor_url = monitor_url
+                bench.fresh_daemon = lambda: daemon_process(daemon_env)
                 scale = 0.2 if quick else 1.0
                 runs: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
                     "sequential": lambda: bench.sequential(int(500 * scale)),
@@ -394,7 +409,7 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                 profiler = None
                 if profile:
                     profiler = await trio.lowlevel.open_process(
-                        ["py-spy", "record", "--pid", str(daemon.pid), "--format", "raw", "-o", profile],
+                        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", profile],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
                 results: dict[str, Any] = {}
@@ -406,12 +421,6 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                     await profiler.wait()
                 await bench.http.aclose()
                 return results
-            finally:
-                daemon.send_signal(signal.SIGTERM)
-                with trio.move_on_after(15):
-                    await daemon.wait()
-                if daemon.returncode is None:
-                    daemon.kill()
         finally:
             sim.send_signal(signal.SIGINT)
             with trio.move_on_after(5):

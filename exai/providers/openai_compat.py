@@ -182,9 +182,9 @@ class OpenAICompatProvider:
         headers = {"Content-Type": "application/json"}
         if body["stream"]:
             headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-        request = self.client.build_request("POST", self.url, content=data, headers=headers, timeout=timeout)
-        request.stream = _RequestBody(data)
-        return request
+        # bytes content makes an httpx.ByteStream: sent with the head in one write, and
+        # replayable, so the transport may retry it on a fresh connection if a pooled one was stale.
+        return self.client.build_request("POST", self.url, content=data, headers=headers, timeout=timeout)
 
     async def _request(
         self, body: dict[str, Any], model: ModelInfo, messages: list[dict[str, Any]], timeout: httpx.Timeout
@@ -429,28 +429,6 @@ class OpenAICompatProvider:
                 f"The request to {label} failed ({_describe(exc)}). Try again.",
                 retryable=True,
             ) from None
-
-
-class _RequestBody(httpx.AsyncByteStream):
-    """A request body that is a plain iterator, not an async generator.
-
-    httpcore stops iterating the body when cancelled mid-write; an abandoned async generator
-    (httpx's own body streams are ones) makes trio warn when it is collected.
-    """
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self._sent = True
-
-    def __aiter__(self) -> _RequestBody:  # type: ignore[override]
-        self._sent = False
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._sent:
-            raise StopAsyncIteration
-        self._sent = True
-        return self._data
 
 
 @dataclass
