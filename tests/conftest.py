@@ -97,8 +97,11 @@ class Daemons:
             found.append(f"limiter tokens still borrowed: {borrowed}")
         if len(daemon.calls):
             found.append(f"calls still alive: {daemon.calls.snapshot()}")
-        if daemon.services.gateway.open_requests:
-            found.append(f"provider requests still open: {daemon.services.gateway.open_requests}")
+        gateway = daemon.services.gateway
+        if gateway.open_requests:
+            found.append(f"provider requests still open: {gateway.open_requests}")
+        if gateway.busy_connections:
+            found.append(f"provider connections still busy: {gateway.busy_connections}")
         return found
 
     async def check_invariants(self) -> None:

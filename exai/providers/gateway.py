@@ -36,6 +36,7 @@ from exai.providers.openai_compat import (
 )
 from exai.providers.ratelimit import RequestRateLimiter
 from exai.providers.retry import retry_wait, too_late_message
+from exai.providers.transport import TrioH11Transport
 
 DEMO_API_KEY: Final = "exai-demo-key"
 NOT_CONFIGURED: Final = "not_configured"
@@ -407,6 +408,15 @@ class ModelGateway:
     def open_requests(self) -> int:
         """Provider HTTP requests open right now, across providers."""
         return sum(route.http.open_requests for route in self.routes.values() if route.http is not None)
+
+    @property
+    def busy_connections(self) -> int:
+        """Provider sockets carrying a request or response right now (idle pooled ones excluded)."""
+        total = 0
+        for route in self.routes.values():
+            if route.http is not None and isinstance(route.http.transport, TrioH11Transport):
+                total += route.http.transport.statistics()["active"]
+        return total
 
     def allowed_models(self) -> list[str]:
         """Names a call may use (besides "auto")."""

@@ -121,7 +121,10 @@ class OpenAICompatProvider:
         self.base_url = str(base_url).rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self._api_key = api_key
-        self.client = make_client(api_key, max_connections=max_connections, transport=transport)
+        self.transport = transport or TrioH11Transport(
+            max_keepalive=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
+        )
+        self.client = make_client(api_key, max_connections=max_connections, transport=self.transport)
         self.open_requests = 0
 
     async def aclose(self) -> None:
