@@ -18,19 +18,30 @@ from exai.client import ConnectionLost, RpcError, connect
 HANG = '#sim {"hang": true}'
 
 
+@pytest.mark.parametrize(
+    "streaming, then",
+    [(False, {"hang": True}), (True, {"stall_after": 1, "chunks": 5})],
+    ids=["hang", "stalled-stream"],
+)
 async def test_cascade_replayed_429_then_hang_then_disconnect(
-    daemon: Any, simulator: Any, log_lines: list[str]
+    daemon: Any, simulator: Any, log_lines: list[str], streaming: bool, then: dict[str, Any]
 ) -> None:
-    """429 with Retry-After, then a hang, then the client leaves: nothing outlives it."""
-    prompt = 'cascade\n#sim {"status": 429, "fail_times": 1, "retry_after": "1", "hang": true}'
+    """429 with Retry-After, then a hang (or a stalled stream), then the client leaves: nothing outlives it."""
+    behaviour = {"status": 429, "fail_times": 1, "retry_after": "1", **then}
+    prompt = f"cascade\n#sim {json.dumps(behaviour)}"
+    progress: list[Any] = []
+
     async def doomed(client: Any) -> None:
         with pytest.raises(ConnectionLost):
-            await client.call_tool("chat", {"prompt": prompt})
+            on_progress = progress.append if streaming else None
+            await client.call_tool("chat", {"prompt": prompt}, on_progress=on_progress)
 
     async with connect(daemon.url) as client, trio.open_nursery() as nursery:
         nursery.start_soon(doomed, client)
         with trio.fail_after(5):
             await simulator.wait_until(lambda s: s.requests_total == 2 and s.inflight == 1)
+        if streaming:
+            await eventually(lambda: bool(progress), what="the first streamed chunk")
         disconnected_at = trio.current_time()
         await client.close_abruptly()
     with trio.fail_after(1):
@@ -45,6 +56,7 @@ async def test_cascade_replayed_429_then_hang_then_disconnect(
         assert not result.is_error
     gone = [line for line in log_lines if "client gone" in line]
     assert len(gone) == 1, gone
+    assert bool(progress) == streaming  # the stalled stream had begun before the client left
 
 
 async def test_fifty_calls_on_one_connection(daemon: Any, simulator: Any) -> None:
