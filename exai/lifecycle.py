@@ -195,9 +195,7 @@ async def run_tool_call(
     except RpcError as exc:
         response = error_message(call.id, exc.code, exc.message, exc.data)
     except Exception:
-        error_id = uuid.uuid4().hex[:12]
-        log.exception("call {} tool={} failed unexpectedly, error id {}", rid, call.tool, error_id)
-        response = error_message(call.id, INTERNAL_ERROR, "Internal error", {"error_id": error_id})
+        response = internal_error(call.id, f"call {rid} tool={call.tool}", log)
     finally:
         metrics.inflight_requests.dec()
         took = trio.current_time() - call.arrived
@@ -214,6 +212,13 @@ async def run_tool_call(
             ctx.usage["completion_tokens"],
         )
     return response
+
+
+def internal_error(id: RequestId, what: str, log: Any = logger) -> dict[str, Any]:
+    """Log the exception being handled with a fresh error id; the -32603 answer names only the id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.exception("{} failed unexpectedly, error id {}", what, error_id)
+    return error_message(id, INTERNAL_ERROR, "Internal error", {"error_id": error_id})
 
 
 def _cancelled_response(call: InflightCall, reason: CancelReason) -> dict[str, Any] | None:

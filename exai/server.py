@@ -16,10 +16,16 @@ from loguru import logger
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from exai import __version__, metrics
-from exai.lifecycle import Calls, CancelReason, InflightCall, Services, run_tool_call
+from exai.lifecycle import (
+    Calls,
+    CancelReason,
+    InflightCall,
+    Services,
+    internal_error,
+    run_tool_call,
+)
 from exai.limits import Limits
 from exai.protocol import (
-    INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
@@ -224,17 +230,10 @@ class Connection:
                 await self.send(error_message(message.id, exc.code, exc.message, exc.data))
                 return
             except Exception:
-                await self.send(self._internal_error(message))
+                await self.send(internal_error(message.id, f"request {self.id}/{message.id} {message.method}", self.log))
                 return
             if result is not None:
                 await self.send(result_message(message.id, result))
-
-    def _internal_error(self, message: Request) -> dict[str, Any]:
-        import uuid
-
-        error_id = uuid.uuid4().hex[:12]
-        self.log.exception("request {}/{} {} failed, error id {}", self.id, message.id, message.method, error_id)
-        return error_message(message.id, INTERNAL_ERROR, "Internal error", {"error_id": error_id})
 
     def _notification(self, note: Notification) -> None:
         if note.method == "notifications/initialized":
