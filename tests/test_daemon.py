@@ -382,3 +382,23 @@ async def test_broken_stream_is_a_clear_error_not_half_an_answer(daemon: Any) ->
         assert "kimi" in result.text.lower()
         assert "Simulated answer" not in result.text
         await valid_call_works(client)
+
+
+class BadSchema(Boom):
+    name = "bad-schema"
+
+    def describe(self) -> dict[str, Any]:
+        raise RuntimeError("schema generation broke")
+
+
+async def test_unexpected_error_outside_a_call_is_32603_too(daemon: Any, log_lines: list[str]) -> None:
+    tools = daemon.daemon.services.tools
+    tools["bad-schema"] = BadSchema()
+    async with connect(daemon.url) as client:
+        with pytest.raises(RpcError) as err:
+            await client.list_tools()
+        assert err.value.code == -32603
+        assert any(err.value.data["error_id"] in line for line in log_lines)
+        del tools["bad-schema"]
+        assert await client.list_tools()
+        await valid_call_works(client)
