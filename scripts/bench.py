@@ -42,6 +42,18 @@ def ms(value: float) -> float:
     return round(value * 1000, 3)
 
 
+def compared(direct: list[float], through: list[float], added: str = "added") -> dict[str, float]:
+    """p50/p99 of both paths and of their difference (the daemon's own share)."""
+    return {
+        "direct_p50_ms": ms(pct(direct, 0.5)),
+        "direct_p99_ms": ms(pct(direct, 0.99)),
+        "daemon_p50_ms": ms(pct(through, 0.5)),
+        "daemon_p99_ms": ms(pct(through, 0.99)),
+        f"{added}_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
+        f"{added}_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
+    }
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -110,13 +122,7 @@ class Bench:
             for _ in range(n):
                 direct.append(await self.direct_call())
                 through.append(await self.daemon_call(client))
-        return {
-            "calls": n,
-            "direct_p50_ms": ms(pct(direct, 0.5)),
-            "daemon_p50_ms": ms(pct(through, 0.5)),
-            "added_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
-            "added_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
-        }
+        return {"calls": n, **compared(direct, through)}
 
     async def open_loop(self, rate: float, seconds: float, latency: float, connections: int) -> dict[str, Any]:
         """Calls start on schedule whatever the daemon is doing; the same schedule direct."""
@@ -158,12 +164,7 @@ class Bench:
             "rate_per_s": rate,
             "calls": n,
             "provider_latency_ms": ms(latency),
-            "direct_p50_ms": ms(pct(direct, 0.5)),
-            "direct_p99_ms": ms(pct(direct, 0.99)),
-            "daemon_p50_ms": ms(pct(through, 0.5)),
-            "daemon_p99_ms": ms(pct(through, 0.99)),
-            "added_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
-            "added_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
+            **compared(direct, through),
         }
 
     async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
@@ -231,13 +232,8 @@ class Bench:
                 through.append(seen[0])
         direct, through = direct[10:], through[10:]
         await self.sim_config(latency_s=0)
-        return {
-            "calls": n,
-            "direct_first_chunk_p50_ms": ms(pct(direct, 0.5)),
-            "daemon_first_progress_p50_ms": ms(pct(through, 0.5)),
-            "overhead_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
-            "overhead_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
-        }
+        # direct: the first SSE chunk; daemon: the first progress notification.
+        return {"calls": n, **compared(direct, through, added="overhead")}
 
     async def storm(self, inflight: int, seconds: float, timeout: float) -> dict[str, Any]:
         """The simulator refuses half the attempts with 429 + Retry-After: 1."""
