@@ -226,7 +226,9 @@ async def test_the_pool_survives_200_cancellations_under_contention(simulator: S
                 nursery.start_soon(partial(one, f"load {i}", None, latency_s=0.3))
         took = trio.current_time() - started
         assert simulator.stats.completed == pool_size
-        assert simulator.stats.max_inflight == pool_size
+        # At least pool_size at once: the server may still be reading requests of the
+        # cancelled rounds whose sockets the client already closed (they count as aborted).
+        assert simulator.stats.max_inflight >= pool_size
         assert took < 0.55
         # And the pool still serves many rounds of work.
         async with trio.open_nursery() as nursery:
