@@ -168,7 +168,7 @@ async def run_tool_call(
         status=services.status,
         streaming=request.progress_token is not None,
     )
-    outcome = "error"
+    outcome = "cancelled"  # stays so only if an enclosing scope (the daemon's) cancels the call
     response: dict[str, Any] | None = None
     metrics.inflight_requests.inc()
     try:
@@ -193,8 +193,10 @@ async def run_tool_call(
         outcome = "overloaded"
         response = error_message(call.id, exc.code, exc.message, exc.data)
     except RpcError as exc:
+        outcome = "error"
         response = error_message(call.id, exc.code, exc.message, exc.data)
     except Exception:
+        outcome = "error"
         response = internal_error(call.id, f"call {rid} tool={call.tool}", log)
     finally:
         metrics.inflight_requests.dec()

@@ -192,7 +192,7 @@ class Connection:
             return
         self.gone = True
         if why in ("code 1000", "code 1001"):
-            self.log.info("connection {} closed by the client ({})", self.id, why)
+            self.log.info("connection {} closed by the client ({}); cancelling {} call(s)", self.id, why, len(self.calls))
         else:
             self.log.info("connection {} client gone: {}; cancelling {} call(s)", self.id, why, len(self.calls))
         for call in list(self.calls.values()):
