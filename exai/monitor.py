@@ -145,10 +145,14 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3
 <h2>Limiters</h2><table id="limiters"></table>
 <h2>Providers</h2><table id="providers"></table>
 <script>
+// Cells are set as text, never as HTML: request ids come from clients.
+function row(tag, cells){
+  const tr=document.createElement('tr');
+  for(const c of cells){const td=document.createElement(tag);td.textContent=String(c);tr.appendChild(td);}
+  return tr;
+}
 function table(id, head, rows){
-  const t=document.getElementById(id);
-  t.innerHTML='<tr>'+head.map(h=>'<th>'+h+'</th>').join('')+'</tr>'+
-    rows.map(r=>'<tr>'+r.map(c=>'<td>'+String(c)+'</td>').join('')+'</tr>').join('');
+  document.getElementById(id).replaceChildren(row('th',head),...rows.map(r=>row('td',r)));
 }
 async function tick(){
   try{

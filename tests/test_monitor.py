@@ -44,6 +44,7 @@ async def test_health_metrics_and_dashboard(daemon: Any) -> None:
             assert name in metrics, name
         page = await http.get("/")
         assert page.status_code == 200 and "/api/status" in page.text
+        assert "innerHTML" not in page.text  # client-chosen request ids are shown as text only
         assert (await http.get("/nope")).status_code == 404
         assert (await http.post("/healthz")).status_code == 405
 
