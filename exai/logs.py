@@ -26,6 +26,10 @@ def redact(text: str, secrets: list[str]) -> str:
     return text
 
 
+def one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def setup_logging(settings: Any, sink: Any = None) -> None:
     """Send logs to stderr (or `sink`) at EXAI_LOG_LEVEL, as text or one JSON object per line."""
     secrets = secrets_of(settings)
@@ -33,7 +37,11 @@ def setup_logging(settings: Any, sink: Any = None) -> None:
     target = sink if sink is not None else sys.stderr
 
     def patch(record: Any) -> None:
-        record["message"] = redact(record["message"], secrets)
+        # One line per event, whatever a client put in an id or a method name.
+        record["message"] = one_line(redact(record["message"], secrets))
+        for key in ("rid", "conn"):
+            if key in record["extra"]:
+                record["extra"][key] = one_line(str(record["extra"][key]))
         if record["exception"] is not None:
             record["extra"]["exc_text"] = redact(_format_exception(record["exception"]), secrets)
 

@@ -69,3 +69,11 @@ def test_level_filters(tmp_path: Any, restore_logger: Any) -> None:
     logger.info("quiet")
     logger.warning("loud")
     assert out.getvalue().count("\n") == 1 and "loud" in out.getvalue()
+
+
+def test_client_text_cannot_forge_log_lines(tmp_path: Any, restore_logger: Any) -> None:
+    out = io.StringIO()
+    setup_logging(settings(tmp_path), sink=out)
+    logger.bind(rid="c1/evil\nFAKE").info("method x\n2026-01-01 INFO forged line")
+    assert len(out.getvalue().splitlines()) == 1
+    assert "evil\\nFAKE" in out.getvalue()
