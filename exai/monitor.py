@@ -6,6 +6,7 @@ stays fast while the daemon is saturated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import time
@@ -129,7 +130,8 @@ async def serve_monitor(
         try:
             await trio.sleep_forever()
         finally:
-            token.run_sync_soon(stop.set)
+            with contextlib.suppress(trio.RunFinishedError):  # its loop may have died already
+                token.run_sync_soon(stop.set)
 
 
 DASHBOARD = """<!doctype html>
