@@ -10,11 +10,8 @@ import click
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class _Group(click.Group):
-    """Usage errors exit 2 (click's default), as the contract asks."""
-
-
-@click.group(cls=_Group, context_settings=CONTEXT)
+# Usage errors exit 2, click's default, as the contract asks.
+@click.group(context_settings=CONTEXT)
 @click.version_option(package_name="exai")
 def main() -> None:
     """exai: AI workflow tools over MCP on WebSocket (GLM and Kimi)."""
@@ -32,7 +29,7 @@ def serve(host: str | None, port: int | None, monitor_port: int | None, demo: bo
     sys.exit(run_serve(host=host, port=port, monitor_port=monitor_port, demo=demo))
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
+@main.command()
 @click.argument("tool")
 @click.argument("pairs", nargs=-1)
 @click.option("--json", "json_args", default=None, help="arguments as a JSON object")
