@@ -24,6 +24,8 @@ import math
 import select
 import ssl
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,6 +41,31 @@ DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 Origin = tuple[str, str, int]
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+# Per I/O phase: (timeout error, I/O error, "too slow" message, "failed" message).
+_PHASES: Final = {
+    "connect": (httpx.ConnectTimeout, httpx.ConnectError,
+                "connecting to {where} took longer than {limit} s", "cannot connect to {where}"),
+    "write": (httpx.WriteTimeout, httpx.WriteError,
+              "sending the request to {where} took longer than {limit} s", "sending the request to {where} failed"),
+    "read": (httpx.ReadTimeout, httpx.ReadError,
+             "no response data from {where} for {limit} s", "reading the response from {where} failed"),
+}
+
+
+@contextmanager
+def _io_phase(phase: str, origin: Origin, limit: float, request: httpx.Request) -> Iterator[None]:
+    """Bound one I/O phase by `limit` and map its failures to that phase's httpx errors."""
+    try:
+        with trio.fail_after(limit):
+            yield
+    except trio.TooSlowError:
+        timeout_error, _, too_slow, _ = _PHASES[phase]
+        raise timeout_error(too_slow.format(where=_host_port(origin), limit=limit), request=request) from None
+    except _IO_ERRORS as exc:
+        _, io_error, _, failed = _PHASES[phase]
+        raise io_error(f"{failed.format(where=_host_port(origin))}: {_why(exc)}", request=request) from None
 
 
 def _why(exc: BaseException) -> str:
@@ -232,29 +259,17 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         """Open a TCP or TLS connection within the connect timeout; nothing is left open on failure."""
         scheme, host, port = origin
         stream: trio.abc.Stream
-        try:
-            with trio.fail_after(timeouts.connect):
-                tcp = await trio.open_tcp_stream(host, port)
-                stream, sock = tcp, tcp.socket
-                if scheme == "https":
-                    try:
-                        tls = trio.SSLStream(
-                            tcp, self._tls_context(), server_hostname=host, https_compatible=True
-                        )
-                        await tls.do_handshake()
-                    except BaseException:
-                        sock.close()
-                        raise
-                    stream = tls
-        except trio.TooSlowError:
-            raise httpx.ConnectTimeout(
-                f"connecting to {host}:{port} took longer than {timeouts.connect} s",
-                request=request,
-            ) from None
-        except _IO_ERRORS as exc:
-            raise httpx.ConnectError(
-                f"cannot connect to {host}:{port}: {_why(exc)}", request=request
-            ) from None
+        with _io_phase("connect", origin, timeouts.connect, request):
+            tcp = await trio.open_tcp_stream(host, port)
+            stream, sock = tcp, tcp.socket
+            if scheme == "https":
+                try:
+                    tls = trio.SSLStream(tcp, self._tls_context(), server_hostname=host, https_compatible=True)
+                    await tls.do_handshake()
+                except BaseException:
+                    sock.close()
+                    raise
+                stream = tls
         conn = _Connection(origin, stream, sock)
         self._opened_total += 1
         self._active.add(conn)
@@ -342,18 +357,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
     ) -> None:
         if not data:
             return
-        try:
-            with trio.fail_after(write_timeout):
-                await conn.stream.send_all(data)
-        except trio.TooSlowError:
-            raise httpx.WriteTimeout(
-                f"sending the request to {_where(conn)} took longer than {write_timeout} s",
-                request=request,
-            ) from None
-        except _IO_ERRORS as exc:
-            raise httpx.WriteError(
-                f"sending the request to {_where(conn)} failed: {_why(exc)}", request=request
-            ) from None
+        with _io_phase("write", conn.origin, write_timeout, request):
+            await conn.stream.send_all(data)
 
     async def _next_event(
         self, conn: _Connection, request: httpx.Request, read_timeout: float
@@ -381,17 +386,8 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             if event is not h11.NEED_DATA:
                 assert not isinstance(event, type)
                 return event
-            try:
-                with trio.fail_after(read_timeout):
-                    data = await conn.stream.receive_some(RECEIVE_BYTES)
-            except trio.TooSlowError:
-                raise httpx.ReadTimeout(
-                    f"no response data from {_where(conn)} for {read_timeout} s", request=request
-                ) from None
-            except _IO_ERRORS as exc:
-                raise httpx.ReadError(
-                    f"reading the response from {_where(conn)} failed: {_why(exc)}", request=request
-                ) from None
+            with _io_phase("read", conn.origin, read_timeout, request):
+                data = await conn.stream.receive_some(RECEIVE_BYTES)
             if data:
                 conn.received_any = True
             else:
@@ -463,5 +459,9 @@ def _declares_length(request: httpx.Request) -> bool:
 
 
 def _where(conn: _Connection) -> str:
-    _, host, port = conn.origin
+    return _host_port(conn.origin)
+
+
+def _host_port(origin: Origin) -> str:
+    _, host, port = origin
     return f"{host}:{port}"
