@@ -359,11 +359,16 @@ async def daemon_process(env: dict[str, str]) -> AsyncIterator[tuple[str, str, i
         found = await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)")
         yield found.group(1).decode(), found.group(2).decode(), daemon.pid
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        with trio.move_on_after(15):
-            await daemon.wait()
-        if daemon.returncode is None:
-            daemon.kill()
+        await stop(daemon, signal.SIGTERM, grace=15)
+
+
+async def stop(process: trio.Process, signum: int, *, grace: float) -> None:
+    """Signal a child, give it `grace` seconds to exit, then kill it."""
+    process.send_signal(signum)
+    with trio.move_on_after(grace):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
 
 
 async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, Any]:
@@ -418,11 +423,7 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                 await bench.http.aclose()
                 return results
         finally:
-            sim.send_signal(signal.SIGINT)
-            with trio.move_on_after(5):
-                await sim.wait()
-            if sim.returncode is None:
-                sim.kill()
+            await stop(sim, signal.SIGINT, grace=5)
             nursery.cancel_scope.cancel()
     raise AssertionError("unreachable")
 
