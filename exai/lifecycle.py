@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 from loguru import logger
@@ -76,30 +76,38 @@ class InflightCall:
         }
 
 
-class Calls:
-    """Every call in flight in the daemon, by (connection id, request id)."""
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Alive(Generic[K, V]):
+    """What is alive now, by key, and a way to wait until nothing is."""
 
     def __init__(self) -> None:
-        self.active: dict[tuple[str, RequestId], InflightCall] = {}
-        self._idle = trio.Event()
-        self._idle.set()
+        self.active: dict[K, V] = {}
+        self._empty = trio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
         return len(self.active)
 
-    def add(self, call: InflightCall) -> None:
+    def add(self, key: K, value: V) -> None:
         if not self.active:
-            self._idle = trio.Event()
-        self.active[(call.connection_id, call.id)] = call
+            self._empty = trio.Event()
+        self.active[key] = value
 
-    def remove(self, call: InflightCall) -> None:
-        del self.active[(call.connection_id, call.id)]
+    def remove(self, key: K) -> None:
+        del self.active[key]
         if not self.active:
-            self._idle.set()
+            self._empty.set()
 
-    async def wait_idle(self) -> None:
-        """Return once no call is in flight."""
-        await self._idle.wait()
+    async def wait_empty(self) -> None:
+        """Return once nothing is alive."""
+        await self._empty.wait()
+
+
+class Calls(Alive[tuple[str, RequestId], InflightCall]):
+    """Every call in flight in the daemon, by (connection id, request id)."""
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Safe to call from another thread (the monitor's): copies before iterating."""

@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from exai import __version__, metrics
 from exai.lifecycle import (
+    Alive,
     Calls,
     CancelReason,
     InflightCall,
@@ -65,9 +66,7 @@ class Daemon:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
-        self.connections: dict[str, Connection] = {}
-        self.no_connections = trio.Event()
-        self.no_connections.set()
+        self.connections: Alive[str, Connection] = Alive()
         self.started_wall = time.time()
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -158,9 +157,7 @@ class Connection:
         On return no call of this connection is running and its session limiter is gone.
         """
         daemon = self.daemon
-        if not daemon.connections:
-            daemon.no_connections = trio.Event()
-        daemon.connections[self.id] = self
+        daemon.connections.add(self.id, self)
         metrics.connections.inc()
         self.log.info("connection {} open from {}", self.id, self.ws.remote)
         try:
@@ -180,9 +177,7 @@ class Connection:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     reason = "server shutting down" if self.close_code == CLOSE_GOING_AWAY else ""
                     await self.ws.aclose(self.close_code, reason)
-            del daemon.connections[self.id]
-            if not daemon.connections:
-                daemon.no_connections.set()
+            daemon.connections.remove(self.id)
             metrics.connections.dec()
             self.log.info("connection {} ended", self.id)
 
@@ -299,7 +294,7 @@ class Connection:
             scope=trio.CancelScope(deadline=now + timeout),
         )
         self.calls[request.id] = call
-        daemon.calls.add(call)
+        daemon.calls.add((self.id, call.id), call)
         self.nursery.start_soon(self._run_call, call, parsed, tool)
 
     async def _run_call(self, call: InflightCall, parsed: Any, tool: Any) -> None:
@@ -311,7 +306,7 @@ class Connection:
                 await self.send(response)
         finally:
             del self.calls[call.id]
-            self.daemon.calls.remove(call)
+            self.daemon.calls.remove((self.id, call.id))
 
 
 def _close_text(closed: ConnectionClosed) -> str:
@@ -415,15 +410,15 @@ async def _drain(daemon: Daemon) -> None:
     grace = float(daemon.settings.shutdown_grace_secs)
     logger.info("shutting down: {} call(s) in flight, grace {:g} s", len(daemon.calls), grace)
     with trio.move_on_after(grace):
-        await daemon.calls.wait_idle()
+        await daemon.calls.wait_empty()
     for call in list(daemon.calls.active.values()):
         call.cancel(CancelReason.SHUTDOWN)
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        await daemon.calls.wait_idle()
-    for connection in list(daemon.connections.values()):
+        await daemon.calls.wait_empty()
+    for connection in list(daemon.connections.active.values()):
         connection.close(CLOSE_GOING_AWAY)
     with trio.move_on_after(CLOSE_TIMEOUT_S):
-        await daemon.no_connections.wait()
+        await daemon.connections.wait_empty()
 
 
 def run_serve(*, host: str | None, port: int | None, monitor_port: int | None, demo: bool) -> int:

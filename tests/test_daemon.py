@@ -291,7 +291,7 @@ async def test_max_connections_refused_with_503(daemons: Any) -> None:
     async with connect(bound.url), connect(bound.url):
         assert await handshake_status(bound.url) == 503
     with trio.fail_after(2):
-        await bound.daemon.no_connections.wait()
+        await bound.daemon.connections.wait_empty()
     async with connect(bound.url) as client:
         await client.ping()
 
