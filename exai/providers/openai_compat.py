@@ -83,19 +83,10 @@ class AttemptError(ProviderError):
         self.retry_after = retry_after
 
 
-def make_client(
-    api_key: str, *, max_connections: int, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The provider's one shared client; keep-alive pool sized to the provider's in-flight limit.
-
-    The transport is ours (`exai.providers.transport`): httpcore 1.0.9's pool costs
-    O(connections^2) per request and can lose slots to cancelled requests (encode/httpcore#1093).
-    Concurrency is bounded by the provider's limiter, taken around every attempt.
-    """
+def make_client(api_key: str, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
+    """The provider's one shared client, over `transport`."""
     return httpx.AsyncClient(
-        transport=transport if transport is not None else TrioH11Transport(
-            max_keepalive=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
-        ),
+        transport=transport,
         headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT},
         follow_redirects=False,
     )
@@ -121,10 +112,13 @@ class OpenAICompatProvider:
         self.base_url = str(base_url).rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self._api_key = api_key
+        # Our transport, not httpcore's pool: that one costs O(connections^2) per request and
+        # can lose slots to cancelled requests (encode/httpcore#1093). The keep-alive pool is
+        # sized to the provider's in-flight limit, which its limiter enforces per attempt.
         self.transport = transport or TrioH11Transport(
             max_keepalive=max_connections, keepalive_expiry=KEEPALIVE_EXPIRY_S
         )
-        self.client = make_client(api_key, max_connections=max_connections, transport=self.transport)
+        self.client = make_client(api_key, self.transport)
         self.open_requests = 0
 
     async def aclose(self) -> None:
