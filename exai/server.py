@@ -186,10 +186,8 @@ class Connection:
         if self.gone:
             return
         self.gone = True
-        if why in ("code 1000", "code 1001"):
-            self.log.info("connection {} closed by the client ({}); cancelling {} call(s)", self.id, why, len(self.calls))
-        else:
-            self.log.info("connection {} client gone: {}; cancelling {} call(s)", self.id, why, len(self.calls))
+        what = "closed by the client" if why in ("code 1000", "code 1001") else "client gone"
+        self.log.info("connection {} {}: {}; cancelling {} call(s)", self.id, what, why, len(self.calls))
         for call in list(self.calls.values()):
             call.cancel(CancelReason.DISCONNECT)
         self.reader_scope.cancel()
