@@ -1,53 +1,21 @@
-"""The WebSocket daemon: accept, one task reading each connection, dispatch, shutdown."""
+"""The daemon: its shared state, start-up, the transports' accept loops, shutdown."""
 
 from __future__ import annotations
 
-import hmac
-import itertools
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Final
+from typing import Any
 
 import trio
 from loguru import logger
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from exai import __version__, metrics
-from exai.lifecycle import (
-    Alive,
-    Calls,
-    CancelReason,
-    InflightCall,
-    Services,
-    internal_error,
-    run_tool_call,
-)
+from exai import __version__
+from exai.lifecycle import Alive, Calls, CancelReason, Services
 from exai.limits import Limits
-from exai.protocol import (
-    INVALID_PARAMS,
-    INVALID_REQUEST,
-    METHOD_NOT_FOUND,
-    BadMessage,
-    Notification,
-    Request,
-    RpcError,
-    dump,
-    error_message,
-    negotiate_version,
-    parse_message,
-    parse_tool_call,
-    result_message,
-)
-
-WS_PATHS: Final = ("/", "/mcp")
-HANDSHAKE_TIMEOUT_S: Final = 10.0
-CLOSE_TIMEOUT_S: Final = 2.0
-CLOSE_GOING_AWAY: Final = 1001
-
-_connection_ids = itertools.count(1)
+from exai.session import CLOSE_TIMEOUT_S, Session
 
 
 @dataclass
@@ -66,7 +34,8 @@ class Daemon:
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
-        self.connections: Alive[str, Connection] = Alive()
+        self.connections: Alive[str, Session] = Alive()
+        self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
         self.heartbeat = time.monotonic()
         self.ready = False
@@ -93,225 +62,6 @@ class Daemon:
             "requests": self.calls.snapshot(),
             "demo": bool(getattr(self.services.gateway, "demo", False)),
         }
-
-    # -- accepting ---------------------------------------------------------------------
-
-    async def handle(self, request: WebSocketRequest) -> None:
-        """trio-websocket handler: check the handshake, then run the connection."""
-        refusal = self._refusal(request)
-        if refusal is not None:
-            status, body = refusal
-            logger.info("handshake refused from {}: {} {}", _peer(request), status, body)
-            await request.reject(status, body=body.encode())
-            return
-        subprotocol = "mcp" if "mcp" in request.proposed_subprotocols else None
-        ws = await request.accept(subprotocol=subprotocol)
-        connection = Connection(self, ws, f"c{next(_connection_ids)}")
-        await connection.run()
-
-    def _refusal(self, request: WebSocketRequest) -> tuple[int, str] | None:
-        path = request.path.split("?", 1)[0]
-        if path not in WS_PATHS:
-            return 404, f"no WebSocket endpoint at {path}; use / or /mcp"
-        token = self.settings.auth_token
-        if token is not None and not _bearer_matches(request, token.get_secret_value()):
-            return 401, "missing or wrong Authorization: Bearer token"
-        if self.draining:
-            return 503, "server shutting down"
-        if len(self.connections) >= self.settings.max_connections:
-            return 503, f"too many connections (EXAI_MAX_CONNECTIONS={self.settings.max_connections})"
-        return None
-
-
-def _bearer_matches(request: WebSocketRequest, token: str) -> bool:
-    for name, value in request.headers:
-        if name.lower() == b"authorization":
-            scheme, _, given = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
-                return True
-    return False
-
-
-def _peer(request: WebSocketRequest) -> str:
-    remote = request.remote
-    return f"{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
-
-
-class Connection:
-    """One client. A single task reads it; each call runs in its own task and scope."""
-
-    def __init__(self, daemon: Daemon, ws: WebSocketConnection, connection_id: str):
-        self.daemon = daemon
-        self.ws = ws
-        self.id = connection_id
-        self.calls: dict[Any, InflightCall] = {}
-        self.initialized = False
-        self.gone = False
-        self.close_code = 1000
-        self.reader_scope = trio.CancelScope()
-        self.log = logger.bind(conn=connection_id)
-
-    async def run(self) -> None:
-        """Serve the connection until the client leaves or the daemon stops.
-
-        On return no call of this connection is running and its session limiter is gone.
-        """
-        daemon = self.daemon
-        daemon.connections.add(self.id, self)
-        metrics.connections.inc()
-        self.log.info("connection {} open from {}", self.id, self.ws.remote)
-        try:
-            async with daemon.limits.session(self.id) as session_slots, trio.open_nursery() as calls:
-                self.session_slots = session_slots
-                self.nursery = calls
-                with self.reader_scope:
-                    try:
-                        while True:
-                            frame = await self.ws.get_message()
-                            await self.dispatch(frame)
-                    except ConnectionClosed as closed:
-                        self._client_gone(_close_text(closed))
-                # Leaving the nursery waits for the calls; a gone client's calls are already cancelled.
-        finally:
-            if not self.gone:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
-                    reason = "server shutting down" if self.close_code == CLOSE_GOING_AWAY else ""
-                    await self.ws.aclose(self.close_code, reason)
-            daemon.connections.remove(self.id)
-            metrics.connections.dec()
-            self.log.info("connection {} ended", self.id)
-
-    def _client_gone(self, why: str) -> None:
-        """The client left: log it once and cancel everything it started."""
-        if self.gone:
-            return
-        self.gone = True
-        what = "closed by the client" if why in ("code 1000", "code 1001") else "client gone"
-        self.log.info("connection {} {}: {}; cancelling {} call(s)", self.id, what, why, len(self.calls))
-        for call in list(self.calls.values()):
-            call.cancel(CancelReason.DISCONNECT)
-        self.reader_scope.cancel()
-
-    def close(self, code: int) -> None:
-        """Stop reading and close with `code` once the calls have ended (used by shutdown)."""
-        self.close_code = code
-        self.reader_scope.cancel()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        """Send one message; a dead client is detected once and ends this connection's work."""
-        if self.gone:
-            return
-        try:
-            await self.ws.send_message(dump(message))
-        except ConnectionClosed as closed:
-            self._client_gone(f"send failed ({_close_text(closed)})")
-
-    # -- dispatch ----------------------------------------------------------------------
-
-    async def dispatch(self, frame: str | bytes) -> None:
-        try:
-            message = parse_message(frame)
-        except BadMessage as bad:
-            await self.send(error_message(bad.id, bad.code, bad.message))
-            return
-        if isinstance(message, Notification):
-            self._notification(message)
-        elif isinstance(message, Request):
-            try:
-                result = self._request(message)
-            except RpcError as exc:
-                await self.send(error_message(message.id, exc.code, exc.message, exc.data))
-                return
-            except Exception:
-                await self.send(internal_error(message.id, f"request {self.id}/{message.id} {message.method}", self.log))
-                return
-            if result is not None:
-                await self.send(result_message(message.id, result))
-
-    def _notification(self, note: Notification) -> None:
-        if note.method == "notifications/initialized":
-            return
-        if note.method == "notifications/cancelled":
-            call = self.calls.get(note.params.get("requestId"))
-            if call is not None:
-                self.log.info("call {}/{} cancelled by client: {}", self.id, call.id, note.params.get("reason", ""))
-                call.cancel(CancelReason.CLIENT)
-        # Other notifications need no answer and change nothing.
-
-    def _request(self, request: Request) -> Any:
-        """Answer a request at once, or start a call and return None (its task answers)."""
-        method = request.method
-        if method == "initialize":
-            return self._initialize(request)
-        if not self.initialized:
-            raise RpcError(INVALID_REQUEST, f"Invalid Request: {method} before initialize")
-        if method == "ping":
-            return {}
-        if method == "tools/list":
-            return {"tools": [tool.describe() for tool in self.daemon.services.tools.values()]}
-        if method == "tools/call":
-            self._start_call(request)
-            return None
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
-
-    def _initialize(self, request: Request) -> dict[str, Any]:
-        if self.initialized:
-            raise RpcError(INVALID_REQUEST, "Invalid Request: initialize was already done")
-        version = request.params.get("protocolVersion")
-        if version is not None and not isinstance(version, str):
-            raise RpcError(INVALID_PARAMS, 'Invalid params: "protocolVersion" must be a string')
-        self.initialized = True
-        return {
-            "protocolVersion": negotiate_version(version),
-            "capabilities": {"tools": {"listChanged": False}},
-            "serverInfo": {"name": "exai", "version": __version__},
-            "instructions": "exai serves AI workflow tools backed by GLM and Kimi; see tools/list.",
-        }
-
-    def _start_call(self, request: Request) -> None:
-        daemon = self.daemon
-        parsed = parse_tool_call(request.params)
-        tool = daemon.services.tools.get(parsed.name)
-        if tool is None:
-            known = ", ".join(sorted(daemon.services.tools))
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {parsed.name} (known: {known})")
-        if request.id in self.calls:
-            raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request.id!r} is already in flight")
-        if daemon.draining:
-            raise RpcError(-32000, "Server shutting down", {"retry_after_s": 1})
-        timeout = float(daemon.settings.tool_timeout_secs)
-        if parsed.timeout is not None:
-            timeout = min(timeout, parsed.timeout)
-        now = trio.current_time()
-        call = InflightCall(
-            id=request.id,
-            connection_id=self.id,
-            tool=parsed.name,
-            arrived=now,
-            deadline=now + timeout,
-            scope=trio.CancelScope(deadline=now + timeout),
-        )
-        self.calls[request.id] = call
-        daemon.calls.add((self.id, call.id), call)
-        self.nursery.start_soon(self._run_call, call, parsed, tool)
-
-    async def _run_call(self, call: InflightCall, parsed: Any, tool: Any) -> None:
-        try:
-            response = await run_tool_call(
-                self.daemon.services, call, parsed, tool, self.session_slots, self.send
-            )
-            if response is not None:
-                await self.send(response)
-        finally:
-            del self.calls[call.id]
-            self.daemon.calls.remove((self.id, call.id))
-
-
-def _close_text(closed: ConnectionClosed) -> str:
-    reason = closed.reason
-    if reason is None:
-        return "no close frame"
-    return f"code {reason.code}{' ' + reason.reason if reason.reason else ''}"
 
 
 # -- serving ---------------------------------------------------------------------------
@@ -371,28 +121,18 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                 monitor_url = None
                 if settings.monitor_port is not None and settings.monitor_port >= 0:
                     monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)
-                await _serve_websockets(daemon, monitor_url, task_status)
+                await _serve_clients(daemon, monitor_url, task_status)
         background.cancel_scope.cancel()
 
 
-async def _serve_websockets(daemon: Daemon, monitor_url: str | None, task_status: Any) -> None:
-    settings = daemon.settings
+async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: Any) -> None:
+    """Accept clients until shutdown is requested; then stop accepting, drain, close."""
+    from exai.transports.ws import serve_websockets
+
     async with trio.open_nursery() as connections:
-        listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-        server = WebSocketServer(
-            daemon.handle,
-            listeners,
-            handler_nursery=connections,
-            max_message_size=settings.max_message_bytes,
-            connect_timeout=HANDSHAKE_TIMEOUT_S,
-            disconnect_timeout=CLOSE_TIMEOUT_S,
-        )
+        daemon.connection_nursery = connections
         async with trio.open_nursery() as accepting:
-            await accepting.start(server.run)
-            port = server.port
-            host = settings.host
-            shown = f"[{host}]" if ":" in host else host
-            url = f"ws://{shown}:{port}/"
+            url = await accepting.start(serve_websockets, daemon)
             daemon.ready = True
             task_status.started(Bound(url, monitor_url, daemon))
             await daemon.stopping.wait()
@@ -413,8 +153,8 @@ async def _drain(daemon: Daemon) -> None:
         call.cancel(CancelReason.SHUTDOWN)
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.calls.wait_empty()
-    for connection in list(daemon.connections.active.values()):
-        connection.close(CLOSE_GOING_AWAY)
+    for session in list(daemon.connections.active.values()):
+        session.end_transport()
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.connections.wait_empty()
 

@@ -1,0 +1,1 @@
+"""Transports: they only move messages between clients and sessions (`exai.session`)."""
