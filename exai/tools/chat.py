@@ -9,7 +9,7 @@ from pydantic import Field
 from exai.providers.base import as_messages
 from exai.store import ThreadNotFound
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.files import read_files
+from exai.tools.files import FileContent, read_files, render_files, trimmed_note
 
 SYSTEM = (
     "You are a senior engineer helping a coding assistant. Answer precisely and concisely; "
@@ -47,8 +47,10 @@ class Chat(Tool):
                     f"continuation_id {args.continuation_id!r} is unknown or expired; start a new thread"
                 ) from None
         prompt = args.prompt
+        files: list[FileContent] = []
         if args.files:
-            prompt = f"{prompt}\n\nFiles:\n{await read_files(args.files, ctx.settings.allowed_roots)}"
+            files = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)
+            prompt = f"{prompt}\n\nFiles:\n{render_files(files)}"
         completion = await ctx.complete(
             as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
         )
@@ -57,7 +59,11 @@ class Chat(Tool):
             self.name,
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.text}],
         )
-        return ToolOutput(
-            completion.text,
-            meta={"model": completion.model, "provider": completion.provider, "continuation_id": thread},
-        )
+        meta: dict[str, Any] = {"model": completion.model, "provider": completion.provider, "continuation_id": thread}
+        text = completion.text
+        if note := trimmed_note(files):
+            meta["files_trimmed"] = [
+                {"path": f.path, "size": f.size, "sent_bytes": f.shown} for f in files if f.trimmed
+            ]
+            text = f"{text}\n\n[exai] {note}"
+        return ToolOutput(text, meta=meta)
