@@ -51,7 +51,9 @@ ADDED_COLUMNS: Final = {
 }
 
 # A thread id is a UUID, hyphenated (new threads) or 32 hex digits (threads of the first schema).
-_THREAD_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+_THREAD_ID = re.compile(
+    r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
+)
 _SHOWN_ID_CHARS: Final = 80
 
 T = TypeVar("T")
@@ -61,7 +63,9 @@ class ThreadNotFound(Exception):
     """No live thread has this id: never created, expired, or not a thread id at all."""
 
     def __init__(self, thread_id: str):
-        shown = thread_id if len(thread_id) <= _SHOWN_ID_CHARS else thread_id[:_SHOWN_ID_CHARS] + "…"
+        shown = (
+            thread_id if len(thread_id) <= _SHOWN_ID_CHARS else thread_id[:_SHOWN_ID_CHARS] + "…"
+        )
         super().__init__(f"continuation_id '{shown}' is unknown or expired; start a new thread")
         self.thread_id = thread_id
 
@@ -140,7 +144,9 @@ def db_path(settings: Any) -> Path:
 class ThreadRows:
     """Thread rows on one SQLite connection. Blocking; the async store runs it in a thread."""
 
-    def __init__(self, db: sqlite3.Connection, *, ttl_s: float, max_turns: int, clock: Callable[[], float]):
+    def __init__(
+        self, db: sqlite3.Connection, *, ttl_s: float, max_turns: int, clock: Callable[[], float]
+    ):
         self.db = db
         self.ttl_s = ttl_s
         self.max_turns = max_turns
@@ -157,7 +163,10 @@ class ThreadRows:
                         self.db.execute(f"ALTER TABLE threads ADD COLUMN {name} {kind}")
                 if "created" not in columns:
                     self.db.execute("UPDATE threads SET created = updated")
-                    logger.info("conversation store: migrated the threads table to schema {}", SCHEMA_VERSION)
+                    logger.info(
+                        "conversation store: migrated the threads table to schema {}",
+                        SCHEMA_VERSION,
+                    )
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
@@ -172,7 +181,8 @@ class ThreadRows:
             if touch:
                 self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute(
-                "SELECT * FROM threads WHERE id IN (?, ?) AND updated >= ?", (*ids, now - self.ttl_s)
+                "SELECT * FROM threads WHERE id IN (?, ?) AND updated >= ?",
+                (*ids, now - self.ttl_s),
             ).fetchone()
             if row is None:
                 raise ThreadNotFound(thread_id)
@@ -225,13 +235,16 @@ class ThreadRows:
     def list(self) -> list[Thread]:
         """Live threads, the most recently used first."""
         rows = self.db.execute(
-            "SELECT * FROM threads WHERE updated >= ? ORDER BY updated DESC", (self.clock() - self.ttl_s,)
+            "SELECT * FROM threads WHERE updated >= ? ORDER BY updated DESC",
+            (self.clock() - self.ttl_s,),
         ).fetchall()
         return [self._thread(row) for row in rows]
 
     def expire(self) -> int:
         with self.db:
-            cur = self.db.execute("DELETE FROM threads WHERE updated < ?", (self.clock() - self.ttl_s,))
+            cur = self.db.execute(
+                "DELETE FROM threads WHERE updated < ?", (self.clock() - self.ttl_s,)
+            )
         return cur.rowcount
 
     def _live(self, thread_id: str, now: float) -> Thread:
@@ -323,7 +336,9 @@ class ConversationStore:
 
         Keeps the newest `max_turns` turns; ThreadNotFound for an unknown or expired id.
         """
-        return await self._run(lambda: self._rows.append(thread_id, tool, list(turns), findings, files, model))
+        return await self._run(
+            lambda: self._rows.append(thread_id, tool, list(turns), findings, files, model)
+        )
 
     def hold(self, thread_id: str | None) -> AbstractAsyncContextManager[None]:
         """Serialise calls on one thread, first come first served; None holds nothing.
@@ -363,7 +378,9 @@ class ConversationStore:
 
 
 @asynccontextmanager
-async def open_store(settings: Any, *, clock: Callable[[], float] = time.time) -> AsyncIterator[ConversationStore]:
+async def open_store(
+    settings: Any, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[ConversationStore]:
     """The daemon's store under `settings.state_dir` (created if missing), migrated, expired
     threads removed; the connection is closed on exit."""
     path = db_path(settings)
