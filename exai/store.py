@@ -205,6 +205,8 @@ class ThreadRows:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             if thread_id is None:
+                # A long-running daemon sweeps expired threads as it starts new ones.
+                self.db.execute("DELETE FROM threads WHERE updated < ?", (now - self.ttl_s,))
                 thread = Thread(str(uuid.uuid4()), tool, now, now, now, [], [], [], None, 0)
             else:
                 thread = self._live(thread_id, now)

@@ -148,6 +148,7 @@ async def test_ttl_expires_threads_and_use_refreshes_it(tmp_path: Path) -> None:
         assert [t["id"] for t in listed] == [kept]
         assert listed[0]["expires"] == pytest.approx(clock.now - 0.2 * HOUR + HOUR)
         assert await store.expire() == 1
+        assert await store.expire() == 0
         clock.now += 0.7 * HOUR  # within an hour of the last append
         await store.append(kept, "chat", pair(3))
         clock.now += 0.9 * HOUR
@@ -156,6 +157,17 @@ async def test_ttl_expires_threads_and_use_refreshes_it(tmp_path: Path) -> None:
         with pytest.raises(ThreadNotFound):
             await store.get(kept)
         assert await store.list() == []
+
+
+async def test_starting_a_thread_sweeps_expired_ones(tmp_path: Path) -> None:
+    clock = FakeClock()
+    settings = store_settings(tmp_path, ttl_hours=1)
+    async with open_store(settings, clock=clock) as store:
+        old = (await store.append(None, "chat", pair(1))).thread_id
+        clock.now += 2 * HOUR
+        new = (await store.append(None, "chat", pair(2))).thread_id
+    ids = [row[0] for row in sqlite3.connect(db_path(settings)).execute("SELECT id FROM threads")]
+    assert ids == [new] and old not in ids
 
 
 async def test_turn_cap_keeps_the_newest_and_counts_the_dropped(tmp_path: Path) -> None:
