@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from exai.cli import main
 from exai.client import RpcError, connect
@@ -114,6 +117,29 @@ async def test_a_bad_id_is_thread_not_found_and_changes_nothing(tmp_path: Path, 
         async with store.hold(bad):  # holding any string is harmless
             pass
         assert await store.list() == []
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.uuids().map(str), st.uuids().map(lambda u: u.hex.upper())))
+def test_any_text_as_a_thread_id_is_found_or_thread_not_found(thread_id: str) -> None:
+    """A continuation_id comes from outside: whatever it is, no SQLite error escapes."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.row_factory = sqlite3.Row
+    rows = ThreadRows(db, ttl_s=HOUR, max_turns=4, clock=FakeClock())
+    rows.migrate()
+    known = rows.append(None, "chat", pair(1), (), (), None).thread_id
+    for attempt in (
+        lambda: rows.get(thread_id, touch=True),
+        lambda: rows.append(thread_id, "chat", [], (), (), None),
+    ):
+        try:
+            found = attempt()
+        except ThreadNotFound as exc:
+            assert exc.thread_id == thread_id
+        else:
+            assert uuid.UUID(thread_id) == uuid.UUID(known)
+            assert getattr(found, "id", getattr(found, "thread_id", None)) == known
+    db.close()
 
 
 async def test_thread_not_found_message_names_the_id(tmp_path: Path) -> None:
