@@ -173,20 +173,12 @@ class ThreadRows:
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def get(self, thread_id: str, *, touch: bool) -> Thread:
-        ids = lookup_ids(thread_id)
-        if ids is None:
-            raise ThreadNotFound(thread_id)
+        """The live thread; `touch` restarts its lifetime. ThreadNotFound if there is none."""
         now = self.clock()
         with self.db:
             if touch:
                 self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute(
-                "SELECT * FROM threads WHERE id IN (?, ?) AND updated >= ?",
-                (*ids, now - self.ttl_s),
-            ).fetchone()
-            if row is None:
-                raise ThreadNotFound(thread_id)
-            thread = self._thread(row)
+            thread = self._live(thread_id, now)
             if touch:
                 self.db.execute("UPDATE threads SET updated = ? WHERE id = ?", (now, thread.id))
                 thread.updated, thread.expires = now, now + self.ttl_s
