@@ -70,6 +70,14 @@ class ThreadNotFound(Exception):
         self.thread_id = thread_id
 
 
+class StoreUnavailable(Exception):
+    """The store file cannot be opened or is not a usable SQLite database."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        super().__init__(f"cannot open the conversation store {path} (EXAI_STATE_DIR): {cause}")
+        self.path = path
+
+
 @dataclass
 class Turn:
     role: str  # "user" | "assistant"
@@ -390,7 +398,10 @@ async def open_store(
             raise
         return db
 
-    db = await trio.to_thread.run_sync(connect)
+    try:
+        db = await trio.to_thread.run_sync(connect)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(path, exc) from None
     try:
         rows = ThreadRows(
             db,
@@ -399,8 +410,11 @@ async def open_store(
             clock=clock,
         )
         store = ConversationStore(rows)
-        await store._run(rows.migrate)
-        expired = await store.expire()
+        try:
+            await store._run(rows.migrate)
+            expired = await store.expire()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(path, exc) from None
         if expired:
             logger.info("conversation store: removed {} expired thread(s)", expired)
         yield store
