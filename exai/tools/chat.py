@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from exai.providers.base import as_messages
-from exai.store import ThreadNotFound
+from exai.store import ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.files import FileContent, read_files, render_files, trimmed_note
 
@@ -38,32 +38,48 @@ class Chat(Tool):
     Args = ChatArgs
 
     async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
-        history: list[dict[str, Any]] = []
-        if args.continuation_id:
-            try:
-                history = ctx.store.load(args.continuation_id)
-            except ThreadNotFound:
-                raise ToolArgumentError(
-                    f"continuation_id {args.continuation_id!r} is unknown or expired; start a new thread"
-                ) from None
-        prompt = args.prompt
-        files: list[FileContent] = []
-        if args.files:
-            files = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)
-            prompt = f"{prompt}\n\nFiles:\n{render_files(files)}"
-        completion = await ctx.complete(
-            as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
-        )
-        thread = ctx.store.append(
-            args.continuation_id,
-            self.name,
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.text}],
-        )
-        meta: dict[str, Any] = {"model": completion.model, "provider": completion.provider, "continuation_id": thread}
+        async with ctx.store.hold(args.continuation_id):
+            history: list[dict[str, Any]] = []
+            if args.continuation_id:
+                try:
+                    thread = await ctx.store.get(args.continuation_id)
+                except ThreadNotFound as exc:
+                    raise ToolArgumentError(str(exc)) from None
+                history = [{"role": turn.role, "content": turn.content} for turn in thread.turns]
+            prompt = args.prompt
+            files: list[FileContent] = []
+            if args.files:
+                files = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)
+                prompt = f"{prompt}\n\nFiles:\n{render_files(files)}"
+            embedded = [f.resolved for f in files]
+            completion = await ctx.complete(
+                as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
+            )
+            appended = await ctx.store.append(
+                args.continuation_id,
+                self.name,
+                [
+                    Turn("user", prompt, self.name, files=embedded),
+                    Turn("assistant", completion.text, self.name, model=completion.model),
+                ],
+                files=embedded,
+                model=completion.model,
+            )
         text = completion.text
+        meta: dict[str, Any] = {
+            "model": completion.model,
+            "provider": completion.provider,
+            "continuation_id": appended.thread_id,
+        }
         if note := trimmed_note(files):
             meta["files_trimmed"] = [
                 {"path": f.path, "size": f.size, "sent_bytes": f.shown} for f in files if f.trimmed
             ]
             text = f"{text}\n\n[exai] {note}"
+        if appended.dropped_now:
+            meta["dropped_turns"] = appended.dropped_now
+            text += (
+                f"\n\n(This thread keeps its newest {ctx.store.max_turns} turns "
+                f"(EXAI_MAX_CONVERSATION_TURNS): {appended.dropped_now} older turn(s) were dropped.)"
+            )
         return ToolOutput(text, meta=meta)
