@@ -189,6 +189,12 @@ def run_serve(*, host: str | None, port: int | None, monitor_port: int | None, d
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
+        from exai.store import StoreUnavailable
+
+        store_error = _find(exc, StoreUnavailable)
+        if store_error is not None:
+            print(f"exai: {store_error}", file=sys.stderr)
+            return 1
         bind_error = _find(exc, OSError)
         if bind_error is None:
             raise

@@ -105,3 +105,15 @@ def test_busy_port_exits_1_with_one_line(tmp_path: Any) -> None:
         proc = subprocess.run([*EXAI, "serve"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert proc.returncode == 1
     assert "cannot listen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_corrupt_store_exits_1_with_one_line(tmp_path: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "conversations.sqlite3").write_bytes(b"this is not a sqlite database" * 100)
+    env = clean_env(tmp_path, EXAI_STATE_DIR=str(state), EXAI_PORT="0", EXAI_MONITOR_PORT="0")
+    proc = subprocess.run([*EXAI, "serve"], env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("exai:")]
+    assert len(lines) == 1 and "conversation store" in lines[0] and "EXAI_STATE_DIR" in lines[0]
+    assert "Traceback" not in proc.stderr
