@@ -40,6 +40,7 @@ class ToolContext:
     status: Callable[[], dict[str, Any]]
     streaming: bool = False
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    activity: dict[str, Any] = field(default_factory=dict)
 
     async def complete(
         self,
