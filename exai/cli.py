@@ -130,3 +130,22 @@ def config(check: bool) -> None:
     from exai.config import run_config_command
 
     sys.exit(run_config_command(check=check))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def threads(as_json: bool) -> None:
+    """List the stored conversation threads (id, tool, turns, last use, expires)."""
+    from exai.threadscli import run_threads
+
+    sys.exit(run_threads(as_json=as_json))
+
+
+@main.command()
+@click.argument("thread_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def thread(thread_id: str, as_json: bool) -> None:
+    """Print one conversation thread's turns."""
+    from exai.threadscli import run_thread
+
+    sys.exit(run_thread(thread_id, as_json=as_json))

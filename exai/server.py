@@ -356,7 +356,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                 simulator_url,
             )
         gateway = ModelGateway.from_settings(settings, daemon.limits.providers, simulator_url=simulator_url)
-        with open_store(settings) as store:
+        async with open_store(settings) as store:
             async with gateway:
                 daemon.services = Services(
                     settings=settings,

@@ -7,9 +7,9 @@ from typing import Any
 from pydantic import Field
 
 from exai.providers.base import as_messages
-from exai.store import ThreadNotFound
+from exai.store import ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.files import read_files
+from exai.tools.files import check_path, read_files
 
 SYSTEM = (
     "You are a senior engineer helping a coding assistant. Answer precisely and concisely; "
@@ -38,26 +38,42 @@ class Chat(Tool):
     Args = ChatArgs
 
     async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
-        history: list[dict[str, Any]] = []
-        if args.continuation_id:
-            try:
-                history = ctx.store.load(args.continuation_id)
-            except ThreadNotFound:
-                raise ToolArgumentError(
-                    f"continuation_id {args.continuation_id!r} is unknown or expired; start a new thread"
-                ) from None
-        prompt = args.prompt
-        if args.files:
-            prompt = f"{prompt}\n\nFiles:\n{await read_files(args.files, ctx.settings.allowed_roots)}"
-        completion = await ctx.complete(
-            as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
-        )
-        thread = ctx.store.append(
-            args.continuation_id,
-            self.name,
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.text}],
-        )
-        return ToolOutput(
-            completion.text,
-            meta={"model": completion.model, "provider": completion.provider, "continuation_id": thread},
-        )
+        async with ctx.store.hold(args.continuation_id):
+            history: list[dict[str, Any]] = []
+            if args.continuation_id:
+                try:
+                    thread = await ctx.store.get(args.continuation_id)
+                except ThreadNotFound as exc:
+                    raise ToolArgumentError(str(exc)) from None
+                history = [{"role": turn.role, "content": turn.content} for turn in thread.turns]
+            prompt = args.prompt
+            files: list[str] = []
+            if args.files:
+                prompt = f"{prompt}\n\nFiles:\n{await read_files(args.files, ctx.settings.allowed_roots)}"
+                files = [str(check_path(path, ctx.settings.allowed_roots)) for path in args.files]
+            completion = await ctx.complete(
+                as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
+            )
+            appended = await ctx.store.append(
+                args.continuation_id,
+                self.name,
+                [
+                    Turn("user", prompt, self.name, files=files),
+                    Turn("assistant", completion.text, self.name, model=completion.model),
+                ],
+                files=files,
+                model=completion.model,
+            )
+        text = completion.text
+        meta: dict[str, Any] = {
+            "model": completion.model,
+            "provider": completion.provider,
+            "continuation_id": appended.thread_id,
+        }
+        if appended.dropped_now:
+            meta["dropped_turns"] = appended.dropped_now
+            text += (
+                f"\n\n(This thread keeps its newest {ctx.store.max_turns} turns "
+                f"(EXAI_MAX_CONVERSATION_TURNS): {appended.dropped_now} older turn(s) were dropped.)"
+            )
+        return ToolOutput(text, meta=meta)

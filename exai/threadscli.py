@@ -1,0 +1,172 @@
+"""`exai threads` and `exai thread ID`: the stored conversation threads, read from the SQLite
+file under EXAI_STATE_DIR directly (read-only), whether the daemon runs or not.
+
+Each `run_*` function prints for a human and returns the exit status: 0 ok, 1 unknown
+thread or unreadable store, 2 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from exai.config import ConfigError, load_settings
+from exai.store import Thread, ThreadNotFound, db_path, read_thread, read_threads
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+
+
+def run_threads(*, as_json: bool) -> int:
+    """List the live threads, most recently used first."""
+    settings = _settings()
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        threads = read_threads(settings)
+    except sqlite3.Error as exc:
+        return _unreadable(settings, exc)
+    if as_json:
+        print(json.dumps([thread.summary() for thread in threads], indent=2))
+        return EXIT_OK
+    if not threads:
+        print(f"no conversation threads in {db_path(settings)}")
+        return EXIT_OK
+    from rich.table import Table
+
+    now = time.time()
+    table = Table(title=f"threads in {db_path(settings)}", title_justify="left", expand=False)
+    for column in ("id", "tool", "turns", "last use", "expires"):
+        table.add_column(
+            column, justify="right" if column == "turns" else "left", no_wrap=column == "id"
+        )
+    for thread in threads:
+        table.add_row(
+            thread.id,
+            thread.tool,
+            str(len(thread.turns)),
+            _relative(thread.updated, now),
+            _relative(thread.expires, now),
+        )
+    _console().print(table)
+    return EXIT_OK
+
+
+def run_thread(thread_id: str, *, as_json: bool) -> int:
+    """Print one live thread's turns (without refreshing its lifetime)."""
+    settings = _settings()
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        thread = read_thread(settings, thread_id)
+    except ThreadNotFound as exc:
+        print(f"exai: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        return _unreadable(settings, exc)
+    if as_json:
+        print(json.dumps(thread_as_json(thread), indent=2))
+    else:
+        _show(thread)
+    return EXIT_OK
+
+
+def thread_as_json(thread: Thread) -> dict[str, Any]:
+    return thread.summary() | {
+        "findings": thread.findings,
+        "files": thread.files,
+        "turns": [vars(turn) for turn in thread.turns],
+    }
+
+
+def _show(thread: Thread) -> None:
+    from rich.rule import Rule
+    from rich.text import Text
+
+    now = time.time()
+    console = _console()
+    head = Text.assemble(
+        ("thread ", "bold"), thread.id, ("   tool ", "bold"), thread.tool,
+        ("   model ", "bold"), thread.model or "-",
+        ("\ncreated ", "bold"), _when(thread.created, now),
+        ("   last use ", "bold"), _when(thread.updated, now),
+        ("   expires ", "bold"), _when(thread.expires, now),
+        ("\nturns ", "bold"), str(len(thread.turns)),
+        f" ({thread.dropped} older dropped)" if thread.dropped else "",
+    )  # fmt: skip
+    console.print(head)
+    if thread.findings:
+        console.print(Text("findings", style="bold"))
+        for finding in thread.findings:
+            console.print(Text(f"  - {finding}"))
+    if thread.files:
+        console.print(Text("files", style="bold"))
+        for path in thread.files:
+            console.print(Text(f"  {path}"))
+    first = thread.dropped + 1
+    for number, turn in enumerate(thread.turns, start=first):
+        details = [turn.tool]
+        if turn.step_number is not None:
+            details.append(f"step {turn.step_number}")
+        if turn.model:
+            details.append(turn.model)
+        title = f"#{number} {turn.role} ({', '.join(details)}) {_clock(turn.created)}"
+        console.print(Rule(Text(title), align="left"))
+        console.print(Text(turn.content))
+        if turn.files:
+            console.print(Text("files: " + ", ".join(turn.files), style="dim"))
+
+
+def _settings() -> Any:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"exai: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def _unreadable(settings: Any, exc: sqlite3.Error) -> int:
+    print(f"exai: cannot read the conversation store {db_path(settings)}: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Thread text is the model's and the user's: never read it as rich markup.
+    return Console(markup=False, highlight=False)
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _when(ts: float, now: float) -> str:
+    """A local time with how long ago or ahead it is: '2026-01-02 10:00:00 (5m ago)'."""
+    return f"{_clock(ts)} ({_relative(ts, now)})"
+
+
+def _relative(ts: float, now: float) -> str:
+    """'5m ago', 'in 23h59m' or 'now'."""
+    delta = ts - now
+    span = _span(abs(delta))
+    return "now" if span == "0s" else (f"in {span}" if delta > 0 else f"{span} ago")
+
+
+def _span(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
