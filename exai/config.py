@@ -49,6 +49,7 @@ DEFAULT_LOG_FORMAT: Final = "text"
 DEFAULT_KIMI_BASE_URL: Final = "https://api.moonshot.ai/v1"
 DEFAULT_GLM_BASE_URL: Final = "https://api.z.ai/api/paas/v4"
 DEFAULT_MODEL: Final = "auto"
+DEFAULT_MAX_FILE_BYTES: Final = 262_144
 
 LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("text", "json")
@@ -68,6 +69,7 @@ _AT_LEAST_ONE: Final = (
     "max_provider_calls",
     "circuit_failures",
     "max_conversation_turns",
+    "max_file_bytes",
 )
 # 0 is meaningful here: no waiting queue, no retries, no automatic steps.
 _AT_LEAST_ZERO: Final = ("max_queued", "provider_max_retries", "max_auto_steps")
@@ -220,6 +222,7 @@ class Settings(BaseSettings):
     glm_api_key: SecretStr | None = Field(default=None, validation_alias="GLM_API_KEY")
     glm_base_url: str = Field(default=DEFAULT_GLM_BASE_URL, validation_alias="GLM_BASE_URL")
     default_model: str = Field(default=DEFAULT_MODEL, validation_alias="EXAI_DEFAULT_MODEL")
+    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, validation_alias="EXAI_MAX_FILE_BYTES")
 
     # -- before: turn text from the environment into the field's shape ---------------------
 

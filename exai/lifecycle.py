@@ -174,7 +174,6 @@ async def run_tool_call(
         store=services.store,
         report=progress.report,
         status=services.status,
-        streaming=request.progress_token is not None,
     )
     outcome = "cancelled"  # stays so only if an enclosing scope (the daemon's) cancels the call
     response: dict[str, Any] | None = None

@@ -68,6 +68,7 @@ def test_defaults_are_the_contract(tmp_path: Path) -> None:
     assert s.state_dir == Path.home() / ".local" / "state" / "exai"
     assert (s.conversation_ttl_hours, s.max_conversation_turns) == (24.0, 40)
     assert s.allowed_roots == [tmp_path.resolve()]
+    assert s.max_file_bytes == 262144
     assert (s.log_level, s.log_format) == ("INFO", "text")
     assert (s.kimi_api_key, s.kimi_base_url) == (None, "https://api.moonshot.ai/v1")
     assert (s.glm_api_key, s.glm_base_url) == (None, "https://api.z.ai/api/paas/v4")
@@ -83,7 +84,7 @@ def test_env_names_are_the_contract() -> None:
     for name, env in ENV_NAMES.items():
         if name not in plain:
             assert env == f"EXAI_{name.upper()}"
-    assert len(ENV_NAMES) == 36
+    assert len(ENV_NAMES) == 37
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -181,6 +182,7 @@ def test_env_example_lists_every_variable_with_its_default(
         ("EXAI_MAX_CONNECTIONS", "0", "must be an integer >= 1"),
         ("EXAI_GLOBAL_MAX_INFLIGHT", "-3", "must be an integer >= 1"),
         ("EXAI_MAX_MESSAGE_BYTES", "1.5", "must be an integer >= 1"),
+        ("EXAI_MAX_FILE_BYTES", "0", "must be an integer >= 1"),
         ("EXAI_MAX_QUEUED", "-1", "must be an integer >= 0"),
         ("EXAI_PROVIDER_MAX_RETRIES", "-1", "must be an integer >= 0"),
         ("EXAI_MAX_AUTO_STEPS", "many", "must be an integer >= 0"),

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from exai.providers.base import CallBudget, Completion, OnText
+from exai.providers.base import CallBudget, Completion
 
 
 class ToolArgs(BaseModel):
@@ -38,7 +38,6 @@ class ToolContext:
     store: Any
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
-    streaming: bool = False
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     activity: dict[str, Any] = field(default_factory=dict)
 
@@ -51,13 +50,12 @@ class ToolContext:
     ) -> Completion:
         """One model completion within this call's budget and deadline.
 
-        Streams (and reports progress) when the caller asked for progress.
+        Always streams, so a provider that goes silent is caught after EXAI_STREAM_IDLE_SECS;
+        `report` forwards progress only to a client that asked for it.
         """
-        on_text: OnText | None = None
-        if self.streaming:
 
-            async def on_text(text: str, tokens: int) -> None:
-                await self.report(f"{tokens} tokens: {_tail(text)}")
+        async def on_text(text: str, tokens: int) -> None:
+            await self.report(f"{tokens} tokens: {_tail(text)}")
 
         completion = await self.gateway.complete(
             model=model,
@@ -73,7 +71,8 @@ class ToolContext:
 
 
 def _tail(text: str, width: int = 60) -> str:
-    flat = " ".join(text.split())
+    # Only the end matters: a long answer is not re-split on every chunk.
+    flat = " ".join(text[-4 * width :].split())
     return flat if len(flat) <= width else "…" + flat[-width:]
 
 

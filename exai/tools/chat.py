@@ -9,7 +9,7 @@ from pydantic import Field
 from exai.providers.base import as_messages
 from exai.store import ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.files import check_path, read_files
+from exai.tools.files import FileContent, read_files, render_files, trimmed_note
 
 SYSTEM = (
     "You are a senior engineer helping a coding assistant. Answer precisely and concisely; "
@@ -47,10 +47,11 @@ class Chat(Tool):
                     raise ToolArgumentError(str(exc)) from None
                 history = [{"role": turn.role, "content": turn.content} for turn in thread.turns]
             prompt = args.prompt
-            files: list[str] = []
+            contents: list[FileContent] = []
             if args.files:
-                prompt = f"{prompt}\n\nFiles:\n{await read_files(args.files, ctx.settings.allowed_roots)}"
-                files = [str(check_path(path, ctx.settings.allowed_roots)) for path in args.files]
+                contents = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)
+                prompt = f"{prompt}\n\nFiles:\n{render_files(contents)}"
+            files = [f.resolved for f in contents]
             completion = await ctx.complete(
                 as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
             )
@@ -76,4 +77,9 @@ class Chat(Tool):
                 f"\n\n(This thread keeps its newest {ctx.store.max_turns} turns "
                 f"(EXAI_MAX_CONVERSATION_TURNS): {appended.dropped_now} older turn(s) were dropped.)"
             )
+        if note := trimmed_note(contents):
+            meta["files_trimmed"] = [
+                {"path": f.path, "size": f.size, "sent_bytes": f.shown} for f in contents if f.trimmed
+            ]
+            text = f"{text}\n\n[exai] {note}"
         return ToolOutput(text, meta=meta)
