@@ -24,7 +24,7 @@ TRIM_NOTE: Final = "\n[result trimmed to about {tokens} tokens (EXAI_MAX_RESULT_
 @dataclass
 class Context:
     messages: list[dict[str, Any]]
-    embedded: list[str] = field(default_factory=list)  # files whose text this request carries
+    embedded: list[str] = field(default_factory=list)  # resolved paths of files whose text this request carries
     referenced: list[str] = field(default_factory=list)  # files shown in a kept history turn
     omitted: list[str] = field(default_factory=list)  # sentences naming what was left out or cut
 
@@ -70,7 +70,7 @@ def fit_context(
             omitted.append(f"{file.path} was left out: no room in the context window")
 
     for file in files:
-        if file.path in shown_in:
+        if file.resolved in shown_in:
             later.append(file)
         else:
             embed(file)
@@ -90,7 +90,7 @@ def fit_context(
 
     referenced = []
     for file in later:
-        if kept_index.intersection(shown_in[file.path]):
+        if kept_index.intersection(shown_in[file.resolved]):
             referenced.append(file.path)
         else:
             embed(file)
@@ -103,7 +103,7 @@ def fit_context(
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
     messages.append({"role": "user", "content": text})
-    return Context(messages, [f.path for f in embedded], referenced, omitted)
+    return Context(messages, [f.resolved for f in embedded], referenced, omitted)
 
 
 def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:

@@ -52,8 +52,9 @@ class Issue(BaseModel):
     description: str = Field(min_length=1)
 
 
+# The fields every step of an investigating workflow tool takes (CONTRACT section 4).
+# No docstring: pydantic would put it into every tool's schema.
 class StepArgs(ToolArgs):
-    """The fields every step of an investigating workflow tool takes (CONTRACT section 4)."""
 
     step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
     step_number: int = Field(ge=1, description="This step's number, from 1.")
@@ -187,8 +188,7 @@ class WorkflowTool(Tool):
         """The tool's own fields (review_type, focus_areas...) as lines for the model."""
         base = set(StepArgs.model_fields)
         lines = []
-        for name in type(args).model_fields:
-            value = getattr(args, name)
+        for name, value in args.model_dump(mode="json").items():
             if name not in base and value not in (None, "", []):
                 lines.append(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
         return "\n".join(lines)
@@ -205,9 +205,10 @@ class WorkflowTool(Tool):
             _max_file_bytes(ctx),
         )
         relevant = [c for c in contents if c.path in set(args.relevant_files)]
+        relevant_paths = [c.resolved for c in relevant]
         async with ctx.store.hold(args.continuation_id):
             thread = await open_thread(ctx, args.continuation_id)
-            files = list(dict.fromkeys([*(thread.files if thread else []), *args.relevant_files]))
+            files = list(dict.fromkeys([*(thread.files if thread else []), *relevant_paths]))
             if not args.next_step_required:
                 self.check_final(args, files)
             run = StepRun(
@@ -234,7 +235,7 @@ class WorkflowTool(Tool):
             await run.save(
                 [Turn(role="user", content=self.render_step(args), tool=self.name, created=time.time(), step_number=args.step_number)],
                 findings=[args.findings] if args.findings.strip() else [],
-                files=args.relevant_files,
+                files=relevant_paths,
             )
             if not args.next_step_required:
                 return await self.finish(run)
