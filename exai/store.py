@@ -70,6 +70,14 @@ class ThreadNotFound(Exception):
         self.thread_id = thread_id
 
 
+class StoreUnavailable(Exception):
+    """The store file cannot be opened or is not a usable SQLite database."""
+
+    def __init__(self, path: Path, cause: BaseException):
+        super().__init__(f"cannot open the conversation store {path} (EXAI_STATE_DIR): {cause}")
+        self.path = path
+
+
 @dataclass
 class Turn:
     role: str  # "user" | "assistant"
@@ -173,20 +181,12 @@ class ThreadRows:
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def get(self, thread_id: str, *, touch: bool) -> Thread:
-        ids = lookup_ids(thread_id)
-        if ids is None:
-            raise ThreadNotFound(thread_id)
+        """The live thread; `touch` restarts its lifetime. ThreadNotFound if there is none."""
         now = self.clock()
         with self.db:
             if touch:
                 self.db.execute("BEGIN IMMEDIATE")
-            row = self.db.execute(
-                "SELECT * FROM threads WHERE id IN (?, ?) AND updated >= ?",
-                (*ids, now - self.ttl_s),
-            ).fetchone()
-            if row is None:
-                raise ThreadNotFound(thread_id)
-            thread = self._thread(row)
+            thread = self._live(thread_id, now)
             if touch:
                 self.db.execute("UPDATE threads SET updated = ? WHERE id = ?", (now, thread.id))
                 thread.updated, thread.expires = now, now + self.ttl_s
@@ -398,7 +398,10 @@ async def open_store(
             raise
         return db
 
-    db = await trio.to_thread.run_sync(connect)
+    try:
+        db = await trio.to_thread.run_sync(connect)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(path, exc) from None
     try:
         rows = ThreadRows(
             db,
@@ -407,8 +410,11 @@ async def open_store(
             clock=clock,
         )
         store = ConversationStore(rows)
-        await store._run(rows.migrate)
-        expired = await store.expire()
+        try:
+            await store._run(rows.migrate)
+            expired = await store.expire()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(path, exc) from None
         if expired:
             logger.info("conversation store: removed {} expired thread(s)", expired)
         yield store

@@ -25,6 +25,7 @@ from exai.cli import main
 from exai.client import RpcError, connect
 from exai.store import (
     DB_NAME,
+    StoreUnavailable,
     ThreadNotFound,
     ThreadRows,
     Turn,
@@ -273,6 +274,22 @@ async def test_migrates_a_first_schema_database_without_losing_it(tmp_path: Path
         thread = await store.get(old_id)
         assert [t.content for t in thread.turns] == ["hello", "hi there", "question 2", "answer 2"]
         assert thread.findings == ["new"]
+
+
+async def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
+    settings = store_settings(tmp_path)
+    settings.state_dir.mkdir()
+    (settings.state_dir / DB_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(
+        StoreUnavailable, match=r"conversations\.sqlite3 \(EXAI_STATE_DIR\): file is not a database"
+    ):
+        async with open_store(settings):
+            pass  # pragma: no cover
+    blocked = store_settings(tmp_path / "file")
+    (tmp_path / "file").write_text("a file where the state directory should be")
+    with pytest.raises(StoreUnavailable, match="cannot open the conversation store"):
+        async with open_store(blocked):
+            pass  # pragma: no cover
 
 
 async def test_sqlite_work_runs_in_a_worker_thread(
