@@ -276,6 +276,34 @@ async def test_a_blocked_read_returns_at_the_deadline_and_closes_its_file_later(
     assert stat.S_ISREG(os.stat(path).st_mode)
 
 
+async def test_hung_reads_use_their_own_threads_and_later_reads_still_end_at_their_deadline(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = root / "on-a-hung-mount"
+    path.write_text("x")
+    fake = BlockingReads()
+    monkeypatch.setattr(files, "os", fake)
+    try:
+        with trio.move_on_after(0.3):
+            async with trio.open_nursery() as nursery:
+                for _ in range(files.READER_THREADS + 2):
+                    nursery.start_soon(read_file, str(path), [root], MAX)
+        readers = files._readers.get()
+        assert readers.borrowed_tokens == files.READER_THREADS  # the abandoned ones hold theirs
+        started = trio.current_time()
+        with trio.move_on_after(0.2) as scope:
+            await read_file(str(path), [root], MAX)  # waits for a reader thread: cancellable
+        assert scope.cancelled_caught and trio.current_time() - started < 0.5
+        with trio.fail_after(1):  # the rest of the daemon's threads are untouched
+            assert await trio.to_thread.run_sync(lambda: 42) == 42
+    finally:
+        fake.release.set()
+    with trio.fail_after(2):
+        while readers.borrowed_tokens:  # noqa: ASYNC110 - the abandoned threads own the state
+            await trio.sleep(0.01)
+    assert sorted(fake.closed) == sorted(fake.opened) and len(fake.opened) == files.READER_THREADS
+
+
 # -- through the daemon ------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from trio.lowlevel import RunVar
 
 from exai.tools.base import ToolArgumentError
 
@@ -23,6 +24,10 @@ from exai.tools.base import ToolArgumentError
 SYSTEM_ROOTS: Final = (Path("/proc"), Path("/sys"))
 OPEN_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_CHUNK: Final = 64 * 1024
+# Reads on a hung file system may never return: they get threads of their own, so they
+# cannot use up the ones the rest of the daemon needs.
+READER_THREADS: Final = 8
+_readers: RunVar[trio.CapacityLimiter] = RunVar("file_readers")
 
 _KINDS: Final = (
     (stat.S_ISDIR, "is a directory, not a file; name the files inside it"),
@@ -119,7 +124,14 @@ async def read_file(path: str, allowed_roots: list[Path], max_bytes: int) -> Fil
     Returns at once when cancelled, even while the file system blocks; the abandoned worker
     closes its descriptor when the file system lets it go.
     """
-    return await trio.to_thread.run_sync(_read_blocking, path, allowed_roots, max_bytes, abandon_on_cancel=True)
+    try:
+        readers = _readers.get()
+    except LookupError:
+        readers = trio.CapacityLimiter(READER_THREADS)
+        _readers.set(readers)
+    return await trio.to_thread.run_sync(
+        _read_blocking, path, allowed_roots, max_bytes, abandon_on_cancel=True, limiter=readers
+    )
 
 
 async def read_files(paths: list[str], allowed_roots: list[Path], max_bytes: int) -> list[FileContent]:
