@@ -14,7 +14,7 @@ from exai.providers.catalog import PROVIDERS, default_model
 from exai.store import Turn
 from exai.tools.base import ToolContext, ToolOutput
 from exai.tools.context import fit_context
-from exai.tools.files import FileContent, read_files
+from exai.tools.files import FileContent
 from exai.tools.workflow import StepArgs, StepRun, WorkflowTool, window_of
 
 # The models get this share of the time left; the rest is kept for the synthesis.
@@ -74,7 +74,7 @@ class Consensus(WorkflowTool):
     async def finish(self, run: StepRun) -> ToolOutput:
         args, ctx = run.args, run.ctx
         entries = list(args.models) or default_entries(ctx)
-        files = await read_files(run.files, ctx.settings.allowed_roots, int(ctx.settings.max_file_bytes))
+        files = await self.read(run, run.files)
         deadline = trio.current_effective_deadline()
         ask_until = math.inf
         if deadline != math.inf:

@@ -22,7 +22,7 @@ from exai.providers.base import BudgetExhausted
 from exai.store import Thread, ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.context import fit_context, keep_under
-from exai.tools.files import FileContent, read_files
+from exai.tools.files import FileContent, read_files, trimmed_note
 
 CONFIDENCE: Final = ("exploring", "low", "medium", "high", "very_high", "almost_certain", "certain")
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
@@ -85,8 +85,7 @@ class StepRun:
     thread_id: str | None
     history: list[Turn]
     findings: list[str]
-    files: list[str]  # relevant files of the whole thread, in first-seen order
-    contents: list[FileContent]
+    files: list[str]  # relevant files of the whole thread (resolved), in first-seen order
     step_number: int
     total_steps: int
     confidence: str
@@ -199,13 +198,11 @@ class WorkflowTool(Tool):
         total = max(args.total_steps, args.step_number)
         limit = int(ctx.settings.max_auto_steps)
         auto = min(args.auto_steps, limit) if self.auto_capable else 0
-        contents = await read_files(
-            list(dict.fromkeys([*args.relevant_files, *args.files_checked])),
-            ctx.settings.allowed_roots,
-            _max_file_bytes(ctx),
+        # Every path is checked (reading nothing yet); the text is read only for a model call.
+        named = await read_files(
+            list(dict.fromkeys([*args.relevant_files, *args.files_checked])), ctx.settings.allowed_roots, 0
         )
-        relevant = [c for c in contents if c.path in set(args.relevant_files)]
-        relevant_paths = [c.resolved for c in relevant]
+        relevant_paths = [c.resolved for c in named if c.path in set(args.relevant_files)]
         async with ctx.store.hold(args.continuation_id):
             thread = await open_thread(ctx, args.continuation_id)
             files = list(dict.fromkeys([*(thread.files if thread else []), *relevant_paths]))
@@ -218,7 +215,6 @@ class WorkflowTool(Tool):
                 history=list(thread.turns) if thread else [],
                 findings=list(thread.findings) if thread else [],
                 files=files,
-                contents=relevant,
                 step_number=args.step_number,
                 total_steps=total,
                 confidence=args.confidence,
@@ -242,6 +238,15 @@ class WorkflowTool(Tool):
             if auto == 0:
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
+
+    async def read(self, run: StepRun, paths: list[str]) -> list[FileContent]:
+        """The files' text for a model call; the result names those trimmed to EXAI_MAX_FILE_BYTES."""
+        settings = run.ctx.settings
+        contents = await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes))
+        note = trimmed_note(contents)
+        if note and note not in run.notes:
+            run.notes.append(note)
+        return contents
 
     def check_final(self, args: Any, files: list[str]) -> None:
         missing = [name for name in self.final_requires if not (files if name == "relevant_files" else getattr(args, name))]
@@ -277,6 +282,7 @@ class WorkflowTool(Tool):
         """
         ctx, args = run.ctx, run.args
         window = window_of(ctx, args.model)
+        contents = await self.read(run, run.files)
         seen = {" ".join(f.lower().split()) for f in run.findings}
         stalled = 0
         stop = "steps"
@@ -291,7 +297,7 @@ class WorkflowTool(Tool):
             context = fit_context(
                 system=f"{self.system}\n\n{AUTO_STEP_FORMAT}",
                 history=run.history,
-                files=run.contents,
+                files=contents,
                 prompt=self.auto_prompt(run, number),
                 window_tokens=window,
             )
@@ -359,7 +365,7 @@ class WorkflowTool(Tool):
             why = "use_assistant_model is false" if not args.use_assistant_model else "confidence is certain"
             run.notes.append(f"no expert analysis: {why}")
             return self.result(run, status="complete", final=True, expert=None)
-        expert_files = await read_files(run.files, ctx.settings.allowed_roots, _max_file_bytes(ctx))
+        expert_files = await self.read(run, run.files)
         await ctx.report(f"{self.name}: asking the expert model")
         context = fit_context(
             system=f"{self.system}\n\n{EXPERT_FORMAT}",
@@ -436,10 +442,6 @@ _STOP_NOTES: Final = {
     "confident": "auto-steps stopped: confidence reached very_high",
     "stalled": "auto-steps stopped: two steps in a row found nothing new",
 }
-
-
-def _max_file_bytes(ctx: ToolContext) -> int:
-    return int(ctx.settings.max_file_bytes)
 
 
 def render_result(tool: str, structured: dict[str, Any]) -> str:
