@@ -18,6 +18,8 @@ from exai.tools.files import FileContent, render_files
 CHARS_PER_TOKEN: Final = 4
 ANSWER_SHARE: Final = 0.25  # of the model's context window, kept for its answer
 MIN_FILE_CHARS: Final = 2_000  # below this, a trimmed file is not worth sending
+FILES_HEADING: Final = "\n\nFiles:\n"
+REFERENCED_HEADING: Final = "\n\nFiles shown earlier in this conversation: "
 TRIM_NOTE: Final = "\n[result trimmed to about {tokens} tokens (EXAI_MAX_RESULT_TOKENS)]"
 
 
@@ -39,7 +41,7 @@ def fit_context(
     embed_all: bool = False,
 ) -> Context:
     """The messages for one request, within `window_tokens` minus the answer's share."""
-    room = int(window_tokens * (1 - ANSWER_SHARE)) * CHARS_PER_TOKEN - len(system)
+    room = int(window_tokens * (1 - ANSWER_SHARE)) * CHARS_PER_TOKEN - len(system) - len(REFERENCED_HEADING)
     omitted: list[str] = []
     if len(prompt) > room:
         omitted.append(f"the prompt was cut from {len(prompt)} to {max(room, 0)} characters")
@@ -57,14 +59,15 @@ def fit_context(
 
     def embed(file: FileContent) -> None:
         nonlocal room
-        cost = len(file.text) + len(file.path) + 40
-        if cost <= room:
+        # The file's header (with a trimming note at its longest) and its share of the heading.
+        overhead = len(render_files([dataclasses.replace(file, text="", trimmed=True)])) + len(FILES_HEADING) + 2
+        if len(file.text) + overhead <= room:
             embedded.append(file)
-            room -= cost
-        elif room >= MIN_FILE_CHARS:
-            keep = room - len(file.path) - 40
-            embedded.append(dataclasses.replace(file, text=file.text[:keep], trimmed=True))
-            omitted.append(f"{file.path} was cut to its first {keep} characters to fit the context window")
+            room -= len(file.text) + overhead
+        elif room - overhead >= MIN_FILE_CHARS:
+            text = file.text[: room - overhead]
+            embedded.append(dataclasses.replace(file, text=text, trimmed=True, shown=len(text.encode())))
+            omitted.append(f"{file.path} was cut to its first {len(text)} characters to fit the context window")
             room = 0
         else:
             omitted.append(f"{file.path} was left out: no room in the context window")
@@ -92,14 +95,15 @@ def fit_context(
     for file in later:
         if kept_index.intersection(shown_in[file.resolved]):
             referenced.append(file.path)
+            room -= len(file.path) + 2
         else:
             embed(file)
 
     text = prompt
     if embedded:
-        text += "\n\nFiles:\n" + render_files(embedded)
+        text += FILES_HEADING + render_files(embedded)
     if referenced:
-        text += "\n\nFiles shown earlier in this conversation (unchanged): " + ", ".join(referenced)
+        text += REFERENCED_HEADING + ", ".join(referenced)
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
     messages.append({"role": "user", "content": text})
