@@ -219,6 +219,17 @@ async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(dae
     assert thread.findings == ["finding 1", "finding 2", "the first auto step"]
 
 
+@pytest.mark.parametrize("fields", [{"auto_steps": 2}, {"next_step_required": False, "hypothesis": "h"}])
+async def test_a_provider_failure_is_a_tool_error_that_keeps_the_thread(daemon: Any, simulator: Any, fields: dict[str, Any]) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, step=f"go\n{sim(status=400)}", **fields))
+    s = result.structured
+    assert result.is_error and s is not None
+    assert "kimi" in result.text.lower() and "continuation_id" in result.text
+    assert s["error"] and s["provider_calls"] == 1
+    assert [t.step_number for t in read_thread(daemon.daemon.settings, s["continuation_id"]).turns] == [1]
+
+
 # -- files and the context budget ---------------------------------------------------------
 
 

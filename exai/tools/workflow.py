@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Final, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from exai.providers.base import BudgetExhausted
+from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.context import fit_context, keep_under
@@ -307,6 +307,8 @@ class WorkflowTool(Tool):
             except BudgetExhausted:
                 stop = "budget"
                 break
+            except ProviderError as exc:
+                return failed(self.result(run, status=f"pause_for_{self.work}"), exc)
             answer = parse_json(completion.text) or {}
             findings = str(answer.get("findings") or completion.text).strip()
             if answer.get("confidence") in CONFIDENCE:
@@ -376,7 +378,10 @@ class WorkflowTool(Tool):
             embed_all=True,
         )
         run.notes.extend(context.omitted)
-        completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
+        try:
+            completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
+        except ProviderError as exc:
+            return failed(self.result(run, status="calling_expert_analysis", final=True), exc)
         expert: Any = parse_json(completion.text)
         if expert is None:
             expert = completion.text
@@ -442,6 +447,15 @@ _STOP_NOTES: Final = {
     "confident": "auto-steps stopped: confidence reached very_high",
     "stalled": "auto-steps stopped: two steps in a row found nothing new",
 }
+
+
+def failed(output: ToolOutput, error: ProviderError) -> ToolOutput:
+    """A provider failure as a tool error that still carries the thread, so the work can go on."""
+    output.is_error = True
+    output.text = f"{error}\n\nThe steps so far are saved; continue with the continuation_id below.\n\n{output.text}"
+    if output.structured is not None:
+        output.structured["error"] = str(error)
+    return output
 
 
 def render_result(tool: str, structured: dict[str, Any]) -> str:
