@@ -29,6 +29,7 @@ class Context:
     embedded: list[str] = field(default_factory=list)  # resolved paths of files whose text this request carries
     referenced: list[str] = field(default_factory=list)  # files shown in a kept history turn
     omitted: list[str] = field(default_factory=list)  # sentences naming what was left out or cut
+    attachments: str = ""  # the files part of the last message (after the prompt)
 
 
 def fit_context(
@@ -99,15 +100,15 @@ def fit_context(
         else:
             embed(file)
 
-    text = prompt
+    attachments = ""
     if embedded:
-        text += FILES_HEADING + render_files(embedded)
+        attachments += FILES_HEADING + render_files(embedded)
     if referenced:
-        text += REFERENCED_HEADING + ", ".join(referenced)
+        attachments += REFERENCED_HEADING + ", ".join(referenced)
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
-    messages.append({"role": "user", "content": text})
-    return Context(messages, [f.resolved for f in embedded], referenced, omitted)
+    messages.append({"role": "user", "content": prompt + attachments})
+    return Context(messages, [f.resolved for f in embedded], referenced, omitted, attachments)
 
 
 def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:

@@ -320,7 +320,8 @@ class WorkflowTool(Tool):
             now = time.time()
             await run.save(
                 [
-                    Turn(role="user", content=context.messages[-1]["content"], tool=self.name, created=now, step_number=number, files=context.embedded),
+                    # The files sent stay in the thread (later steps refer to them); the findings list is there already.
+                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded),
                     Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model),
                 ],
                 findings=[findings],
