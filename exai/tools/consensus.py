@@ -7,6 +7,7 @@ import time
 from typing import Any, Final, Literal
 
 import trio
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from exai.providers.base import ProviderError
@@ -85,6 +86,9 @@ class Consensus(WorkflowTool):
         async with trio.open_nursery() as nursery:
             for index, entry in enumerate(entries):
                 nursery.start_soon(self.ask, run, entry, files, ask_until, responses, index)
+        log = logger.bind(rid=ctx.request_id)
+        for r in responses:
+            log.info("consensus model={} stance={} status={}", r["model"], r["stance"], r["status"])
         now_wall = time.time()
         await run.save(
             [
