@@ -97,6 +97,23 @@ async def test_debug_investigation_manual_steps_then_expert(daemon: Any, simulat
     assert thread.findings == ["finding 1", "finding 2", "finding 3", "finding 4"]
 
 
+async def test_a_debug_thread_survives_a_restart_and_chat_continues_it(daemons: Any, simulator: Any) -> None:
+    first = await daemons.start()
+    async with connect(first.url) as client:
+        cid = (await client.call_tool("debug", step(1, findings="the walrus clue"))).structured["continuation_id"]  # type: ignore[index]
+    first.daemon.request_shutdown()
+    with trio.fail_after(10):
+        await first.daemon.stopped.wait()
+    second = await daemons.start()  # the same EXAI_STATE_DIR
+    async with connect(second.url) as one, connect(second.url) as two:
+        continued = await one.call_tool("debug", step(2, continuation_id=cid))
+        chatted = await two.call_tool("chat", {"prompt": "what was the clue?", "continuation_id": cid})
+    assert continued.structured and continued.structured["findings"] == ["the walrus clue", "finding 2"]
+    assert not chatted.is_error, chatted.text
+    assert "the walrus clue" in json.dumps(simulator.recent[-1]["messages"])  # chat saw the debug steps
+    assert [t.tool for t in read_thread(second.daemon.settings, cid).turns] == ["debug", "debug", "chat", "chat"]
+
+
 async def test_a_non_json_expert_answer_is_kept_as_text(daemon: Any, simulator: Any) -> None:
     async with connect(daemon.url) as client:
         args = step(1, more=False, hypothesis="h", step=f"conclude\n{sim(reply='plain words, no JSON')}")
