@@ -23,7 +23,8 @@ def sim(**behaviour: Any) -> str:
 
 def answers(findings: str = "clue {n}", confidence: str = "low") -> str:
     """A step text line making the simulator answer every request with this auto-step JSON."""
-    return sim(reply=json.dumps({"findings": findings, "confidence": confidence}))
+    reply = {"findings": findings, "confidence": confidence, "next_step": "read the lock code"}
+    return sim(reply=json.dumps(reply))
 
 
 def step(number: int, *, total: int = 4, more: bool = True, **fields: Any) -> dict[str, Any]:
@@ -177,6 +178,7 @@ async def test_the_seed_fifty_auto_steps_are_clamped(daemon: Any, simulator: Any
     assert "clamped to 3" in result.text
     assert s["continuation_id"] and s["step_number"] == 4 and s["next_step_required"] is True
     assert s["findings"][-3:] == ["clue 1", "clue 2", "clue 3"]
+    assert s["required_actions"][0] == "Suggested by the last auto-step: read the lock code"
     assert progress, "auto-steps report progress"
     thread = read_thread(settings, s["continuation_id"])
     assert [t.step_number for t in thread.turns if t.role == "assistant"] == [2, 3, 4]

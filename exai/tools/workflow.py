@@ -55,7 +55,6 @@ class Issue(BaseModel):
 # The fields every step of an investigating workflow tool takes (CONTRACT section 4).
 # No docstring: pydantic would put it into every tool's schema.
 class StepArgs(ToolArgs):
-
     step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
     step_number: int = Field(ge=1, description="This step's number, from 1.")
     total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
@@ -91,6 +90,7 @@ class StepRun:
     confidence: str
     hypothesis: str | None
     tool_name: str
+    suggested: str | None = None  # the last auto-step's "next_step"
     notes: list[str] = field(default_factory=list)
     embedded: list[str] = field(default_factory=list)  # files whose text this call sent
 
@@ -315,6 +315,8 @@ class WorkflowTool(Tool):
                 run.confidence = answer["confidence"]
             if isinstance(answer.get("hypothesis"), str) and answer["hypothesis"].strip():
                 run.hypothesis = answer["hypothesis"]
+            if isinstance(answer.get("next_step"), str) and answer["next_step"].strip():
+                run.suggested = answer["next_step"].strip()
             run.step_number = number
             run.embedded = list(dict.fromkeys([*run.embedded, *context.embedded]))
             now = time.time()
@@ -414,6 +416,8 @@ class WorkflowTool(Tool):
     def result(self, run: StepRun, *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
         ctx = run.ctx
         actions = [] if final else self.required_actions(run.step_number, run.confidence)
+        if run.suggested and not final:
+            actions.insert(0, f"Suggested by the last auto-step: {run.suggested}")
         structured: dict[str, Any] = {
             "status": status,
             "step_number": run.step_number,
