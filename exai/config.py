@@ -50,6 +50,7 @@ DEFAULT_KIMI_BASE_URL: Final = "https://api.moonshot.ai/v1"
 DEFAULT_GLM_BASE_URL: Final = "https://api.z.ai/api/paas/v4"
 DEFAULT_MODEL: Final = "auto"
 DEFAULT_MAX_FILE_BYTES: Final = 262_144
+DEFAULT_MAX_RESULT_TOKENS: Final = 20_000
 
 LOG_LEVELS: Final = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("text", "json")
@@ -70,6 +71,7 @@ _AT_LEAST_ONE: Final = (
     "circuit_failures",
     "max_conversation_turns",
     "max_file_bytes",
+    "max_result_tokens",
 )
 # 0 is meaningful here: no waiting queue, no retries, no automatic steps.
 _AT_LEAST_ZERO: Final = ("max_queued", "provider_max_retries", "max_auto_steps")
@@ -223,6 +225,10 @@ class Settings(BaseSettings):
     glm_base_url: str = Field(default=DEFAULT_GLM_BASE_URL, validation_alias="GLM_BASE_URL")
     default_model: str = Field(default=DEFAULT_MODEL, validation_alias="EXAI_DEFAULT_MODEL")
     max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, validation_alias="EXAI_MAX_FILE_BYTES")
+    max_result_tokens: int = Field(
+        default=DEFAULT_MAX_RESULT_TOKENS, validation_alias="EXAI_MAX_RESULT_TOKENS"
+    )
+    disabled_tools: list[str] | None = Field(default=None, validation_alias="EXAI_DISABLED_TOOLS")
 
     # -- before: turn text from the environment into the field's shape ---------------------
 
@@ -244,7 +250,7 @@ class Settings(BaseSettings):
             raise _broken(_RULES["state_dir"])
         return value
 
-    @field_validator(*_MODEL_LISTS, mode="before")
+    @field_validator(*_MODEL_LISTS, "disabled_tools", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -371,6 +377,20 @@ class Settings(BaseSettings):
             ch.isspace() or not ch.isprintable() for ch in value.get_secret_value()
         ):
             raise _broken(_RULES["auth_token"])
+        return value
+
+    @field_validator("disabled_tools")
+    @classmethod
+    def _known_tools(cls, value: list[str] | None) -> list[str] | None:
+        from exai.tools import TOOL_NAMES  # the tools import the providers, which need no settings
+
+        unknown = [name for name in value or () if name not in TOOL_NAMES]
+        if unknown:
+            raise _broken(
+                "unknown tool {unknown} (known: {known})",
+                unknown=", ".join(unknown),
+                known=", ".join(TOOL_NAMES),
+            )
         return value
 
     @field_validator("allowed_roots")

@@ -112,7 +112,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     settings=settings,
                     limits=daemon.limits,
                     gateway=gateway,
-                    tools=all_tools(),
+                    tools=all_tools(settings),
                     store=store,
                     calls=daemon.calls,
                     status=daemon.status,

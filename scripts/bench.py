@@ -6,6 +6,7 @@ disconnect-to-abort is timed on one clock.
 
     python scripts/bench.py            # full run, about a minute
     python scripts/bench.py --quick    # a smoke run, a few seconds
+    python scripts/bench.py --workflow # the workflow tools: the seed replayed, consensus, tools/list
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import trio
 from httpx_sse import aconnect_sse
 
 from exai.client import ExaiClient, RpcError, connect
+from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
+from exai.store import read_thread
 
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 MESSAGES = [{"role": "user", "content": "benchmark"}]
@@ -428,10 +431,78 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
     raise AssertionError("unreachable")
 
 
+async def workflow(env: dict[str, str]) -> dict[str, Any]:
+    """The seed's 50-step request, consensus against its slowest model, the tools/list size.
+
+    A daemon with the default limits, both providers on one in-driver simulator.
+    """
+    state_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"exai-bench-workflow-{os.getpid()}")
+    latency = 0.5
+    async with trio.open_nursery() as nursery:
+        sim: Simulator = await nursery.start(serve_simulator, "127.0.0.1", 0)
+        daemon_env = {
+            **env,
+            "KIMI_API_KEY": "bench", "KIMI_BASE_URL": sim.url, "GLM_API_KEY": "bench", "GLM_BASE_URL": sim.url,
+            "EXAI_DEFAULT_MODEL": "kimi-k2-0905-preview", "EXAI_PORT": "0", "EXAI_MONITOR_PORT": "0",
+            "EXAI_STATE_DIR": state_dir,
+        }
+        async with daemon_process(daemon_env) as (url, _, _), connect(url) as client:
+            tools_list_bytes = len(json.dumps(await client.request("tools/list")).encode())
+            sim.configure(latency_s=latency)
+            low = json.dumps({"findings": "clue {n}", "confidence": "low"})
+            seed = {
+                "step": f"find why the server hangs\n#sim {json.dumps({'reply': low})}", "step_number": 1,
+                "total_steps": 50, "next_step_required": True, "findings": "it hangs", "auto_steps": 50,
+            }
+            started = trio.current_time()
+            result = await client.call_tool("debug", seed)
+            seed_wall = trio.current_time() - started
+            if result.is_error or result.structured is None:
+                raise RuntimeError(result.text)
+            thread = read_thread(Settings(state_dir=state_dir), result.structured["continuation_id"])
+            models = [
+                {"model": "kimi-k2-0905-preview", "stance": "for"},
+                {"model": "glm-4.6", "stance": "against"},
+                {"model": "kimi-k2-turbo-preview", "stance": "neutral"},
+            ]
+            walls = {}
+            for synthesis in (False, True):
+                started = trio.current_time()
+                answer = await client.call_tool("consensus", {
+                    "step": "Move the thread store to SQLite?", "step_number": 1, "total_steps": 1,
+                    "next_step_required": False, "findings": "threads die with the process", "models": models,
+                    "use_assistant_model": synthesis,
+                })
+                if answer.is_error:
+                    raise RuntimeError(answer.text)
+                walls[synthesis] = trio.current_time() - started
+        nursery.cancel_scope.cancel()
+    return {
+        "seed_50_steps": {
+            "provider_latency_s": latency,
+            "provider_calls": result.structured["provider_calls"],
+            "status": result.structured["status"],
+            "wall_s": round(seed_wall, 3),
+            "auto_steps_saved": sum(1 for t in thread.turns if t.role == "assistant"),
+        },
+        "consensus_3_models": {
+            "slowest_model_s": latency,
+            "wall_s": round(walls[False], 3),
+            "wall_with_synthesis_s": round(walls[True], 3),
+        },
+        "tools_list_bytes": tools_list_bytes,
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--only", nargs="*", default=[], help="run only these (names as printed)")
     parser.add_argument("--profile", help="record the daemon with py-spy (raw format) into this file")
+    parser.add_argument("--workflow", action="store_true", help="only the workflow tools' numbers")
     opts = parser.parse_args()
-    print(json.dumps(trio.run(main, opts.quick, opts.only, opts.profile), indent=2))
+    if opts.workflow:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+        print(json.dumps(trio.run(workflow, clean), indent=2))
+    else:
+        print(json.dumps(trio.run(main, opts.quick, opts.only, opts.profile), indent=2))

@@ -69,6 +69,7 @@ def test_defaults_are_the_contract(tmp_path: Path) -> None:
     assert (s.conversation_ttl_hours, s.max_conversation_turns) == (24.0, 40)
     assert s.allowed_roots == [tmp_path.resolve()]
     assert s.max_file_bytes == 262144
+    assert (s.max_result_tokens, s.disabled_tools) == (20000, None)
     assert (s.log_level, s.log_format) == ("INFO", "text")
     assert (s.kimi_api_key, s.kimi_base_url) == (None, "https://api.moonshot.ai/v1")
     assert (s.glm_api_key, s.glm_base_url) == (None, "https://api.z.ai/api/paas/v4")
@@ -84,7 +85,7 @@ def test_env_names_are_the_contract() -> None:
     for name, env in ENV_NAMES.items():
         if name not in plain:
             assert env == f"EXAI_{name.upper()}"
-    assert len(ENV_NAMES) == 37
+    assert len(ENV_NAMES) == 39
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -97,6 +98,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("EXAI_KIMI_ALLOWED_MODELS", " kimi-k2 , kimi-latest,")
     monkeypatch.setenv("EXAI_ALLOWED_ROOTS", f"{tmp_path}{os.pathsep}{other}{os.pathsep}")
     monkeypatch.setenv("EXAI_FALLBACK", "no")
+    monkeypatch.setenv("EXAI_DISABLED_TOOLS", " consensus, planner,")
     monkeypatch.setenv("EXAI_LOG_LEVEL", "debug")
     monkeypatch.setenv("EXAI_LOG_FORMAT", "JSON")
     monkeypatch.setenv("KIMI_API_KEY", SECRET)
@@ -108,6 +110,7 @@ def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert s.kimi_allowed_models == ["kimi-k2", "kimi-latest"]
     assert s.allowed_roots == [tmp_path.resolve(), other.resolve()]
     assert s.fallback is False
+    assert s.disabled_tools == ["consensus", "planner"]
     assert (s.log_level, s.log_format) == ("DEBUG", "json")
     assert isinstance(s.kimi_api_key, SecretStr)
     assert s.kimi_api_key.get_secret_value() == SECRET
@@ -183,6 +186,8 @@ def test_env_example_lists_every_variable_with_its_default(
         ("EXAI_GLOBAL_MAX_INFLIGHT", "-3", "must be an integer >= 1"),
         ("EXAI_MAX_MESSAGE_BYTES", "1.5", "must be an integer >= 1"),
         ("EXAI_MAX_FILE_BYTES", "0", "must be an integer >= 1"),
+        ("EXAI_MAX_RESULT_TOKENS", "0", "must be an integer >= 1"),
+        ("EXAI_DISABLED_TOOLS", "debug,nonesuch", "unknown tool nonesuch (known: chat, thinkdeep"),
         ("EXAI_MAX_QUEUED", "-1", "must be an integer >= 0"),
         ("EXAI_PROVIDER_MAX_RETRIES", "-1", "must be an integer >= 0"),
         ("EXAI_MAX_AUTO_STEPS", "many", "must be an integer >= 0"),

@@ -17,6 +17,7 @@ import json
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,6 +43,7 @@ BAD_API_KEY: Final = "bad-key"
 # A stream's malformed line and a malformed body: neither parses as JSON.
 MALFORMED_BODY: Final = b'{"id": "chatcmpl-sim", "choices": [ this is not json'
 SHUTDOWN_GRACE_S: Final = 0.5
+RECENT_REQUESTS: Final = 32
 
 JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 SSE_HEADERS: Final = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -61,7 +63,7 @@ class Behaviour(BaseModel):
     retry_after: str | None = Field(default=None, pattern=r"^[\x20-\x7e]*$")
     error_body: dict[str, Any] | None = None  # body sent with `status` (default: OpenAI-style)
     malformed: bool = False  # 200 with a body that is not JSON
-    reply: str | None = None  # reply text (default: derived from the prompt)
+    reply: str | None = None  # reply text, "{n}" replaced by the request's number (default: derived from the prompt)
     chunk_delay_s: float = Field(default=0.0, ge=0)  # streaming: delay between chunks
     chunks: int = Field(default=5, ge=1)  # streaming: how many content chunks
     stall_after: int | None = Field(default=None, ge=0)  # streaming: silent forever after N chunks
@@ -195,6 +197,8 @@ class Simulator:
         self._attempts: dict[str, int] = {}
         self._changed = trio.Event()
         self._ids = 0
+        # The newest chat requests as received (model, messages), for tests to inspect.
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_REQUESTS)
 
     # -- control -------------------------------------------------------------------------
 
@@ -217,6 +221,7 @@ class Simulator:
         vars(self.stats).update(vars(SimStats(inflight=inflight, max_inflight=inflight)))
         self._default = Behaviour()
         self._attempts.clear()
+        self.recent.clear()
         self._notify()
 
     async def wait_until(self, predicate: Callable[[SimStats], bool]) -> None:
@@ -360,14 +365,16 @@ class Simulator:
             self._count_status(200)
             await _send_bytes(send, 200, MALFORMED_BODY, JSON_HEADERS)
             return
-        reply = behaviour.reply if behaviour.reply is not None else default_reply(prompt)
+        self._ids += 1
+        reply = default_reply(prompt)
+        if behaviour.reply is not None:
+            reply = behaviour.reply.replace("{n}", str(self._ids))
         model = request["model"]
         usage = {
             "prompt_tokens": _count_tokens(_all_text(request["messages"])),
             "completion_tokens": _count_tokens(reply),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        self._ids += 1
         completion_id = f"chatcmpl-sim-{self._ids}"
         if request.get("stream") is True:
             await self._stream(send, behaviour, completion_id, model, reply, usage)
@@ -459,6 +466,7 @@ class Simulator:
             raise _BadRequest(400, "'messages' must be a non-empty list of message objects")
         if not isinstance(request.get("model"), str) or not request["model"]:
             raise _BadRequest(400, "'model' is required")
+        self.recent.append({"model": request["model"], "messages": messages})
         prompt = next(
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )

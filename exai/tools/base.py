@@ -39,6 +39,7 @@ class ToolContext:
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    activity: dict[str, Any] = field(default_factory=dict)
 
     async def complete(
         self,

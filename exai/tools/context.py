@@ -1,0 +1,120 @@
+"""The context budget: what of a thread, its files and a new prompt fits one model request.
+
+Priority: the prompt, then the files, then the history from the newest turn back. A file
+already embedded in a kept history turn is referenced, not embedded again (the expert
+embeds everything afresh). Whatever is left out or cut is named, for the result to say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from exai.store import Turn
+from exai.tools.files import FileContent, render_files
+
+CHARS_PER_TOKEN: Final = 4
+ANSWER_SHARE: Final = 0.25  # of the model's context window, kept for its answer
+MIN_FILE_CHARS: Final = 2_000  # below this, a trimmed file is not worth sending
+FILES_HEADING: Final = "\n\nFiles:\n"
+REFERENCED_HEADING: Final = "\n\nFiles shown earlier in this conversation: "
+TRIM_NOTE: Final = "\n[result trimmed to about {tokens} tokens (EXAI_MAX_RESULT_TOKENS)]"
+
+
+@dataclass
+class Context:
+    messages: list[dict[str, Any]]
+    embedded: list[str] = field(default_factory=list)  # resolved paths of files whose text this request carries
+    referenced: list[str] = field(default_factory=list)  # files shown in a kept history turn
+    omitted: list[str] = field(default_factory=list)  # sentences naming what was left out or cut
+    attachments: str = ""  # the files part of the last message (after the prompt)
+
+
+def fit_context(
+    *,
+    system: str,
+    history: Sequence[Turn],
+    files: Sequence[FileContent],
+    prompt: str,
+    window_tokens: int,
+    embed_all: bool = False,
+) -> Context:
+    """The messages for one request, within `window_tokens` minus the answer's share."""
+    room = int(window_tokens * (1 - ANSWER_SHARE)) * CHARS_PER_TOKEN - len(system) - len(REFERENCED_HEADING)
+    omitted: list[str] = []
+    if len(prompt) > room:
+        omitted.append(f"the prompt was cut from {len(prompt)} to {max(room, 0)} characters")
+        prompt = prompt[: max(room, 0)]
+    room -= len(prompt)
+
+    shown_in: dict[str, list[int]] = {}  # file -> history turns (by index) that embed it
+    if not embed_all:
+        for index, turn in enumerate(history):
+            for path in turn.files:
+                shown_in.setdefault(path, []).append(index)
+
+    embedded: list[FileContent] = []
+    later: list[FileContent] = []  # already shown in history: embedded only if that turn is dropped
+
+    def embed(file: FileContent) -> None:
+        nonlocal room
+        # The file's header (with a trimming note at its longest) and its share of the heading.
+        overhead = len(render_files([dataclasses.replace(file, text="", trimmed=True)])) + len(FILES_HEADING) + 2
+        if len(file.text) + overhead <= room:
+            embedded.append(file)
+            room -= len(file.text) + overhead
+        elif room - overhead >= MIN_FILE_CHARS:
+            text = file.text[: room - overhead]
+            embedded.append(dataclasses.replace(file, text=text, trimmed=True, shown=len(text.encode())))
+            omitted.append(f"{file.path} was cut to its first {len(text)} characters to fit the context window")
+            room = 0
+        else:
+            omitted.append(f"{file.path} was left out: no room in the context window")
+
+    for file in files:
+        if file.resolved in shown_in:
+            later.append(file)
+        else:
+            embed(file)
+
+    kept: list[Turn] = []
+    kept_index: set[int] = set()
+    for index in range(len(history) - 1, -1, -1):
+        turn = history[index]
+        if len(turn.content) > room:
+            break
+        room -= len(turn.content)
+        kept.append(turn)
+        kept_index.add(index)
+    dropped = len(history) - len(kept)
+    if dropped:
+        omitted.append(f"the {dropped} oldest thread turn(s) were left out to fit the context window")
+
+    referenced = []
+    for file in later:
+        if kept_index.intersection(shown_in[file.resolved]):
+            referenced.append(file.path)
+            room -= len(file.path) + 2
+        else:
+            embed(file)
+
+    attachments = ""
+    if embedded:
+        attachments += FILES_HEADING + render_files(embedded)
+    if referenced:
+        attachments += REFERENCED_HEADING + ", ".join(referenced)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
+    messages.append({"role": "user", "content": prompt + attachments})
+    return Context(messages, [f.resolved for f in embedded], referenced, omitted, attachments)
+
+
+def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:
+    """`text` cut to about `max_tokens` tokens with a note saying so; and whether it was cut."""
+    limit = max_tokens * CHARS_PER_TOKEN
+    if len(text) <= limit:
+        return text, False
+    note = TRIM_NOTE.format(tokens=max_tokens)
+    return text[: max(limit - len(note), 0)] + note, True

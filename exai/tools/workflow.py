@@ -1,0 +1,488 @@
+"""The step engine behind the workflow tools (thinkdeep, debug, analyze, codereview, consensus).
+
+The calling assistant investigates between calls; each call is one step. An intermediate step
+makes no provider call: it is recorded in the thread and answered with what to do next. The
+final step asks the expert model for an analysis of everything the thread gathered. With
+`auto_steps` the daemon runs further steps itself, in a loop bounded by the auto-step limit,
+the call's provider budget and its deadline; every finished step is in the thread at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, Literal
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from exai.providers.base import BudgetExhausted, ProviderError
+from exai.store import Thread, ThreadNotFound, Turn
+from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.context import fit_context, keep_under
+from exai.tools.files import FileContent, read_files, trimmed_note
+
+CONFIDENCE: Final = ("exploring", "low", "medium", "high", "very_high", "almost_certain", "certain")
+Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
+CONFIDENT: Final = CONFIDENCE.index("very_high")  # auto-steps stop at this confidence or above
+STALL_STEPS: Final = 2  # auto-steps stop after this many steps without a new finding
+DEFAULT_WINDOW: Final = 32_768
+
+AUTO_STEP_FORMAT: Final = (
+    "You are running one step of this investigation yourself. Answer with ONLY a JSON object: "
+    '{"findings": "what this step established, with evidence", "confidence": "exploring|low|medium|'
+    'high|very_high|almost_certain|certain", "hypothesis": "your current best explanation", '
+    '"next_step": "what to examine next"}. Do not repeat earlier findings.'
+)
+EXPERT_FORMAT: Final = (
+    "You are the expert reviewing an investigation another assistant carried out. Check its "
+    "findings against the files, point out what it missed or got wrong, and answer with ONLY a "
+    'JSON object: {"summary": "...", "conclusion": "...", "issues": [{"severity": "critical|high|'
+    'medium|low", "description": "...", "where": "file:line"}], "recommendations": ["..."], '
+    '"confidence": "low|medium|high|certain"}.'
+)
+
+
+class Issue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    severity: Literal["critical", "high", "medium", "low"]
+    description: str = Field(min_length=1)
+
+
+# The fields every step of an investigating workflow tool takes (CONTRACT section 4).
+# No docstring: pydantic would put it into every tool's schema.
+class StepArgs(ToolArgs):
+    step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
+    step_number: int = Field(ge=1, description="This step's number, from 1.")
+    total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
+    next_step_required: bool = Field(description="true: you will investigate further; false: final step, gets the expert analysis.")
+    findings: str = Field(description="What you found in this step: facts, with file:line evidence.")
+    files_checked: list[str] = Field(default_factory=list, description="Absolute paths you examined.")
+    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter; their text is sent to the model.")
+    relevant_context: list[str] = Field(default_factory=list, description="Functions, classes or modules that matter.")
+    issues_found: list[Issue] = Field(default_factory=list, description="Problems found so far.")
+    hypothesis: str | None = Field(None, description="Your current best explanation.")
+    confidence: Confidence = Field("exploring", description="How sure you are of the findings.")
+    continuation_id: str | None = Field(None, description="Thread id from an earlier step's result; omit on step 1.")
+    model: str | None = Field(None, description="Model for model calls, or 'auto'.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature, 0 to 2.")
+    use_assistant_model: bool = Field(True, description="false: no expert model call on the final step.")
+    auto_steps: int = Field(
+        0, ge=0, description="Let exai run up to this many further steps itself, one model call each (EXAI_MAX_AUTO_STEPS caps it)."
+    )
+
+
+@dataclass
+class StepRun:
+    """One call's view of its thread while it runs."""
+
+    args: Any
+    ctx: ToolContext
+    thread_id: str | None
+    history: list[Turn]
+    findings: list[str]
+    files: list[str]  # relevant files of the whole thread (resolved), in first-seen order
+    step_number: int
+    total_steps: int
+    confidence: str
+    hypothesis: str | None
+    tool_name: str
+    suggested: str | None = None  # the last auto-step's "next_step"
+    notes: list[str] = field(default_factory=list)
+    embedded: list[str] = field(default_factory=list)  # files whose text this call sent
+
+    async def save(self, turns: list[Turn], *, findings: Sequence[str] = (), files: Sequence[str] = (), model: str | None = None) -> None:
+        """Append to the thread (creating it on first use); note turns the store dropped."""
+        store = self.ctx.store
+        appended = await store.append(self.thread_id, self.tool_name, turns, findings=findings, files=files, model=model)
+        self.thread_id = appended.thread_id
+        self.history.extend(turns)
+        self.findings.extend(findings)
+        if appended.dropped_now:
+            self.notes.append(
+                f"{appended.dropped_now} oldest turn(s) dropped from the thread (EXAI_MAX_CONVERSATION_TURNS)"
+            )
+
+
+def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without titles, null alternatives and empty defaults: a third of the bytes."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: v for k, v in node.items() if k != "title"}
+        options = node.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
+            node.pop("anyOf")
+            node.update(next(o for o in options if o != {"type": "null"}))
+        if node.get("default", 0) in (None, []):
+            node.pop("default")
+        return {k: walk(v) for k, v in node.items()}
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+def rank(confidence: str) -> int:
+    return CONFIDENCE.index(confidence) if confidence in CONFIDENCE else 0
+
+
+async def open_thread(ctx: ToolContext, continuation_id: str | None) -> Thread | None:
+    if continuation_id is None:
+        return None
+    try:
+        thread: Thread = await ctx.store.get(continuation_id)
+    except ThreadNotFound as exc:
+        raise ToolArgumentError(str(exc)) from None
+    return thread
+
+
+def parse_json(text: str) -> Any:
+    """The JSON object in a model's answer (also inside a ``` fence), else None."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = json.loads(text[start : end + 1])
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def window_of(ctx: ToolContext, model: str | None) -> int:
+    """The context window of the model a request for `model` goes to."""
+    _, name = ctx.gateway.resolve(model)
+    info = ctx.gateway.models.get(name)
+    return int(info.context_window) if info is not None else DEFAULT_WINDOW
+
+
+class WorkflowTool(Tool):
+    """A workflow tool: a declaration the engine runs."""
+
+    Args: ClassVar[type[StepArgs]] = StepArgs
+    work: ClassVar[str]  # status while steps remain: pause_for_<work>
+    system: ClassVar[str]
+    final_requires: ClassVar[tuple[str, ...]] = ()
+    auto_capable: ClassVar[bool] = True
+    # required_actions: early steps, while confidence is below medium, and once it is medium or above
+    actions: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
+
+    def input_schema(self) -> dict[str, Any]:
+        return compact_schema(super().input_schema())
+
+    def required_actions(self, step_number: int, confidence: str) -> list[str]:
+        early, exploring, converging = self.actions
+        if rank(confidence) >= CONFIDENT:
+            return ["Confirm the remaining doubt with one concrete check, then call the final step (next_step_required: false)."]
+        if step_number <= 1:
+            return list(early)
+        return list(converging if rank(confidence) >= CONFIDENCE.index("medium") else exploring)
+
+    def task_details(self, args: Any) -> str:
+        """The tool's own fields (review_type, focus_areas...) as lines for the model."""
+        base = set(StepArgs.model_fields)
+        lines = []
+        for name, value in args.model_dump(mode="json").items():
+            if name not in base and value not in (None, "", []):
+                lines.append(f"{name}: {value if isinstance(value, str) else json.dumps(value)}")
+        return "\n".join(lines)
+
+    # -- the engine ----------------------------------------------------------------------
+
+    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+        total = max(args.total_steps, args.step_number)
+        limit = int(ctx.settings.max_auto_steps)
+        auto = min(args.auto_steps, limit) if self.auto_capable else 0
+        # Every path is checked (reading nothing yet); the text is read only for a model call.
+        named = await read_files(
+            list(dict.fromkeys([*args.relevant_files, *args.files_checked])), ctx.settings.allowed_roots, 0
+        )
+        relevant_paths = [c.resolved for c in named if c.path in set(args.relevant_files)]
+        async with ctx.store.hold(args.continuation_id):
+            thread = await open_thread(ctx, args.continuation_id)
+            files = list(dict.fromkeys([*(thread.files if thread else []), *relevant_paths]))
+            if not args.next_step_required:
+                self.check_final(args, files)
+            run = StepRun(
+                args=args,
+                ctx=ctx,
+                thread_id=args.continuation_id,
+                history=list(thread.turns) if thread else [],
+                findings=list(thread.findings) if thread else [],
+                files=files,
+                step_number=args.step_number,
+                total_steps=total,
+                confidence=args.confidence,
+                hypothesis=args.hypothesis,
+                tool_name=self.name,
+            )
+            if not self.auto_capable and args.auto_steps:
+                run.notes.append(f"{self.name} runs no auto_steps; it was ignored")
+            elif args.auto_steps > limit:
+                run.notes.append(f"auto_steps {args.auto_steps} was clamped to {limit} (EXAI_MAX_AUTO_STEPS)")
+            if thread is not None and thread.dropped:
+                run.notes.append(f"this thread has dropped {thread.dropped} oldest turn(s) (EXAI_MAX_CONVERSATION_TURNS)")
+            ctx.activity["step"] = f"{args.step_number}/{total}"
+            await run.save(
+                [Turn(role="user", content=self.render_step(args), tool=self.name, created=time.time(), step_number=args.step_number)],
+                findings=[args.findings] if args.findings.strip() else [],
+                files=relevant_paths,
+            )
+            if not args.next_step_required:
+                return await self.finish(run)
+            if auto == 0:
+                return self.result(run, status=f"pause_for_{self.work}")
+            return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
+
+    async def read(self, run: StepRun, paths: list[str]) -> list[FileContent]:
+        """The files' text for a model call; the result names those trimmed to EXAI_MAX_FILE_BYTES."""
+        settings = run.ctx.settings
+        contents = await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes))
+        note = trimmed_note(contents)
+        if note and note not in run.notes:
+            run.notes.append(note)
+        return contents
+
+    def check_final(self, args: Any, files: list[str]) -> None:
+        missing = [name for name in self.final_requires if not (files if name == "relevant_files" else getattr(args, name))]
+        if missing:
+            raise ToolArgumentError(
+                f"Invalid arguments for {self.name}: the final step (next_step_required: false) needs "
+                + ", ".join(missing)
+            )
+
+    def render_step(self, args: Any) -> str:
+        lines = [f"[{self.name} step {args.step_number}] {args.step}", f"Findings: {args.findings}"]
+        if args.hypothesis:
+            lines.append(f"Hypothesis: {args.hypothesis}")
+        lines.append(f"Confidence: {args.confidence}")
+        if args.files_checked:
+            lines.append("Files checked: " + ", ".join(args.files_checked))
+        if args.relevant_files:
+            lines.append("Relevant files: " + ", ".join(args.relevant_files))
+        if args.relevant_context:
+            lines.append("Relevant context: " + ", ".join(args.relevant_context))
+        lines.extend(f"Issue ({i.severity}): {i.description}" for i in args.issues_found)
+        details = self.task_details(args)
+        if details:
+            lines.append(details)
+        return "\n".join(lines)
+
+    async def auto_run(self, run: StepRun, steps: int, *, clamped: bool) -> ToolOutput:
+        """Run up to `steps` further steps, one provider call each; a loop, never recursion.
+
+        Stops early at high confidence, after STALL_STEPS steps with nothing new, or when
+        the call's provider budget is spent. Cancellation (the deadline) propagates; every
+        finished step is already in the thread.
+        """
+        ctx, args = run.ctx, run.args
+        window = window_of(ctx, args.model)
+        contents = await self.read(run, run.files)
+        seen = {" ".join(f.lower().split()) for f in run.findings}
+        stalled = 0
+        stop = "steps"
+        for _ in range(steps):
+            number = run.step_number + 1
+            run.total_steps = max(run.total_steps, number)
+            ctx.activity["step"] = f"{number}/{run.total_steps}"
+            await ctx.report(f"{self.name}: auto step {number}/{run.total_steps}")
+            if ctx.budget.remaining <= 0:
+                stop = "budget"
+                break
+            context = fit_context(
+                system=f"{self.system}\n\n{AUTO_STEP_FORMAT}",
+                history=run.history,
+                files=contents,
+                prompt=self.auto_prompt(run, number),
+                window_tokens=window,
+            )
+            run.notes.extend(n for n in context.omitted if n not in run.notes)
+            try:
+                completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
+            except BudgetExhausted:
+                stop = "budget"
+                break
+            except ProviderError as exc:
+                return failed(self.result(run, status=f"pause_for_{self.work}"), exc)
+            answer = parse_json(completion.text) or {}
+            findings = str(answer.get("findings") or completion.text).strip()
+            if answer.get("confidence") in CONFIDENCE:
+                run.confidence = answer["confidence"]
+            if isinstance(answer.get("hypothesis"), str) and answer["hypothesis"].strip():
+                run.hypothesis = answer["hypothesis"]
+            if isinstance(answer.get("next_step"), str) and answer["next_step"].strip():
+                run.suggested = answer["next_step"].strip()
+            run.step_number = number
+            run.embedded = list(dict.fromkeys([*run.embedded, *context.embedded]))
+            now = time.time()
+            await run.save(
+                [
+                    # The files sent stay in the thread (later steps refer to them); the findings list is there already.
+                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded),
+                    Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model),
+                ],
+                findings=[findings],
+                model=completion.model,
+            )
+            logger.bind(rid=ctx.request_id).info(
+                "{} auto step {}/{} confidence={} thread={}", self.name, number, run.total_steps, run.confidence, run.thread_id
+            )
+            key = " ".join(findings.lower().split())
+            stalled = stalled + 1 if key in seen else 0
+            seen.add(key)
+            if rank(run.confidence) >= CONFIDENT:
+                stop = "confident"
+                break
+            if stalled >= STALL_STEPS:
+                stop = "stalled"
+                break
+        else:
+            if clamped:
+                stop = "limit"
+        status = f"pause_for_{self.work}"
+        if stop in ("budget", "limit"):
+            status = "budget_exhausted"
+        run.notes.append(_STOP_NOTES[stop].format(limit=ctx.settings.max_auto_steps, budget=ctx.budget.max_calls))
+        return self.result(run, status=status)
+
+    def auto_prompt(self, run: StepRun, number: int) -> str:
+        args = run.args
+        lines = [
+            f"Task ({self.name}): {args.step}",
+            self.task_details(args),
+            "Findings so far:",
+            *(f"- {f}" for f in run.findings[-20:]),
+        ]
+        if run.hypothesis:
+            lines.append(f"Current hypothesis: {run.hypothesis}")
+        lines.append(f"Run step {number} of {run.total_steps} now; current confidence: {run.confidence}.")
+        return "\n".join(line for line in lines if line)
+
+    async def finish(self, run: StepRun) -> ToolOutput:
+        """The final step: the expert's analysis unless certain or not wanted."""
+        args, ctx = run.args, run.ctx
+        if not args.use_assistant_model or args.confidence == "certain":
+            why = "use_assistant_model is false" if not args.use_assistant_model else "confidence is certain"
+            run.notes.append(f"no expert analysis: {why}")
+            return self.result(run, status="complete", final=True, expert=None)
+        expert_files = await self.read(run, run.files)
+        await ctx.report(f"{self.name}: asking the expert model")
+        context = fit_context(
+            system=f"{self.system}\n\n{EXPERT_FORMAT}",
+            history=run.history,
+            files=expert_files,
+            prompt=self.expert_prompt(run),
+            window_tokens=window_of(ctx, args.model),
+            embed_all=True,
+        )
+        run.notes.extend(context.omitted)
+        try:
+            completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
+        except ProviderError as exc:
+            return failed(self.result(run, status="calling_expert_analysis", final=True), exc)
+        expert: Any = parse_json(completion.text)
+        if expert is None:
+            expert = completion.text
+        run.embedded = list(dict.fromkeys([*run.embedded, *context.embedded]))
+        await run.save(
+            [Turn(role="assistant", content=completion.text, tool=self.name, created=time.time(), step_number=run.step_number, model=completion.model)],
+            model=completion.model,
+        )
+        return self.result(run, status="calling_expert_analysis", final=True, expert=expert)
+
+    def expert_prompt(self, run: StepRun) -> str:
+        args = run.args
+        lines = [
+            f"Task ({self.name}): {args.step}",
+            self.task_details(args),
+            "Consolidated findings, step by step:",
+            *(f"- {f}" for f in run.findings),
+        ]
+        if run.hypothesis:
+            lines.append(f"Hypothesis: {run.hypothesis}")
+        issues = [f"- ({i.severity}) {i.description}" for i in args.issues_found]
+        if issues:
+            lines += ["Issues found:", *issues]
+        if args.relevant_context:
+            lines.append("Relevant context: " + ", ".join(args.relevant_context))
+        lines.append(f"The assistant's confidence: {args.confidence}.")
+        return "\n".join(line for line in lines if line)
+
+    def result(self, run: StepRun, *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
+        ctx = run.ctx
+        actions = [] if final else self.required_actions(run.step_number, run.confidence)
+        if run.suggested and not final:
+            actions.insert(0, f"Suggested by the last auto-step: {run.suggested}")
+        structured: dict[str, Any] = {
+            "status": status,
+            "step_number": run.step_number,
+            "total_steps": max(run.total_steps, run.step_number),
+            "next_step_required": not final,
+            "continuation_id": run.thread_id,
+            "provider_calls": ctx.budget.used,
+            "required_actions": actions,
+            "findings": run.findings,
+            "confidence": run.confidence,
+            "files_used": run.embedded,
+            "usage": dict(ctx.usage),
+        }
+        if run.hypothesis:
+            structured["hypothesis"] = run.hypothesis
+        if final:
+            structured["expert_analysis"] = expert
+        if extra:
+            structured.update(extra)
+        if run.notes:
+            structured["notes"] = run.notes
+        text, trimmed = keep_under(render_result(self.name, structured), int(ctx.settings.max_result_tokens))
+        if trimmed:
+            structured["notes"] = [*run.notes, "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)"]
+        return ToolOutput(text, structured=structured)
+
+
+_STOP_NOTES: Final = {
+    "steps": "auto-steps ran as many steps as asked",
+    "limit": "auto-steps stopped at the limit of {limit} steps per call (EXAI_MAX_AUTO_STEPS); continue with continuation_id",
+    "budget": "auto-steps stopped: the call's budget of {budget} provider requests is spent (EXAI_MAX_PROVIDER_CALLS); continue with continuation_id",
+    "confident": "auto-steps stopped: confidence reached very_high",
+    "stalled": "auto-steps stopped: two steps in a row found nothing new",
+}
+
+
+def failed(output: ToolOutput, error: ProviderError) -> ToolOutput:
+    """A provider failure as a tool error that still carries the thread, so the work can go on."""
+    output.is_error = True
+    output.text = f"{error}\n\nThe steps so far are saved; continue with the continuation_id below.\n\n{output.text}"
+    if output.structured is not None:
+        output.structured["error"] = str(error)
+    return output
+
+
+def render_result(tool: str, structured: dict[str, Any]) -> str:
+    """A readable text rendering of a workflow result."""
+    s = structured
+    lines = [
+        f"{tool}: {s['status']} (step {s['step_number']} of {s['total_steps']}, confidence {s['confidence']}, "
+        f"{s['provider_calls']} provider call(s))",
+        f"continuation_id: {s['continuation_id']}",
+    ]
+    if s.get("hypothesis"):
+        lines.append(f"Hypothesis: {s['hypothesis']}")
+    if s["findings"]:
+        lines += ["", "Findings:", *(f"- {f}" for f in s["findings"])]
+    for response in s.get("responses", []):
+        shown = response.get("text") or response.get("error", "")
+        lines += ["", f"[{response['model']} ({response['stance']}): {response['status']}]", shown]
+    if "expert_analysis" in s and s["expert_analysis"] is not None:
+        expert = s["expert_analysis"]
+        lines += ["", "Expert analysis:", expert if isinstance(expert, str) else json.dumps(expert, indent=2)]
+    if s["required_actions"]:
+        lines += ["", "Before the next step:", *(f"- {a}" for a in s["required_actions"])]
+    if s.get("notes"):
+        lines += ["", "Notes:", *(f"- {n}" for n in s["notes"])]
+    return "\n".join(lines)

@@ -1,0 +1,405 @@
+"""The workflow tools through the daemon: real loopback WebSockets, the simulator over real HTTP.
+
+Real time with short, generous bounds. The simulator answers auto-steps and the expert with
+`#sim {"reply": ...}` directives placed in the step text (`{n}` is the request's number).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from exai.client import RpcError, connect
+from exai.store import read_thread
+
+
+def sim(**behaviour: Any) -> str:
+    return f"#sim {json.dumps(behaviour)}"
+
+
+def answers(findings: str = "clue {n}", confidence: str = "low") -> str:
+    """A step text line making the simulator answer every request with this auto-step JSON."""
+    reply = {"findings": findings, "confidence": confidence, "next_step": "read the lock code"}
+    return sim(reply=json.dumps(reply))
+
+
+def step(number: int, *, total: int = 4, more: bool = True, **fields: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "step": f"step {number}: look at the cache",
+        "step_number": number,
+        "total_steps": total,
+        "next_step_required": more,
+        "findings": f"finding {number}",
+    }
+    args.update(fields)
+    return args
+
+
+def source_file(tmp_path: Path, name: str = "cache.py", text: str = "def get(key):\n    return CACHE[key]  # MARKER-7731\n") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def resolved(path: str) -> str:
+    return str(Path(path).resolve())
+
+
+# -- one whole investigation ------------------------------------------------------------
+
+
+async def test_debug_investigation_manual_steps_then_expert(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    cid = None
+    async with connect(daemon.url) as client:
+        for number in (1, 2, 3):
+            args = step(number, relevant_files=[cache], confidence="medium" if number == 3 else "low")
+            if cid:
+                args["continuation_id"] = cid
+            result = await client.call_tool("debug", args)
+            s = result.structured
+            assert not result.is_error and s is not None, result.text
+            assert s["status"] == "pause_for_investigation"
+            assert s["next_step_required"] is True
+            assert s["provider_calls"] == 0
+            assert s["required_actions"]
+            assert cid in (None, s["continuation_id"])
+            cid = s["continuation_id"]
+        assert simulator.stats.requests_total == 0  # manual steps never call a model
+        expert = {"summary": "KeyError on a cold cache", "conclusion": "missing default", "issues": []}
+        final = step(
+            4,
+            more=False,
+            step=f"the cache lookup has no default\n{sim(reply=json.dumps(expert))}",
+            hypothesis="get() raises KeyError when the key was never stored",
+            confidence="high",
+            relevant_files=[cache],
+            continuation_id=cid,
+        )
+        result = await client.call_tool("debug", final)
+    s = result.structured
+    assert not result.is_error and s is not None, result.text
+    assert s["status"] == "calling_expert_analysis"
+    assert s["next_step_required"] is False
+    assert s["expert_analysis"] == expert
+    assert s["provider_calls"] == 1 and simulator.stats.requests_total == 1
+    assert s["findings"] == ["finding 1", "finding 2", "finding 3", "finding 4"]
+    assert "KeyError on a cold cache" in result.text
+    sent = json.dumps(simulator.recent[-1]["messages"])
+    assert "MARKER-7731" in sent  # the expert sees the file
+    assert all(f"finding {n}" in sent for n in (1, 2, 3, 4))
+    thread = read_thread(daemon.daemon.settings, cid)
+    assert [t.step_number for t in thread.turns if t.role == "user"] == [1, 2, 3, 4]
+    assert thread.turns[-1].role == "assistant" and "cold cache" in thread.turns[-1].content
+    assert thread.findings == ["finding 1", "finding 2", "finding 3", "finding 4"]
+
+
+async def test_a_debug_thread_survives_a_restart_and_chat_continues_it(daemons: Any, simulator: Any) -> None:
+    first = await daemons.start()
+    async with connect(first.url) as client:
+        cid = (await client.call_tool("debug", step(1, findings="the walrus clue"))).structured["continuation_id"]  # type: ignore[index]
+    first.daemon.request_shutdown()
+    with trio.fail_after(10):
+        await first.daemon.stopped.wait()
+    second = await daemons.start()  # the same EXAI_STATE_DIR
+    async with connect(second.url) as one, connect(second.url) as two:
+        continued = await one.call_tool("debug", step(2, continuation_id=cid))
+        chatted = await two.call_tool("chat", {"prompt": "what was the clue?", "continuation_id": cid})
+    assert continued.structured and continued.structured["findings"] == ["the walrus clue", "finding 2"]
+    assert not chatted.is_error, chatted.text
+    assert "the walrus clue" in json.dumps(simulator.recent[-1]["messages"])  # chat saw the debug steps
+    assert [t.tool for t in read_thread(second.daemon.settings, cid).turns] == ["debug", "debug", "chat", "chat"]
+
+
+async def test_a_non_json_expert_answer_is_kept_as_text(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        args = step(1, more=False, hypothesis="h", step=f"conclude\n{sim(reply='plain words, no JSON')}")
+        result = await client.call_tool("thinkdeep", args)
+    assert result.structured is not None, result.text
+    assert result.structured["expert_analysis"] == "plain words, no JSON"
+
+
+@pytest.mark.parametrize("fields", [{"confidence": "certain"}, {"use_assistant_model": False}])
+async def test_no_expert_when_certain_or_not_wanted(daemon: Any, simulator: Any, fields: dict[str, Any]) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("analyze", step(1, more=False, **fields))
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert s["status"] == "complete" and s["expert_analysis"] is None
+    assert s["provider_calls"] == 0 and simulator.stats.requests_total == 0
+    assert any("no expert analysis" in note for note in s["notes"])
+
+
+async def test_final_step_requirements_are_named_and_change_nothing(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("codereview", step(1))
+        cid = first.structured["continuation_id"] if first.structured else None
+        no_files = await client.call_tool("codereview", step(2, more=False, continuation_id=cid))
+        no_hypothesis = await client.call_tool("debug", step(1, more=False))
+    assert no_files.is_error and "relevant_files" in no_files.text
+    assert no_hypothesis.is_error and "hypothesis" in no_hypothesis.text
+    assert len(read_thread(daemon.daemon.settings, cid).turns) == 1
+    assert simulator.stats.requests_total == 0
+
+
+async def test_bad_arguments_name_each_field(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        bad = {"step": "", "step_number": 0, "total_steps": 1, "next_step_required": "maybe", "confidence": "sure"}
+        result = await client.call_tool("debug", bad)
+        unknown = await client.call_tool("debug", step(1, continuation_id="0" * 32))
+        bad_path = await client.call_tool("debug", step(1, relevant_files=["relative/path.py"]))
+    assert result.is_error
+    for field in ("step", "step_number", "next_step_required", "findings", "confidence"):
+        assert field in result.text
+    assert unknown.is_error and "unknown or expired" in unknown.text
+    assert bad_path.is_error and "relative/path.py" in bad_path.text
+
+
+# -- bounded auto-execution: the seed, replayed -------------------------------------------
+
+
+async def test_the_seed_fifty_auto_steps_are_clamped(daemon: Any, simulator: Any) -> None:
+    progress: list[dict[str, Any]] = []
+    async with connect(daemon.url) as client:
+        args = step(1, total=50, step=f"investigate the crash\n{answers()}", auto_steps=50)
+        result = await client.call_tool("debug", args, on_progress=progress.append)
+    s = result.structured
+    settings = daemon.daemon.settings
+    assert s is not None and not result.is_error, result.text
+    assert s["provider_calls"] <= settings.max_auto_steps
+    assert s["provider_calls"] <= settings.max_provider_calls
+    assert simulator.stats.requests_total == s["provider_calls"] == 3
+    assert s["status"] == "budget_exhausted"
+    assert any("clamped to 3" in note for note in s["notes"])
+    assert "clamped to 3" in result.text
+    assert s["continuation_id"] and s["step_number"] == 4 and s["next_step_required"] is True
+    assert s["findings"][-3:] == ["clue 1", "clue 2", "clue 3"]
+    assert s["required_actions"][0] == "Suggested by the last auto-step: read the lock code"
+    assert progress, "auto-steps report progress"
+    thread = read_thread(settings, s["continuation_id"])
+    assert [t.step_number for t in thread.turns if t.role == "assistant"] == [2, 3, 4]
+
+
+async def test_auto_steps_stop_when_the_budget_ends_first(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(max_provider_calls=2, max_auto_steps=5)
+    async with connect(bound.url) as client:
+        result = await client.call_tool("debug", step(1, step=f"go\n{answers()}", auto_steps=5))
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert s["status"] == "budget_exhausted" and s["provider_calls"] == 2
+    assert s["findings"] == ["finding 1", "clue 1", "clue 2"]
+    assert any("EXAI_MAX_PROVIDER_CALLS" in note for note in s["notes"])
+    assert s["continuation_id"]
+
+
+@pytest.mark.parametrize(
+    "reply, calls, why",
+    [
+        (answers(confidence="very_high"), 1, "confidence reached very_high"),
+        (answers(findings="nothing new"), 3, "nothing new"),
+    ],
+)
+async def test_auto_steps_stop_early(daemons: Any, simulator: Any, reply: str, calls: int, why: str) -> None:
+    bound = await daemons.start(max_auto_steps=5, max_provider_calls=10)
+    async with connect(bound.url) as client:
+        result = await client.call_tool("debug", step(1, step=f"go\n{reply}", auto_steps=5))
+    s = result.structured
+    assert s is not None, result.text
+    assert s["provider_calls"] == calls and s["status"] == "pause_for_investigation"
+    assert any(why in note for note in s["notes"])
+
+
+async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        cid = (await client.call_tool("debug", step(1))).structured["continuation_id"]  # type: ignore[index]
+        simulator.configure(reply=json.dumps({"findings": "the first auto step", "confidence": "low"}))
+
+        async def then_429_and_hang() -> None:
+            await simulator.wait_until(lambda s: s.completed >= 1)
+            simulator.configure(status=429, fail_times=1, retry_after="0", hang=True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(then_429_and_hang)
+            started = trio.current_time()
+            with pytest.raises(RpcError) as timed_out:
+                await client.call_tool("debug", step(2, auto_steps=3, continuation_id=cid), timeout=2)
+            took = trio.current_time() - started
+    assert timed_out.value.code == -32001
+    assert 1.9 <= took < 3.0
+    assert simulator.stats.statuses.get(429) == 1
+    assert simulator.stats.aborted == 1  # the hanging request was really aborted
+    thread = read_thread(daemon.daemon.settings, cid)
+    saved = [t for t in thread.turns if t.role == "assistant"]
+    assert [t.step_number for t in saved] == [3] and "the first auto step" in saved[0].content
+    assert thread.findings == ["finding 1", "finding 2", "the first auto step"]
+
+
+@pytest.mark.parametrize("fields", [{"auto_steps": 2}, {"next_step_required": False, "hypothesis": "h"}])
+async def test_a_provider_failure_is_a_tool_error_that_keeps_the_thread(daemon: Any, simulator: Any, fields: dict[str, Any]) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, step=f"go\n{sim(status=400)}", **fields))
+    s = result.structured
+    assert result.is_error and s is not None
+    assert "kimi" in result.text.lower() and "continuation_id" in result.text
+    assert s["error"] and s["provider_calls"] == 1
+    assert [t.step_number for t in read_thread(daemon.daemon.settings, s["continuation_id"]).turns] == [1]
+
+
+# -- files and the context budget ---------------------------------------------------------
+
+
+async def test_a_file_repeated_across_turns_is_embedded_once(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("debug", step(1, step=f"a\n{answers()}", relevant_files=[cache], auto_steps=1))
+        cid = first.structured["continuation_id"]  # type: ignore[index]
+        assert json.dumps(simulator.recent[-1]["messages"]).count("MARKER-7731") == 1
+        await client.call_tool("debug", step(3, step=f"b\n{answers()}", relevant_files=[cache], auto_steps=1, continuation_id=cid))
+    messages = simulator.recent[-1]["messages"]
+    assert json.dumps(messages).count("MARKER-7731") == 1  # in the history, not again
+    assert "MARKER-7731" not in messages[-1]["content"] and cache in messages[-1]["content"]
+    assert first.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
+
+
+async def test_a_context_that_does_not_fit_is_trimmed_and_named(daemons: Any, simulator: Any, tmp_path: Path) -> None:
+    bound = await daemons.start(max_file_bytes=200_000)
+    big = source_file(tmp_path, "big.py", "x = 1  # filler line\n" * 5_000)  # ~100 KB, 8k-token model
+    async with connect(bound.url) as client:
+        args = step(1, step=f"a\n{answers()}", relevant_files=[big], auto_steps=1, model="moonshot-v1-8k")
+        result = await client.call_tool("debug", args)
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert any(big in note and "cut" in note for note in s["notes"])
+    sent = json.dumps(simulator.recent[-1]["messages"])
+    assert "filler line" in sent and len(sent) < 8_192 * 4
+
+
+async def test_result_text_is_kept_under_max_result_tokens(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(max_result_tokens=60)
+    async with connect(bound.url) as client:
+        result = await client.call_tool("debug", step(1, findings="long " * 400))
+    assert len(result.text) <= 60 * 4
+    assert "EXAI_MAX_RESULT_TOKENS" in result.text
+    assert result.structured and "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)" in result.structured["notes"]
+
+
+# -- consensus -----------------------------------------------------------------------------
+
+THREE = [
+    {"model": "kimi-k2-0905-preview", "stance": "for"},
+    {"model": "glm-4.6", "stance": "against"},
+    {"model": "kimi-k2-turbo-preview", "stance": "neutral"},
+]
+
+
+async def test_consensus_asks_three_models_at_once_with_their_stances(daemon: Any, simulator: Any) -> None:
+    simulator.configure(latency_s=1.0)
+    async with connect(daemon.url) as client:
+        started = trio.current_time()
+        result = await client.call_tool("consensus", step(1, more=False, step="Adopt SQLite for threads?", models=THREE))
+        took = trio.current_time() - started
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert simulator.stats.max_inflight >= 3  # all three were asked at once
+    assert took < 2.9  # three 1 s answers at once (~1 s) plus a 1 s synthesis, not 4 s in turn
+    assert [(r["model"], r["stance"], r["status"]) for r in s["responses"]] == [
+        (m["model"], m["stance"], "ok") for m in THREE
+    ]
+    assert s["provider_calls"] == 4 and s["expert_analysis"]
+    asked = list(simulator.recent)[:3]
+    stance_of = {r["model"]: r["messages"][0]["content"] for r in asked}
+    assert "Your stance: FOR" in stance_of["kimi-k2-0905-preview"]
+    assert "Your stance: AGAINST" in stance_of["glm-4.6"]
+    assert "Your stance: NEUTRAL" in stance_of["kimi-k2-turbo-preview"]
+    for request in asked:  # blinded: none sees another's answer
+        assert "Simulated answer" not in json.dumps(request["messages"])
+    synthesis = json.dumps(simulator.recent[-1]["messages"])
+    assert all(f"[{m['model']} ({m['stance']})]" in synthesis for m in THREE)
+
+
+async def test_consensus_reports_a_failing_provider_and_counts_the_other(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(glm_api_key="bad-key")  # the simulator answers 401 to this key
+    async with connect(bound.url) as client:
+        result = await client.call_tool("consensus", step(1, more=False, step="Ship it?"))
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    by_model = {r["model"]: r for r in s["responses"]}
+    assert by_model["kimi-k2-0905-preview"]["status"] == "ok"
+    assert by_model["glm-4.6"]["status"] == "error" and "GLM" in by_model["glm-4.6"]["error"]
+    assert s["expert_analysis"]  # the synthesis from the one answer
+    assert "glm-4.6 (neutral): error" in json.dumps(simulator.recent[-1]["messages"])
+
+
+async def test_consensus_without_room_for_a_synthesis_says_so(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(max_provider_calls=2)
+    async with connect(bound.url) as client:
+        result = await client.call_tool("consensus", step(1, more=False, step="Ship it?"))
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert [r["status"] for r in s["responses"]] == ["ok", "ok"]
+    assert s["expert_analysis"] is None and s["status"] == "complete"
+    assert any("no synthesis" in note and "budget" in note for note in s["notes"])
+
+
+async def test_consensus_reports_a_model_that_runs_out_of_time(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        args = step(1, more=False, step=f"Ship it?\n{sim(hang=True)}", models=THREE[:1])
+        started = trio.current_time()
+        result = await client.call_tool("consensus", args, timeout=1.5)
+        took = trio.current_time() - started
+    s = result.structured
+    assert s is not None and not result.is_error, result.text
+    assert s["responses"][0]["status"] == "timeout"
+    assert s["expert_analysis"] is None and took < 1.5
+    assert simulator.stats.aborted == 1
+
+
+# -- planner, schemas, disabled tools --------------------------------------------------------
+
+
+async def test_planner_revisions_and_branches_without_a_model(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("planner", {"step": "design the schema", "step_number": 1, "total_steps": 3, "next_step_required": True})
+        cid = first.structured["continuation_id"]  # type: ignore[index]
+
+        async def plan(**fields: Any) -> Any:
+            return await client.call_tool("planner", {"total_steps": 3, "next_step_required": True, "continuation_id": cid, **fields})
+
+        await plan(step="write the store", step_number=2)
+        await plan(step="write the store with WAL", step_number=3, is_step_revision=True, revises_step_number=2)
+        await plan(step="try a JSON file instead", step_number=4, branch_from_step=1, branch_id="json")
+        bad = await plan(step="x", step_number=5, is_step_revision=True, revises_step_number=9)
+        last = await client.call_tool("planner", {"step": "ship", "step_number": 5, "total_steps": 3, "next_step_required": False, "continuation_id": cid})
+    assert bad.is_error and "revises_step_number" in bad.text
+    s = last.structured
+    assert s is not None and s["status"] == "complete" and s["total_steps"] == 5
+    assert [i["step"] for i in s["plan"]["steps"]] == ["design the schema", "write the store with WAL", "ship"]
+    assert s["plan"]["branches"] == {"json": {"from_step": 1, "steps": [{"step_number": 4, "step": "try a JSON file instead"}]}}
+    assert simulator.stats.requests_total == 0 and s["provider_calls"] == 0
+
+
+async def test_tools_list_is_compact_and_complete(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        listed = await client.request("tools/list")
+    size = len(json.dumps(listed).encode())
+    assert size <= 24_000, size
+    tools = {t["name"]: t for t in listed["tools"]}
+    for name in ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus"):
+        schema = tools[name]["inputSchema"]
+        assert {"step", "step_number", "total_steps", "next_step_required"} <= set(schema["required"])
+        assert len(tools[name]["description"]) > 100
+    assert tools["codereview"]["inputSchema"]["properties"]["review_type"]["enum"] == ["full", "security", "performance", "quick"]
+
+
+async def test_disabled_tools_are_not_listed_and_refused(daemons: Any) -> None:
+    bound = await daemons.start(disabled_tools=["consensus", "planner"])
+    async with connect(bound.url) as client:
+        names = {t["name"] for t in (await client.request("tools/list"))["tools"]}
+        with pytest.raises(RpcError) as refused:
+            await client.call_tool("consensus", step(1, more=False))
+    assert "consensus" not in names and "planner" not in names and "debug" in names
+    assert refused.value.code == -32602 and "consensus" in refused.value.message
