@@ -157,8 +157,8 @@ def _refusal(token: bytes, path: str, query: bytes, headers: Headers) -> Respons
     cookie = hmac.new(token, b"exai dashboard cookie", hashlib.sha256).hexdigest().encode()
     for name, value in headers:
         if name.lower() == b"authorization":
-            scheme, _, given = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+            scheme, _, bearer = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(bearer.strip(), token):
                 return None
         elif name.lower() == b"cookie":
             for pair in value.split(b";"):

@@ -111,7 +111,7 @@ def test_healthz_fails_when_the_event_loop_stalls() -> None:
     from exai.monitor import HEALTH_STALL_S, route
 
     stalled = SimpleNamespace(heartbeat=time.monotonic() - HEALTH_STALL_S - 1)
-    status, _, body = route(stalled, "GET", "/healthz")
+    status, _, body, _ = route(stalled, "GET", "/healthz")
     assert status == 503 and b"unresponsive" in body
     fresh = SimpleNamespace(heartbeat=time.monotonic())
     assert route(fresh, "GET", "/healthz")[0] == 200
