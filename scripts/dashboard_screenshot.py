@@ -23,13 +23,13 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from chromium import open_page  # noqa: E402
+from chromium import open_page
 
-from exai.client import ExaiClient, RpcError, connect  # noqa: E402
-from exai.config import Settings  # noqa: E402
-from exai.logs import setup_logging  # noqa: E402
-from exai.providers.simulator import serve_simulator  # noqa: E402
-from exai.server import Bound, serve  # noqa: E402
+from exai.client import ExaiClient, RpcError, connect
+from exai.config import Settings
+from exai.logs import setup_logging
+from exai.providers.simulator import serve_simulator
+from exai.server import Bound, serve
 
 MODELS = ("kimi-k2-0905-preview", "glm-4.6")
 

@@ -60,7 +60,7 @@ class Page:
     async def goto(self, url: str) -> None:
         await self.send("Page.navigate", url=url)
         with trio.fail_after(15):
-            while await self.evaluate("document.readyState") != "complete":
+            while await self.evaluate("document.readyState") != "complete":  # noqa: ASYNC110 - the browser's state
                 await trio.sleep(0.05)
 
     async def evaluate(self, expression: str) -> Any:
@@ -77,14 +77,14 @@ class Page:
         )
         await trio.sleep(0.3)  # let the charts redraw at the new size
         shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(shot["data"]))
+        await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+        await trio.Path(path).write_bytes(base64.b64decode(shot["data"]))
 
 
 @asynccontextmanager
 async def open_page(profile_dir: Path, *, width: int = 1440, height: int = 1000) -> AsyncIterator[Page]:
     """Start headless Chromium with a fresh profile in `profile_dir`; stop it on exit."""
-    profile_dir.mkdir(parents=True, exist_ok=True)
+    await trio.Path(profile_dir).mkdir(parents=True, exist_ok=True)
     args = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile_dir}", f"--window-size={width},{height}", "about:blank"]
     process = await trio.lowlevel.open_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
