@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Any
 
@@ -382,3 +383,32 @@ def test_monitor_auth_compares_bytes_and_never_raises() -> None:
     for query in (b"token=%ff%fe", b"token", b"token=&token=x", b"%zz=1", b"\xff=\xff"):
         assert route(daemon, "GET", "/", query, [])[0] == 401
     assert route(daemon, "GET", "/", b"a=1&token=" + TOKEN.encode(), [])[0] == 303
+
+
+# -- exai status / exai top --------------------------------------------------------------
+
+
+async def test_exai_status_shows_rates_calls_and_failures_with_the_token(
+    daemons: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exai import clientcli
+
+    monkeypatch.setattr(clientcli, "quiet_logs", lambda *args: None)
+    monkeypatch.setenv("COLUMNS", "160")
+    bound = await daemons.start(auth_token=TOKEN)
+    async with connect(bound.url, token=TOKEN) as client:
+        failed = await client.call_tool("chat", {"prompt": 'no\n#sim {"status": 400}'})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.call_tool, "chat", {"prompt": f"held\n{HANG}"})
+            await eventually(lambda: len(bound.daemon.calls) == 1)
+            status = partial(clientcli.run_status, monitor_url=bound.monitor_url, as_json=False)
+            assert await trio.to_thread.run_sync(partial(status, token=TOKEN)) == 0
+            shown = capsys.readouterr().out
+            assert await trio.to_thread.run_sync(status) == 4
+            refused = capsys.readouterr().err
+            nursery.cancel_scope.cancel()
+    for expected in ("last minute", "calls/s", "tool error 1", "in flight (1: 1 running, 0 queued)",
+                     "kimi-k2-0905-preview", "recent failures (1)", failed.text[:40], "░"):
+        assert expected in shown, expected
+    assert re.search(r"░ 1[78]\d\.\ds", shown), "a deadline bar with about 180 s left"
+    assert "HTTP 401" in refused and "--token" in refused

@@ -66,15 +66,19 @@ function hhmm(unixSeconds) {
   return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
 }
 
+function rate(v) { return v >= 10 || Number.isInteger(v) ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toFixed(2); }
+
 function sum(values) { return values.reduce((a, b) => a + b, 0); }
 
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const power = Math.pow(10, Math.floor(Math.log10(value)));
-  for (const step of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) {
-    if (step * power >= value) return step * power;
+// A scale top whose quarters are round numbers (whole ones for counts).
+function niceTop(value, whole) {
+  const quarter = Math.max(value, whole ? 4 : 1e-9) / 4;
+  const power = Math.pow(10, Math.floor(Math.log10(quarter)));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    const candidate = step * power;
+    if (candidate >= quarter && (!whole || Number.isInteger(candidate))) return 4 * candidate;
   }
-  return 10 * power;
+  return 40 * power;
 }
 
 // Keeps `count` children in `parent`, made by `make` and reused from one refresh to the next.
@@ -164,7 +168,7 @@ function drawChart(figure, spec, start) {
     for (const s of spec.series) for (const v of s.values) if (v !== null && v > top) top = v;
   }
   for (const limit of spec.limits || []) if (limit.value > top && limit.value <= 4 * Math.max(top, 1)) top = limit.value;
-  const yMax = niceMax(top * 1.08);
+  const yMax = niceTop(top * 1.05, spec.whole);
   const y = v => y0 - (v / yMax) * plotH;
 
   ctx.font = '11px system-ui, sans-serif';
@@ -206,12 +210,19 @@ function drawChart(figure, spec, start) {
       ctx.setLineDash(s.dash ? [4, 3] : []);
       ctx.beginPath();
       let drawing = false;
+      const known = i => s.values[i] !== null && s.values[i] !== undefined;
       s.values.forEach((v, i) => {
-        if (v === null || v === undefined) { drawing = false; return; }
+        if (!known(i)) { drawing = false; return; }
         if (drawing) ctx.lineTo(xOf(i), y(v)); else ctx.moveTo(xOf(i), y(v));
         drawing = true;
       });
       ctx.stroke();
+      ctx.fillStyle = s.color;  // a second with no neighbour would not show as a line
+      s.values.forEach((v, i) => {
+        if (known(i) && !known(i - 1) && !known(i + 1)) {
+          ctx.beginPath(); ctx.arc(xOf(i), y(v), 2, 0, 2 * Math.PI); ctx.fill();
+        }
+      });
     }
     ctx.setLineDash([]);
   }
@@ -261,7 +272,7 @@ function renderCharts() {
 
   // Calls per second by outcome.
   const calls = OUTCOMES.map(o => ({ label: o.label, color: o.color, values: rows.map(r => (r ? o.of(r.finished) : 0)) }));
-  drawChart($('chart-calls'), { kind: 'bars', series: calls, format: v => (v >= 10 ? v.toFixed(0) : v.toFixed(1)) }, start);
+  drawChart($('chart-calls'), { kind: 'bars', series: calls, format: rate }, start);
   drawLegend($('chart-calls'), OUTCOMES.map(o => ({
     label: o.label, color: o.color,
     value: state.hover !== null ? (hover ? o.of(hover.finished) : 0) : sum(recent.map(r => (r ? o.of(r.finished) : 0))),
@@ -285,7 +296,7 @@ function renderCharts() {
   const queued = rows.map(r => (r ? r.queued : null));
   const limits = state.limits;
   drawChart($('chart-load'), {
-    kind: 'lines', format: v => v.toFixed(0),
+    kind: 'lines', format: v => v.toFixed(0), whole: true,
     series: [{ label: 'queued', color: COLORS.warn, values: queued }, { label: 'in flight', color: COLORS.blue, values: inflight, width: 2 }],
     limits: [{ value: limits.inflight, color: COLORS.blue }, { value: limits.queued, color: COLORS.warn }],
   }, start);
@@ -306,7 +317,7 @@ function renderCharts() {
     label: k.replace(/_/g, ' '), color: KIND_COLORS[k] || SPARE_COLORS[spare++ % SPARE_COLORS.length],
     values: rows.map(r => (r ? r.provider_error_kinds[k] || 0 : 0)),
   }));
-  drawChart($('chart-provider-errors'), { kind: 'bars', series: kindSeries, format: v => (v >= 10 ? v.toFixed(0) : v.toFixed(1)) }, start);
+  drawChart($('chart-provider-errors'), { kind: 'bars', series: kindSeries, format: rate }, start);
   const requests = state.hover !== null
     ? (hover ? sum(Object.values(hover.provider_requests)) : 0)
     : sum(recent.map(r => (r ? sum(Object.values(r.provider_requests)) : 0)));
