@@ -115,7 +115,11 @@ class _Slot:
 
 
 def _empty_row(second: int) -> dict[str, Any]:
-    return _Slot().row() | {"t": second}
+    return {
+        "t": second, "started": 0, "finished": {}, "cancelled": {}, "latency_p50_s": None,
+        "latency_p95_s": None, "provider_requests": {}, "provider_errors": {},
+        "provider_error_kinds": {}, "inflight": None, "queued": None,
+    }
 
 
 def _add(counts: dict[str, int], key: str, n: int = 1) -> None:
@@ -129,6 +133,9 @@ class History:
         self.seconds = seconds
         self._clock = clock
         self._slots = [_Slot() for _ in range(seconds)]
+        self._current: _Slot | None = None
+        # Rows of past seconds, built once when their second ends (at most `seconds` of them).
+        self._final: dict[int, dict[str, Any]] = {}
         self._failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
         self._lock = threading.Lock()
         self._provider_seen: dict[str, tuple[int, dict[str, int]]] = {}
@@ -137,10 +144,21 @@ class History:
         self.threads: int | None = None
 
     def _slot(self, now: float) -> _Slot:
+        """The slot of `now`'s second (the lock held); a second that has ended is frozen into
+        its row here, so readers never rebuild the past."""
         second = int(now)
+        current = self._current
+        if current is not None and current.second == second:
+            return current
+        if current is not None and current.second < second:
+            self._final[current.second] = current.row()
+            oldest = second - self.seconds + 1
+            while self._final and next(iter(self._final)) < oldest:
+                del self._final[next(iter(self._final))]
         slot = self._slots[second % self.seconds]
         if slot.second != second:
             slot.reset(second)
+        self._current = slot
         return slot
 
     # -- recording (the daemon's loop) --------------------------------------------------
@@ -160,8 +178,8 @@ class History:
         response: dict[str, Any] | None,
     ) -> None:
         """One call ended; a failure is kept with the message and error id its client got."""
-        now = self._clock()
         failure = None
+        now = self._clock()
         if outcome in FAILURE_OUTCOMES:
             message, code, error_id = _what_the_client_saw(response)
             failure = {
@@ -176,7 +194,7 @@ class History:
                 "error_id": error_id,
             }
         with self._lock:
-            slot = self._slot(now)
+            slot = self._slot(self._clock())  # read under the lock: a frozen second stays frozen
             _add(slot.finished, outcome)
             if outcome.startswith("cancelled_"):
                 _add(slot.cancelled, outcome.removeprefix("cancelled_"))
@@ -228,6 +246,9 @@ class History:
         }
 
     def _row(self, second: int) -> dict[str, Any]:
+        final = self._final.get(second)
+        if final is not None:
+            return final
         slot = self._slots[second % self.seconds]
         return slot.row() if slot.second == second else _empty_row(second)
 
