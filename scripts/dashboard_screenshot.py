@@ -4,7 +4,7 @@ Starts the simulator and a daemon in this process, runs clients that make quick 
 calls, some that fail (provider 400s, 429s and 500s, deadlines), then opens the page in
 headless Chromium (Debian's `chromium`) and saves a PNG.
 
-    python scripts/dashboard_screenshot.py                 # 90 s of load, docs/dashboard.png
+    python scripts/dashboard_screenshot.py                 # 4 minutes of load, docs/dashboard.png
     python scripts/dashboard_screenshot.py --seconds 20 --out /tmp/d.png
 """
 
@@ -43,7 +43,7 @@ async def one_call(client: ExaiClient, rng: random.Random, n: int) -> None:
     model = rng.choice(MODELS)
     timeout: float | None = None
     if roll < 0.70:
-        prompt = sim(f"review {n}", latency_s=round(rng.uniform(0.05, 1.5), 2), chunks=8, chunk_delay_s=0.1)
+        prompt = sim(f"review {n}", latency_s=round(rng.uniform(0.05, 0.8), 2), chunks=8, chunk_delay_s=0.05)
     elif roll < 0.75:
         prompt = sim(f"slow {n}", latency_s=round(rng.uniform(5, 20), 1))
     elif roll < 0.85:
@@ -67,7 +67,7 @@ async def client_loop(url: str, seed: int, until: float) -> None:
         while trio.current_time() < until:
             n += 1
             nursery.start_soon(one_call, client, rng, n)
-            await trio.sleep(rng.expovariate(2.0))
+            await trio.sleep(rng.expovariate(1.5))
         nursery.cancel_scope.deadline = trio.current_time() + 20
 
 
@@ -78,7 +78,8 @@ async def main(seconds: float, out: Path) -> None:
             settings = Settings(
                 host="127.0.0.1", port=0, monitor_port=0, state_dir=Path(tmp) / "state", allowed_roots=[tmp],
                 kimi_api_key="demo", kimi_base_url=simulator.url, glm_api_key="demo", glm_base_url=simulator.url,
-                default_model=MODELS[0], provider_max_retries=2, log_level="WARNING", shutdown_grace_secs=1,
+                default_model=MODELS[0], provider_max_retries=2, log_level="ERROR", shutdown_grace_secs=1,
+                kimi_max_inflight=12, glm_max_inflight=12,
             )
             setup_logging(settings)
             bound: Bound = await nursery.start(partial(serve, settings))
@@ -97,7 +98,7 @@ async def main(seconds: float, out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=90.0, help="how long to run the load first")
+    parser.add_argument("--seconds", type=float, default=240.0, help="how long to run the load first")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "dashboard.png")
     opts = parser.parse_args()
     trio.run(main, opts.seconds, opts.out)

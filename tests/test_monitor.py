@@ -412,3 +412,17 @@ async def test_exai_status_shows_rates_calls_and_failures_with_the_token(
         assert expected in shown, expected
     assert re.search(r"░ 1[78]\d\.\ds", shown), "a deadline bar with about 180 s left"
     assert "HTTP 401" in refused and "--token" in refused
+
+
+async def test_the_thread_count_comes_from_the_store_when_it_can_count() -> None:
+    from types import SimpleNamespace
+
+    from exai.monitor import _count_threads
+
+    async def async_count() -> int:
+        return 7
+
+    assert await _count_threads(SimpleNamespace(count=lambda: 3)) == 3
+    assert await _count_threads(SimpleNamespace(count=async_count)) == 7
+    assert await _count_threads(SimpleNamespace()) is None  # shown as "unknown"
+    assert await _count_threads(SimpleNamespace(count=lambda: "many")) is None
