@@ -426,3 +426,23 @@ async def test_the_thread_count_comes_from_the_store_when_it_can_count() -> None
     assert await _count_threads(SimpleNamespace(count=async_count)) == 7
     assert await _count_threads(SimpleNamespace()) is None  # shown as "unknown"
     assert await _count_threads(SimpleNamespace(count=lambda: "many")) is None
+
+
+def test_exai_top_lists_the_most_urgent_calls_and_counts_the_rest() -> None:
+    import io
+
+    from rich.console import Console
+
+    from exai.clientcli import render_status
+
+    requests = [
+        {"id": i, "connection": f"c{i % 7}", "tool": "chat", "age_s": 1.0, "deadline_s": 100.0 - i, "timeout_s": 180,
+         "state": "running", "model": "glm-4.6", "step": None, "message": "<b>not markup</b>"}
+        for i in range(100)
+    ]
+    console = Console(file=io.StringIO(), width=160)
+    console.print(render_status({"requests": requests}, {"series": [], "failures": []}, max_rows=10))
+    shown = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "in flight (100: 100 running, 0 queued)" in shown and "and 90 more" in shown
+    assert shown.index(" 99 ") < shown.index(" 90 ") and " 89 " not in shown  # nearest deadline first
+    assert "<b>not markup</b>" in shown
