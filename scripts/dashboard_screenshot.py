@@ -45,7 +45,8 @@ async def one_call(client: ExaiClient, rng: random.Random, n: int) -> None:
     if roll < 0.70:
         prompt = sim(f"review {n}", latency_s=round(rng.uniform(0.05, 0.8), 2), chunks=8, chunk_delay_s=0.05)
     elif roll < 0.75:
-        prompt = sim(f"slow {n}", latency_s=round(rng.uniform(5, 20), 1))
+        slow = {"latency_s": round(rng.uniform(1, 4), 1), "chunks": rng.randint(20, 50), "chunk_delay_s": 0.4}
+        prompt = sim(f"slow {n}", **slow)
     elif roll < 0.85:
         prompt = sim(f"bad {n}", status=400)
     elif roll < 0.92:
@@ -83,13 +84,13 @@ async def main(seconds: float, out: Path) -> None:
             )
             setup_logging(settings)
             bound: Bound = await nursery.start(partial(serve, settings))
-            until = trio.current_time() + seconds
+            shot_at = trio.current_time() + seconds
             for seed in range(6):
-                nursery.start_soon(client_loop, bound.url, seed, until)
-            await trio.sleep_until(until)
-            async with open_page(Path(tmp) / "chromium") as page:
+                nursery.start_soon(client_loop, bound.url, seed, shot_at + 30)
+            async with open_page(Path(tmp) / "chromium") as page:  # the load goes on meanwhile
+                await trio.sleep_until(shot_at - 3)
                 await page.goto(f"{bound.monitor_url}/")
-                await trio.sleep(2.5)
+                await trio.sleep(3)
                 await page.screenshot(out)
             print(f"saved {out}")
             bound.daemon.request_shutdown()

@@ -34,8 +34,13 @@ VIEW = """(() => {
     failures: Array.from(document.querySelectorAll('#failures tr')).map(cells),
     providers: Array.from(document.querySelectorAll('#providers .provider .name')).map(n => n.textContent),
     limiters: Array.from(document.querySelectorAll('#limiters .limiter .name')).map(n => n.textContent),
+    images: document.querySelectorAll('img').length,
   };
 })()"""
+
+
+# A provider error whose message is markup: the page must show it as text.
+MARKUP_ERROR = {"status": 400, "error_body": {"error": {"message": '<img src="x" onerror="document.title=1">', "type": "x"}}}
 
 
 async def seen(page: Page, condition: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15) -> dict[str, Any]:
@@ -62,8 +67,8 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow)
-                failed = await failing_client.call_tool("chat", {"prompt": 'refused\n#sim {"status": 400}'})
-                assert failed.is_error
+                failed = await failing_client.call_tool("chat", {"prompt": f"refused\n#sim {json.dumps(MARKUP_ERROR)}"})
+                assert failed.is_error and "<img" in failed.text
                 with trio.fail_after(2):
                     while not len(daemon.daemon.calls):  # noqa: ASYNC110 - the daemon's state
                         await trio.sleep(0.01)
@@ -82,6 +87,7 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
                 (failure,) = view["failures"]
                 assert failure[2] == "chat" and failure[3] == "tool error"
                 assert failure[1].startswith("c") and failure[1] != f"{connection} / {request}"
+                assert view["images"] == 0  # the markup in the message stayed text
                 assert view["providers"] == ["glm", "kimi"]
                 assert view["limiters"][:3] == ["global", "kimi", "glm"]
                 await page.screenshot(tmp_path / "dashboard.png")

@@ -168,14 +168,28 @@ function drawChart(figure, spec, start) {
     for (const s of spec.series) for (const v of s.values) if (v !== null && v > top) top = v;
   }
   for (const limit of spec.limits || []) if (limit.value > top && limit.value <= 4 * Math.max(top, 1)) top = limit.value;
-  const yMax = niceTop(top * 1.05, spec.whole);
-  const y = v => y0 - (v / yMax) * plotH;
+  // Linear: 0 to a round top in quarters. Log (latency): whole decades around the data.
+  let y, ticks;
+  if (spec.log) {
+    let low = Infinity;
+    for (const s of spec.series) for (const v of s.values) if (v !== null && v > 0 && v < low) low = v;
+    const lo = Math.floor(Math.log10(isFinite(low) ? low : 0.01));
+    const hi = Math.max(lo + 1, Math.ceil(Math.log10(top > 0 ? top : 1)));
+    y = v => y0 - ((Math.log10(Math.max(v, Math.pow(10, lo))) - lo) / (hi - lo)) * plotH;
+    ticks = [];
+    for (let d = lo; d <= hi; d++) ticks.push(Math.pow(10, d));
+  } else {
+    const yMax = niceTop(top * 1.05, spec.whole);
+    y = v => y0 - (v / yMax) * plotH;
+    ticks = [0, 1, 2, 3, 4].map(i => (yMax * i) / 4);
+  }
+  const yTop = spec.log ? ticks[ticks.length - 1] : ticks[4];
 
   ctx.font = '11px system-ui, sans-serif';
   ctx.lineWidth = 1;
   ctx.textBaseline = 'middle';
-  for (let i = 0; i <= 4; i++) {
-    const v = (yMax * i) / 4, yy = Math.round(y(v)) + 0.5;
+  for (const v of ticks) {
+    const yy = Math.round(y(v)) + 0.5;
     ctx.strokeStyle = COLORS.grid;
     ctx.beginPath(); ctx.moveTo(x0, yy); ctx.lineTo(x0 + plotW, yy); ctx.stroke();
     ctx.fillStyle = COLORS.axis; ctx.textAlign = 'right';
@@ -227,7 +241,7 @@ function drawChart(figure, spec, start) {
     ctx.setLineDash([]);
   }
   for (const limit of spec.limits || []) {
-    if (limit.value > yMax) continue;
+    if (limit.value > yTop) continue;
     ctx.strokeStyle = limit.color; ctx.lineWidth = 1; ctx.setLineDash([5, 4]);
     const yy = Math.round(y(limit.value)) + 0.5;
     ctx.beginPath(); ctx.moveTo(x0, yy); ctx.lineTo(x0 + plotW, yy); ctx.stroke();
@@ -282,7 +296,7 @@ function renderCharts() {
   const p50 = rows.map(r => (r ? r.latency_p50_s : null));
   const p95 = rows.map(r => (r ? r.latency_p95_s : null));
   drawChart($('chart-latency'), {
-    kind: 'lines', format: v => dur(v).replace('.0 s', ' s'),
+    kind: 'lines', log: true, format: v => (v < 1 ? `${Math.round(v * 1000)} ms` : `${v} s`),
     series: [{ label: 'p95', color: COLORS.timeout, values: p95 }, { label: 'p50', color: COLORS.blue, values: p50 }],
   }, start);
   const lm = state.lastMinute || {};
