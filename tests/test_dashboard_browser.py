@@ -63,7 +63,7 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
             answers: list[Any] = []
 
             async def slow() -> None:
-                answers.append(await slow_client.call_tool("chat", {"prompt": 'slow\n#sim {"latency_s": 4}'}, timeout=30))
+                answers.append(await slow_client.call_tool("chat", {"prompt": 'slow\n#sim {"latency_s": 6}'}, timeout=30))
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(slow)
@@ -73,17 +73,25 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
                     while not len(daemon.daemon.calls):  # noqa: ASYNC110 - the daemon's state
                         await trio.sleep(0.01)
                 (call,) = daemon.daemon.calls.active.values()
+                key = [call.connection_id, str(call.id)]
                 view = await seen(
                     page,
-                    lambda v: any(r["cells"][:2] == [call.connection_id, str(call.id)] for r in v["inflight"])
+                    lambda v: any(r["cells"][:2] == key for r in v["inflight"])
                     and any(f[4] == failed.text for f in v["failures"]),
                     "the slow call in flight and the failure",
                 )
-                (row,) = view["inflight"]
+                used = float(view["inflight"][0]["bar"].rstrip("%"))
+                later = await seen(  # the deadline bar fills as the call ages
+                    page,
+                    lambda v: bool(v["inflight"]) and float(v["inflight"][0]["bar"].rstrip("%")) > used + 2,
+                    "the deadline bar grow",
+                )
+                (row,) = later["inflight"]
                 connection, request, tool, model, _step, _progress, _age, deadline = row["cells"]
+                assert [connection, request] == key
                 assert tool == "chat" and model == "kimi-k2-0905-preview"
                 assert re.fullmatch(r"\d+\.\d s left", deadline), deadline
-                assert 0 < float(row["bar"].rstrip("%")) < 50  # a few seconds of 30 used
+                assert float(row["bar"].rstrip("%")) < 50  # a few seconds of 30 used
                 (failure,) = view["failures"]
                 assert failure[2] == "chat" and failure[3] == "tool error"
                 assert failure[1].startswith("c") and failure[1] != f"{connection} / {request}"

@@ -448,3 +448,20 @@ def test_exai_top_lists_the_most_urgent_calls_and_counts_the_rest() -> None:
     assert "in flight (100: 100 running, 0 queued)" in shown and "and 90 more" in shown
     assert shown.index(" 99 ") < shown.index(" 90 ") and " 89 " not in shown  # nearest deadline first
     assert "<b>not markup</b>" in shown
+
+
+async def test_a_failing_monitor_request_ends_only_that_request(
+    daemon: Any, monkeypatch: pytest.MonkeyPatch, log_lines: list[str]
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("status is broken")
+
+    monkeypatch.setattr(daemon.daemon, "status", broken)
+    async with httpx.AsyncClient(base_url=daemon.monitor_url) as http:
+        answer = await http.get("/api/status")
+        assert answer.status_code == 500
+        error_id = re.fullmatch(r"internal error, error id ([0-9a-f]{12})\n", answer.text)
+        assert error_id is not None
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/api/history")).status_code == 200
+    assert any(error_id.group(1) in line and "/api/status" in line for line in log_lines)
