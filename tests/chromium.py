@@ -36,6 +36,12 @@ FLAGS: Final = (
     "--remote-debugging-port=0",
 )
 START_TIMEOUT_S: Final = 30.0
+# Installed before any page script: uncaught errors land in window.__errors for the tests.
+CATCH_ERRORS: Final = (
+    "window.__errors = [];"
+    "addEventListener('error', e => window.__errors.push(String(e.message)));"
+    "addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason)));"
+)
 
 
 class Page:
@@ -101,6 +107,8 @@ async def open_page(profile_dir: Path, *, width: int = 1440, height: int = 1000)
         async with open_websocket_url(page_url, max_message_size=64 * 1024 * 1024) as ws:
             page = Page(ws)
             await page.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+            await page.send("Page.enable")
+            await page.send("Page.addScriptToEvaluateOnNewDocument", source=CATCH_ERRORS)
             yield page
     finally:
         with trio.CancelScope(shield=True):

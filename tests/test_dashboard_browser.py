@@ -35,9 +35,17 @@ VIEW = """(() => {
     providers: Array.from(document.querySelectorAll('#providers .provider .name')).map(n => n.textContent),
     limiters: Array.from(document.querySelectorAll('#limiters .limiter .name')).map(n => n.textContent),
     images: document.querySelectorAll('img').length,
+    legend: document.querySelector('#chart-latency .legend').firstChild?.textContent,
+    errors: window.__errors,
   };
 })()"""
 
+
+HOVER = """(() => {
+  const canvas = document.querySelector('#chart-latency canvas');
+  const box = canvas.getBoundingClientRect();
+  canvas.dispatchEvent(new MouseEvent('mousemove', {clientX: box.right - 20, clientY: box.top + 30}));
+})()"""
 
 # A provider error whose message is markup: the page must show it as text.
 MARKUP_ERROR = {"status": 400, "error_body": {"error": {"message": '<img src="x" onerror="document.title=1">', "type": "x"}}}
@@ -98,6 +106,11 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
                 assert view["images"] == 0  # the markup in the message stayed text
                 assert view["providers"] == ["glm", "kimi"]
                 assert view["limiters"][:3] == ["global", "kimi", "glm"]
+                # Hovering a chart shows that second's values in every legend.
+                await page.evaluate(HOVER)
+                hovered = await page.evaluate(VIEW)
+                assert re.fullmatch(r"\d\d:\d\d:\d\d:", hovered["legend"]), hovered["legend"]
+                assert hovered["errors"] == []
                 await page.screenshot(tmp_path / "dashboard.png")
                 assert (tmp_path / "dashboard.png").stat().st_size > 10_000
             assert not answers[0].is_error
@@ -105,6 +118,7 @@ async def test_dashboard_shows_a_slow_call_and_a_failure_live(daemon: Any, tmp_p
         daemon.daemon.request_shutdown()
         view = await seen(page, lambda v: v["banner"] is not None, "a banner once the daemon stopped")
         assert "not answering" in view["banner"] and view["live"] == "not answering"
+        assert view["errors"] == []  # no script error, not even once the daemon was gone
 
 
 async def test_dashboard_stays_readable_at_1000_calls_in_flight(daemons: Any, simulator: Any, tmp_path: Any) -> None:
