@@ -135,3 +135,18 @@ async def test_dashboard_stays_readable_at_1000_calls_in_flight(daemons: Any, si
             assert len(view["inflight"]) == 30
             await page.screenshot(tmp_path / "dashboard-1000.png")
             nursery.cancel_scope.cancel()
+
+
+async def test_dashboard_signs_in_once_with_the_token_in_a_real_browser(daemons: Any, tmp_path: Any) -> None:
+    token = "browser-token-42"
+    bound = await daemons.start(auth_token=token)
+    async with open_page(tmp_path / "profile") as page:
+        await page.goto(f"{bound.monitor_url}/")
+        assert "EXAI_AUTH_TOKEN" in await page.evaluate("document.body.textContent")  # the 401 answer
+        await page.goto(f"{bound.monitor_url}/?token={token}")
+        view = await seen(page, lambda v: v["live"] == "live", "itself live after signing in")
+        assert await page.evaluate("location.href") == f"{bound.monitor_url}/"  # the token left the URL
+        assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+        assert view["limiters"][:3] == ["global", "kimi", "glm"] and view["errors"] == []
+        await page.goto(f"{bound.monitor_url}/")  # later visits need no token
+        await seen(page, lambda v: v["live"] == "live", "itself live on a plain visit")
