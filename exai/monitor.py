@@ -38,7 +38,7 @@ Response = tuple[int, str, bytes, Headers]
 HEARTBEAT_S: Final = 0.25
 HEALTH_STALL_S: Final = 2.0
 THREADS_EVERY: Final = 40  # heartbeats between two counts of the stored threads (10 s)
-OPEN_PATHS: Final = ("/healthz", "/readyz")
+MAX_SINCE_DIGITS: Final = 12  # /api/history?since= is a Unix second
 COOKIE: Final = b"exai_dashboard"
 # The dashboard's files, served from the package (no CDN, no build step).
 ASSETS: Final = {
@@ -74,13 +74,18 @@ async def heartbeat(daemon: Any) -> None:
 
 
 async def _count_threads(store: Any) -> int | None:
-    """The store's thread count if it offers a `count()` (plain or async); None: unknown."""
+    """The store's thread count if it offers a `count()` (plain or async); None: unknown.
+    A store that fails to count is logged, not fatal: the heartbeat must go on."""
     count = getattr(store, "count", None)
     if not callable(count):
         return None
-    value = count()
-    if inspect.isawaitable(value):
-        value = await value
+    try:
+        value = count()
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as exc:
+        logger.warning("the conversation store could not count its threads: {}", exc)
+        return None
     return value if isinstance(value, int) else None
 
 
@@ -114,6 +119,7 @@ def monitor_app(daemon: Any) -> Any:
 
 
 def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
+    """(status, content type, body, extra headers) for one monitor request."""
     if method not in ("GET", "HEAD"):
         return 405, "text/plain", b"method not allowed\n", [(b"allow", b"GET, HEAD")]
     if path == "/healthz":
@@ -136,10 +142,10 @@ def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Head
         refresh_gauges(daemon)
         return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY), []
     if path == "/api/status":
-        return 200, "application/json", _json(daemon.status() | {"threads": _threads(daemon)}), []
+        return 200, "application/json", _json(daemon.status() | {"threads": daemon.services.history.threads}), []
     if path == "/api/history":
         since = _query(query, b"since")
-        if since is not None and not since.isdigit():
+        if since is not None and not (since.isdigit() and len(since) <= MAX_SINCE_DIGITS):
             return 400, "text/plain", b"since must be a whole number of seconds (a Unix time)\n", []
         history = daemon.services.history.snapshot(int(since) if since is not None else None)
         limits = daemon.limits
@@ -187,11 +193,6 @@ def _query(query: bytes, key: bytes) -> bytes | None:
 @cache
 def _asset(name: str) -> bytes:
     return files("exai.dashboard").joinpath(name).read_bytes()
-
-
-def _threads(daemon: Any) -> int | None:
-    """Conversation threads stored, as last counted; None when the store cannot say."""
-    return daemon.services.history.threads
 
 
 def refresh_gauges(daemon: Any) -> None:

@@ -204,7 +204,7 @@ async def test_api_history_since_and_its_errors(daemon: Any) -> None:
         now = int((await http.get("/api/history")).json()["now"])
         recent = (await http.get(f"/api/history?since={now}")).json()["series"]
         assert 1 <= len(recent) <= 2 and recent[0]["t"] == now
-        for bad in ("soon", "-1", "1.5", ""):
+        for bad in ("soon", "-1", "1.5", "", "9" * 5000, "%C2%B2"):
             answer = await http.get(f"/api/history?since={bad}")
             assert answer.status_code == 400 and "since must be" in answer.text
 
@@ -428,6 +428,11 @@ async def test_the_thread_count_comes_from_the_store_when_it_can_count() -> None
     assert await _count_threads(SimpleNamespace(count=async_count)) == 7
     assert await _count_threads(SimpleNamespace()) is None  # shown as "unknown"
     assert await _count_threads(SimpleNamespace(count=lambda: "many")) is None
+
+    def broken() -> int:
+        raise OSError("database is locked")
+
+    assert await _count_threads(SimpleNamespace(count=broken)) is None  # logged; the heartbeat goes on
 
 
 def test_exai_top_lists_the_most_urgent_calls_and_counts_the_rest() -> None:
