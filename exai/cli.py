@@ -86,21 +86,23 @@ def tools(url: str | None, token: str | None) -> None:
 @main.command()
 @click.option("--monitor-url", default=None, help="http://HOST:PORT of the monitor")
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
-def status(monitor_url: str | None, as_json: bool) -> None:
+@click.option("--token", default=None, help="the monitor's token (default: EXAI_AUTH_TOKEN)")
+def status(monitor_url: str | None, as_json: bool, token: str | None) -> None:
     """One snapshot of connections, requests, limiters and providers."""
     from exai.clientcli import run_status
 
-    sys.exit(run_status(monitor_url=monitor_url, as_json=as_json))
+    sys.exit(run_status(monitor_url=monitor_url, as_json=as_json, token=token))
 
 
 @main.command()
 @click.option("--monitor-url", default=None)
 @click.option("--interval", type=float, default=1.0, show_default=True)
-def top(monitor_url: str | None, interval: float) -> None:
-    """A live view of the daemon."""
+@click.option("--token", default=None, help="the monitor's token (default: EXAI_AUTH_TOKEN)")
+def top(monitor_url: str | None, interval: float, token: str | None) -> None:
+    """A live view of the daemon: rates, latency, calls in flight, recent failures."""
     from exai.clientcli import run_top
 
-    sys.exit(run_top(monitor_url=monitor_url, interval=interval))
+    sys.exit(run_top(monitor_url=monitor_url, interval=interval, token=token))
 
 
 @main.command()

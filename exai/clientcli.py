@@ -28,6 +28,7 @@ from exai.client import ConnectionLost, RpcError, ToolResult, connect
 if TYPE_CHECKING:
     import httpx
     from rich.console import RenderableType
+    from rich.text import Text
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -354,17 +355,18 @@ class MonitorUnreachable(Exception):
     """The monitor did not answer /api/status with JSON."""
 
 
-def fetch_status(client: httpx.Client, monitor_url: str) -> dict[str, Any]:
-    """GET /api/status; raises MonitorUnreachable with a readable message."""
+def fetch_json(client: httpx.Client, monitor_url: str, path: str) -> dict[str, Any]:
+    """GET a monitor JSON document; raises MonitorUnreachable with a readable message."""
     import httpx
 
-    url = f"{monitor_url}/api/status"
+    url = f"{monitor_url}{path}"
     try:
         response = client.get(url)
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPStatusError as exc:
-        raise MonitorUnreachable(f"{url} answered HTTP {exc.response.status_code}") from None
+        hint = " (set EXAI_AUTH_TOKEN or pass --token)" if exc.response.status_code == 401 else ""
+        raise MonitorUnreachable(f"{url} answered HTTP {exc.response.status_code}{hint}") from None
     except httpx.HTTPError as exc:
         raise MonitorUnreachable(f"cannot reach {url}: {exc or type(exc).__name__}") from None
     except ValueError:
@@ -372,6 +374,27 @@ def fetch_status(client: httpx.Client, monitor_url: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MonitorUnreachable(f"{url} answered {type(data).__name__}, not an object")
     return data
+
+
+def fetch_status(client: httpx.Client, monitor_url: str) -> dict[str, Any]:
+    """GET /api/status; raises MonitorUnreachable with a readable message."""
+    return fetch_json(client, monitor_url, "/api/status")
+
+
+def fetch_history(client: httpx.Client, monitor_url: str) -> dict[str, Any] | None:
+    """GET /api/history, or None when the monitor has none (an older daemon) or it fails."""
+    try:
+        history = fetch_json(client, monitor_url, "/api/history")
+    except MonitorUnreachable:
+        return None
+    return history if isinstance(history.get("series"), list) else None
+
+
+def _monitor_client(token: str | None) -> httpx.Client:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(timeout=STATUS_HTTP_TIMEOUT_SECS, headers=headers)
 
 
 def _num(value: Any, fmt: str = "") -> str:
@@ -389,6 +412,12 @@ def _duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _latency(seconds: Any) -> str:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def _mapping(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     value = data.get(key)
     if not isinstance(value, dict):
@@ -396,79 +425,206 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, dict[str, Any]]:
     return {str(name): item for name, item in value.items() if isinstance(item, dict)}
 
 
-def render_status(data: dict[str, Any]) -> RenderableType:
-    """A readable snapshot of an /api/status document; missing fields show as '-'."""
+def _items(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = data.get(key)
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+_SPARKS: Final = "▁▂▃▄▅▆▇█"
+_FAILURES: Final = ("tool_error", "error", "overloaded", "cancelled_deadline", "cancelled_shutdown")
+_OUTCOME_STYLE: Final = {"ok": "green", "tool_error": "yellow", "cancelled_deadline": "red", "error": "red", "overloaded": "magenta"}
+_CIRCUIT_STYLE: Final = {"closed": "green", "open": "red", "misconfigured": "red"}
+
+
+def _bar(fraction: float, width: int = 16) -> Text:
+    """A bar of `width` cells, green, then yellow past 60%, red past 90%."""
+    from rich.text import Text
+
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * width)
+    style = "red" if fraction >= 0.9 else "yellow" if fraction >= 0.6 else "green"
+    return Text.assemble(("█" * filled, style), ("░" * (width - filled), "grey35"))
+
+
+def _sparkline(values: list[float]) -> str:
+    top = max(values, default=0)
+    if top <= 0:
+        return _SPARKS[0] * len(values)
+    return "".join(_SPARKS[min(len(_SPARKS) - 1, int(v / top * (len(_SPARKS) - 1) + 0.5))] for v in values)
+
+
+def _rates(history: dict[str, Any]) -> RenderableType:
+    from rich.text import Text
+
+    raw = history.get("last_minute")
+    minute: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    finished = {str(k): int(_number(v)) for k, v in (minute.get("finished") or {}).items()}
+    seconds = max(1.0, _number(minute.get("seconds")))
+    line = Text.assemble(
+        ("last minute ", "bold"),
+        f"{sum(finished.values()) / seconds:.1f} calls/s  ",
+        *[(f"{outcome.replace('_', ' ')} {n}  ", _OUTCOME_STYLE.get(outcome, "")) for outcome, n in sorted(finished.items())],
+        ("p50 ", "bold"),
+        _latency(minute.get("latency_p50_s")),
+        ("  p95 ", "bold"),
+        _latency(minute.get("latency_p95_s")),
+    )
+    rows = [row for row in history.get("series", []) if isinstance(row, dict)][-60:]
+    per_second = [sum(_number(v) for v in (row.get("finished") or {}).values()) for row in rows]
+    failed = [sum(_number((row.get("finished") or {}).get(o)) for o in _FAILURES) for row in rows]
+    spark = Text.assemble(
+        ("calls/s  ", "bold"), (_sparkline(per_second), "cyan"),
+        ("  failed  ", "bold"), (_sparkline(failed), "red"), ("  (last 60 s)", "grey50"),
+    )
+    return Text("\n").join([line, spark])
+
+
+def _inflight(data: dict[str, Any], max_rows: int) -> RenderableType:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    requests = sorted(_items(data, "requests"), key=lambda r: _number(r.get("deadline_s")))
+    queued = sum(1 for r in requests if r.get("state") == "queued")
+    title = f"in flight ({len(requests)}: {len(requests) - queued} running, {queued} queued), most urgent first"
+    table = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("conn", "id", "tool", "model", "step", "age"):
+        table.add_column(column, justify="right" if column == "age" else "left", no_wrap=True)
+    table.add_column("deadline left", no_wrap=True, min_width=17)
+    table.add_column("progress", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+    for item in requests[:max_rows]:
+        left, timeout = _number(item.get("deadline_s")), _number(item.get("timeout_s"))
+        timeout = timeout or _number(item.get("age_s")) + left
+        message = str(item.get("message") or ("waiting for a slot" if item.get("state") == "queued" else ""))
+        step = item.get("step")
+        table.add_row(
+            str(item.get("connection", "-")),
+            str(item.get("id", "-")),
+            str(item.get("tool", "-")),
+            str(item.get("model") or "-"),
+            "-" if step is None else str(step),
+            _num(item.get("age_s"), ".1f") + "s",
+            Text.assemble(_bar(1 - left / timeout if timeout else 1.0, 10), " ", _num(item.get("deadline_s"), ".1f") + "s"),
+            Text(message),
+        )
+    if len(requests) > max_rows:
+        table.caption = f"and {len(requests) - max_rows} more (deadlines further away)"
+        table.caption_justify = "left"
+    return table
+
+
+def _failures(history: dict[str, Any], max_rows: int) -> RenderableType:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    failures = _items(history, "failures")
+    table = Table(
+        title=f"recent failures ({len(failures)}), newest first", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for column in ("time", "conn / id", "tool", "outcome", "error id"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("message", ratio=1, min_width=20)
+    for item in failures[:max_rows]:
+        outcome = str(item.get("outcome", "-"))
+        error_id = item.get("error_id") or (f"code {item['code']}" if item.get("code") is not None else "-")
+        table.add_row(
+            time.strftime("%H:%M:%S", time.localtime(_number(item.get("time")))),
+            f"{item.get('connection', '-')} / {item.get('id', '-')}",
+            str(item.get("tool", "-")),
+            Text(outcome.replace("_", " "), style=_OUTCOME_STYLE.get(outcome, "")),
+            str(error_id),
+            Text(str(item.get("message", ""))),
+        )
+    return table
+
+
+def render_status(
+    data: dict[str, Any], history: dict[str, Any] | None = None, *, max_rows: int = 50
+) -> RenderableType:
+    """A readable snapshot of /api/status (and /api/history when given); missing fields show as '-'."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
+    limiters = _mapping(data, "limiters")
     summary = Text.assemble(
         ("connections ", "bold"),
         _num(data.get("connections")),
         ("   in flight ", "bold"),
         _num(data.get("inflight")),
+        f"/{limiters['global'].get('total')}" if "global" in limiters else "",
         ("   queued ", "bold"),
         _num(data.get("queued")),
+        ("   threads ", "bold"),
+        _num(data.get("threads")) if data.get("threads") is not None else "unknown",
         ("   uptime ", "bold"),
         _duration(data.get("uptime_s")),
+        ("   DEMO: simulated model", "bold yellow") if data.get("demo") else "",
     )
 
-    limiters = Table(title="limiters", title_justify="left", expand=False)
-    for column in ("limiter", "borrowed", "total", "waiting"):
-        limiters.add_column(column, justify="left" if column == "limiter" else "right")
-    for name, item in sorted(_mapping(data, "limiters").items()):
-        limiters.add_row(
-            name, _num(item.get("borrowed")), _num(item.get("total")), _num(item.get("waiting"))
+    limiter_table = Table(title="limiters", title_justify="left", expand=False)
+    for column in ("limiter", "used", "borrowed", "total", "waiting"):
+        limiter_table.add_column(column, justify="left" if column in ("limiter", "used") else "right")
+    for name, item in sorted(limiters.items(), key=lambda kv: (kv[0].startswith("session:"), kv[0])):
+        total = _number(item.get("total"))
+        limiter_table.add_row(
+            name,
+            _bar(_number(item.get("borrowed")) / total if total else 0.0, 12),
+            _num(item.get("borrowed")),
+            _num(item.get("total")),
+            _num(item.get("waiting")),
         )
 
     providers = Table(title="providers", title_justify="left", expand=False)
-    for column in ("provider", "circuit", "in flight", "calls", "errors"):
-        providers.add_column(
-            column, justify="left" if column in ("provider", "circuit") else "right"
-        )
+    for column in ("provider", "circuit", "in flight", "calls", "errors", "p50", "p95", "rpm"):
+        providers.add_column(column, justify="left" if column in ("provider", "circuit") else "right")
     for name, item in sorted(_mapping(data, "providers").items()):
         circuit = str(item.get("circuit", "-"))
-        style = "green" if circuit == "closed" else "red" if circuit == "open" else "yellow"
+        if circuit == "open" and item.get("probe_in_s") is not None:
+            circuit = f"open (probe in {_number(item.get('probe_in_s')):.0f}s)"
         providers.add_row(
             name,
-            Text(circuit, style=style),
+            Text(circuit, style=_CIRCUIT_STYLE.get(str(item.get("circuit")), "yellow")),
             _num(item.get("inflight")),
             _num(item.get("calls_total")),
             _num(item.get("errors_total")),
+            _latency(item.get("latency_p50_s")),
+            _latency(item.get("latency_p95_s")),
+            _num(item.get("rpm")) if item.get("rpm") else "-",
         )
 
-    requests = Table(title="requests in flight", title_justify="left", expand=False)
-    for column in ("id", "tool", "age", "deadline left"):
-        requests.add_column(column, justify="left" if column in ("id", "tool") else "right")
-    raw_requests = data.get("requests")
-    for item in raw_requests if isinstance(raw_requests, list) else []:
-        if isinstance(item, dict):
-            requests.add_row(
-                str(item.get("id", "-")),
-                str(item.get("tool", "-")),
-                _num(item.get("age_s"), ".1f") + "s",
-                _num(item.get("deadline_s"), ".1f") + "s",
-            )
-    return Group(summary, limiters, providers, requests)
+    parts: list[RenderableType] = [summary]
+    if history is not None:
+        parts.append(_rates(history))
+    parts.append(_inflight(data, max_rows))
+    if history is not None:
+        parts.append(_failures(history, 5))
+    parts += [providers, limiter_table]
+    return Group(*parts)
 
 
-def run_status(*, monitor_url: str | None, as_json: bool) -> int:
+def run_status(*, monitor_url: str | None, as_json: bool, token: str | None = None) -> int:
     """`exai status`: one snapshot of the daemon's monitor; exit 4 if unreachable."""
-    import httpx
     from rich.console import Console
 
     quiet_logs()
     base = resolve_monitor_url(monitor_url)
     try:
-        with httpx.Client(timeout=STATUS_HTTP_TIMEOUT_SECS) as client:
+        with _monitor_client(resolve_token(token)) as client:
             data = fetch_status(client, base)
+            history = None if as_json else fetch_history(client, base)
     except MonitorUnreachable as exc:
         print(f"exai: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if as_json:
         print(json.dumps(data, indent=2))
     else:
-        Console().print(render_status(data))
+        Console().print(render_status(data, history))
     return EXIT_OK
 
 
@@ -480,29 +636,34 @@ def _ctrl_c_ends() -> Iterator[None]:
         pass
 
 
-def run_top(*, monitor_url: str | None, interval: float) -> int:
-    """`exai top`: the status snapshot refreshed every `interval` seconds until Ctrl-C
-    (exit 0); exit 4 if the monitor is unreachable at start."""
-    import httpx
-    from rich.console import Group
+def run_top(*, monitor_url: str | None, interval: float, token: str | None = None) -> int:
+    """`exai top`: the status snapshot with rates, in-flight calls and recent failures,
+    refreshed every `interval` seconds until Ctrl-C (exit 0); exit 4 if the monitor is
+    unreachable at start."""
+    from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
 
     quiet_logs()
     base = resolve_monitor_url(monitor_url)
     interval = max(interval, 0.1)
-    with httpx.Client(timeout=STATUS_HTTP_TIMEOUT_SECS) as client:
+    console = Console()
+    rows = max(5, console.size.height - 30)  # leave room for the rest of the view
+    with _monitor_client(resolve_token(token)) as client:
         try:
             data = fetch_status(client, base)
         except MonitorUnreachable as exc:
             print(f"exai: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        with _ctrl_c_ends(), Live(render_status(data), auto_refresh=False) as live:
+        history = fetch_history(client, base)
+        with _ctrl_c_ends(), Live(render_status(data, history, max_rows=rows), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
                 try:
-                    view: RenderableType = render_status(fetch_status(client, base))
+                    data = fetch_status(client, base)
+                    history = fetch_history(client, base)
+                    view: RenderableType = render_status(data, history, max_rows=rows)
                 except MonitorUnreachable as exc:
-                    view = Group(Text(f"{exc} (retrying)", style="bold red"), render_status(data))
+                    view = Group(Text(f"{exc} (retrying)", style="bold red"), render_status(data, history, max_rows=rows))
                 live.update(view, refresh=True)
     return EXIT_OK

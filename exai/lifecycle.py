@@ -18,6 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
+from exai.history import History
 from exai.limits import Limits, Overloaded
 from exai.protocol import (
     INTERNAL_ERROR,
@@ -58,6 +59,8 @@ class InflightCall:
     reason: CancelReason | None = None
     # The monitor reads snapshots from its own thread and clock: ages use the system's.
     arrived_monotonic: float = field(default_factory=time.monotonic)
+    # What the call is doing now (model, workflow step, progress message), shared with its ToolContext.
+    activity: dict[str, Any] = field(default_factory=dict)
 
     def cancel(self, reason: CancelReason) -> None:
         """Cancel the call; the first reason given is the one recorded."""
@@ -67,12 +70,18 @@ class InflightCall:
 
     def snapshot(self, now_monotonic: float) -> dict[str, Any]:
         age = now_monotonic - self.arrived_monotonic
+        activity = self.activity
         return {
             "id": self.id,
             "connection": self.connection_id,
             "tool": self.tool,
             "age_s": round(age, 3),
             "deadline_s": round(max(0.0, self.deadline - self.arrived - age), 3),
+            "timeout_s": round(self.deadline - self.arrived, 3),
+            "state": activity.get("state", "queued"),
+            "model": activity.get("model"),
+            "step": activity.get("step"),
+            "message": activity.get("message"),
         }
 
 
@@ -118,13 +127,15 @@ class Calls(Alive[tuple[str, RequestId], InflightCall]):
 class Progress:
     """Progress notifications of one call: strictly increasing, a few per second at most."""
 
-    def __init__(self, token: str | int | None, send: Send):
+    def __init__(self, token: str | int | None, send: Send, activity: dict[str, Any] | None = None):
         self.token = token
         self._send = send
+        self._activity = {} if activity is None else activity
         self._count = 0
         self._last = -PROGRESS_INTERVAL_S
 
     async def report(self, message: str) -> None:
+        self._activity["message"] = message  # the monitor shows it, token or not
         if self.token is None:
             return
         now = trio.current_time()
@@ -147,6 +158,7 @@ class Services:
     store: Any
     calls: Calls
     status: Callable[[], dict[str, Any]]
+    history: History = field(default_factory=History)
 
 
 async def run_tool_call(
@@ -164,7 +176,7 @@ async def run_tool_call(
     """
     rid = f"{call.connection_id}/{call.id}"
     log = logger.bind(rid=rid)
-    progress = Progress(request.progress_token, send)
+    progress = Progress(request.progress_token, send, call.activity)
     budget = CallBudget(services.settings.max_provider_calls)
     ctx = ToolContext(
         request_id=rid,
@@ -174,15 +186,18 @@ async def run_tool_call(
         store=services.store,
         report=progress.report,
         status=services.status,
+        activity=call.activity,
     )
     outcome = "cancelled"  # stays so only if an enclosing scope (the daemon's) cancels the call
     response: dict[str, Any] | None = None
     metrics.inflight_requests.inc()
+    services.history.call_started()
     try:
         with call.scope:
             try:
                 args = tool.parse(request.arguments)
                 async with services.limits.admit(session_slots):
+                    call.activity["state"] = "running"
                     output = await tool.run(args, ctx)
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
@@ -210,6 +225,14 @@ async def run_tool_call(
         took = trio.current_time() - call.arrived
         metrics.requests_total.labels(call.tool, outcome).inc()
         metrics.request_duration.labels(call.tool).observe(took)
+        services.history.call_finished(
+            connection=call.connection_id,
+            request_id=call.id,
+            tool=call.tool,
+            outcome=outcome,
+            took_s=took,
+            response=response,
+        )
         log.info(
             "call {} tool={} outcome={} {:.3f}s provider_calls={} tokens={}/{}",
             rid,

@@ -1,38 +1,92 @@
-"""The monitor: health, readiness, Prometheus metrics, JSON status and a live dashboard.
+"""The monitor: health, readiness, Prometheus metrics, JSON status and history, a live dashboard.
 
-It runs on the daemon's event loop; every answer is a snapshot of in-memory state, so it
-stays fast while the daemon is saturated.
+It runs on its own thread and event loop; every answer is a snapshot of in-memory state, so
+it stays fast while the daemon is saturated. With EXAI_AUTH_TOKEN set, everything but
+/healthz and /readyz needs the token: a Bearer header, or the dashboard's cookie, which
+`/?token=` sets once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import inspect
 import json
 import queue
 import time
-from functools import partial
+import uuid
+from functools import cache, partial
+from importlib.resources import files
 from typing import Any, Final
+from urllib.parse import unquote_to_bytes
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from trio.testing import MockClock
 
 from exai import metrics
 from exai.asgi import lifespan
 
 Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, str, bytes, Headers]
 
 # The daemon's loop beats every HEARTBEAT_S; /healthz fails once it has been silent this long.
 HEARTBEAT_S: Final = 0.25
 HEALTH_STALL_S: Final = 2.0
+THREADS_EVERY: Final = 40  # heartbeats between two counts of the stored threads (10 s)
+MAX_SINCE_DIGITS: Final = 12  # /api/history?since= is a Unix second
+COOKIE: Final = b"exai_dashboard"
+# The dashboard's files, served from the package (no CDN, no build step).
+ASSETS: Final = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
+PAGE_HEADERS: Final = [
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 async def heartbeat(daemon: Any) -> None:
-    """Prove, for /healthz, that the daemon's event loop runs; until cancelled."""
+    """Prove, for /healthz, that the daemon's event loop runs; feed the history its load
+    gauges and provider totals, and now and then the stored threads' count; until cancelled."""
+    beats = 0
     while True:
         daemon.heartbeat = time.monotonic()
+        services = daemon.services
+        history = services.history
+        history.sample(
+            inflight=daemon.limits.global_slots.borrowed_tokens,
+            queued=daemon.limits.queued,
+            providers=services.gateway.statistics(),
+        )
+        if beats % THREADS_EVERY == 0:
+            history.threads = await _count_threads(services.store)
+        beats += 1
         await trio.sleep(HEARTBEAT_S)
+
+
+async def _count_threads(store: Any) -> int | None:
+    """The store's thread count if it offers a `count()` (plain or async); None: unknown.
+    A store that fails to count is logged, not fatal: the heartbeat must go on."""
+    count = getattr(store, "count", None)
+    if not callable(count):
+        return None
+    try:
+        value = count()
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as exc:
+        logger.warning("the conversation store could not count its threads: {}", exc)
+        return None
+    return value if isinstance(value, int) else None
 
 
 def monitor_app(daemon: Any) -> Any:
@@ -44,39 +98,101 @@ def monitor_app(daemon: Any) -> Any:
             return
         if scope["type"] != "http":
             return
-        status, content_type, body = route(daemon, scope["method"], scope["path"])
+        try:
+            status, content_type, body, extra = route(
+                daemon, scope["method"], scope["path"], scope.get("query_string", b""), scope.get("headers", [])
+            )
+        except Exception:  # one request's bug ends that request only
+            error_id = uuid.uuid4().hex[:12]
+            logger.exception("monitor {} {} failed unexpectedly, error id {}", scope["method"], scope["path"], error_id)
+            status, content_type, body, extra = 500, "text/plain", f"internal error, error id {error_id}\n".encode(), []
         headers: Headers = [
             (b"content-type", content_type.encode()),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
+            *extra,
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
 
     return app
 
 
-def route(daemon: Any, method: str, path: str) -> tuple[int, str, bytes]:
+def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
+    """(status, content type, body, extra headers) for one monitor request."""
     if method not in ("GET", "HEAD"):
-        return 405, "text/plain", b"method not allowed\n"
+        return 405, "text/plain", b"method not allowed\n", [(b"allow", b"GET, HEAD")]
     if path == "/healthz":
         stalled = time.monotonic() - daemon.heartbeat
         if stalled > HEALTH_STALL_S:
-            return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode()
-        return 200, "text/plain", b"ok"
+            return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode(), []
+        return 200, "text/plain", b"ok", []
     if path == "/readyz":
         if daemon.ready:
-            return 200, "application/json", _json({"ready": True})
+            return 200, "application/json", _json({"ready": True}), []
         why = "draining: shutting down" if daemon.draining else "starting"
-        return 503, "application/json", _json({"ready": False, "reason": why})
+        return 503, "application/json", _json({"ready": False, "reason": why}), []
+    secret = daemon.settings.auth_token
+    if secret is not None:
+        token = secret.get_secret_value().encode()
+        refused = _refusal(token, path, query, headers or [])
+        if refused is not None:
+            return refused
     if path == "/metrics":
         refresh_gauges(daemon)
-        return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY)
+        return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY), []
     if path == "/api/status":
-        return 200, "application/json", _json(daemon.status())
-    if path in ("/", "/index.html"):
-        return 200, "text/html; charset=utf-8", DASHBOARD.encode()
-    return 404, "text/plain", b"not found\n"
+        return 200, "application/json", _json(daemon.status() | {"threads": daemon.services.history.threads}), []
+    if path == "/api/history":
+        since = _query(query, b"since")
+        if since is not None and not (since.isdigit() and len(since) <= MAX_SINCE_DIGITS):
+            return 400, "text/plain", b"since must be a whole number of seconds (a Unix time)\n", []
+        history = daemon.services.history.snapshot(int(since) if since is not None else None)
+        limits = daemon.limits
+        history["limits"] = {"inflight": int(limits.global_slots.total_tokens), "queued": limits.max_queued}
+        return 200, "application/json", _json(history), []
+    if path in ASSETS:
+        name, content_type = ASSETS[path]
+        return 200, content_type, _asset(name), list(PAGE_HEADERS)
+    return 404, "text/plain", b"not found\n", []
+
+
+def _refusal(token: bytes, path: str, query: bytes, headers: Headers) -> Response | None:
+    """None when the request carries the token (header or cookie); else the answer: 401, or
+    for `/?token=<right token>` a redirect to `/` that sets the dashboard's cookie."""
+    cookie = hmac.new(token, b"exai dashboard cookie", hashlib.sha256).hexdigest().encode()
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, bearer = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(bearer.strip(), token):
+                return None
+        elif name.lower() == b"cookie":
+            for pair in value.split(b";"):
+                key, _, sent = pair.strip().partition(b"=")
+                if key == COOKIE and hmac.compare_digest(sent, cookie):
+                    return None
+    given = _query(query, b"token")
+    if path == "/" and given is not None and hmac.compare_digest(given, token):
+        set_cookie = COOKIE + b"=" + cookie + b"; Path=/; HttpOnly; SameSite=Strict"
+        extra = [(b"location", b"/"), (b"set-cookie", set_cookie), (b"referrer-policy", b"no-referrer")]
+        return 303, "text/plain", b"authorized; continue to /\n", extra
+    why = b"wrong token" if given is not None else b"missing or wrong Authorization: Bearer token"
+    body = why + b" (EXAI_AUTH_TOKEN is set; a browser may open /?token=TOKEN once)\n"
+    return 401, "text/plain", body, [(b"www-authenticate", b'Bearer realm="exai"')]
+
+
+def _query(query: bytes, key: bytes) -> bytes | None:
+    """The first value of `key` in a query string, percent-decoded to bytes; never raises."""
+    for pair in query.split(b"&"):
+        name, sep, value = pair.partition(b"=")
+        if sep and unquote_to_bytes(name) == key:
+            return unquote_to_bytes(value.replace(b"+", b" "))
+    return None
+
+
+@cache
+def _asset(name: str) -> bytes:
+    return files("exai.dashboard").joinpath(name).read_bytes()
 
 
 def refresh_gauges(daemon: Any) -> None:
@@ -88,6 +204,14 @@ def refresh_gauges(daemon: Any) -> None:
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _shareable_clock() -> trio.abc.Clock | None:
+    """The daemon's clock, when it is trio's stateless system clock, so the monitor's loop
+    reads deadlines and circuit cooldowns on the daemon's time scale (each default clock has
+    its own random offset). A test's MockClock belongs to one run only: not shared."""
+    clock = trio.lowlevel.current_clock()
+    return None if isinstance(clock, MockClock) else clock
 
 
 async def serve_monitor(
@@ -105,6 +229,7 @@ async def serve_monitor(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
+    clock = _shareable_clock()
     handoff: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException] = queue.Queue()
 
     def run_in_thread() -> None:
@@ -116,7 +241,7 @@ async def serve_monitor(
                 handoff.put((binds[0].rstrip("/"), trio.lowlevel.current_trio_token(), stop))
 
         try:
-            trio.run(main)
+            trio.run(main, clock=clock)
         except BaseException as exc:  # reaches the daemon's loop through the handoff
             handoff.put(exc)
 
@@ -132,44 +257,3 @@ async def serve_monitor(
         finally:
             with contextlib.suppress(trio.RunFinishedError):  # its loop may have died already
                 token.run_sync_soon(stop.set)
-
-
-DASHBOARD = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>exai</title>
-<style>
-body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.3em}table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}th{background:#f3f3f3}
-.bad{color:#b00}.ok{color:#070}#err{color:#b00}
-</style></head><body>
-<h1>exai <span id="summary"></span></h1><div id="err"></div>
-<h2>Requests</h2><table id="requests"></table>
-<h2>Limiters</h2><table id="limiters"></table>
-<h2>Providers</h2><table id="providers"></table>
-<script>
-// Cells are set as text, never as HTML: request ids come from clients.
-function row(tag, cells){
-  const tr=document.createElement('tr');
-  for(const c of cells){const td=document.createElement(tag);td.textContent=String(c);tr.appendChild(td);}
-  return tr;
-}
-function table(id, head, rows){
-  document.getElementById(id).replaceChildren(row('th',head),...rows.map(r=>row('td',r)));
-}
-async function tick(){
-  try{
-    const s=await (await fetch('/api/status',{cache:'no-store'})).json();
-    document.getElementById('err').textContent='';
-    document.getElementById('summary').textContent=
-      `- ${s.connections} connections, ${s.inflight} in flight, ${s.queued} queued, up ${Math.round(s.uptime_s)} s`+
-      (s.demo?' (DEMO: simulated model)':'');
-    table('requests',['id','tool','age s','deadline left s'],s.requests.map(r=>[r.id,r.tool,r.age_s,r.deadline_s]));
-    table('limiters',['limiter','borrowed','total','waiting'],
-      Object.entries(s.limiters).map(([k,v])=>[k,v.borrowed,v.total,v.waiting]));
-    table('providers',['provider','circuit','in flight','calls','errors'],
-      Object.entries(s.providers).map(([k,v])=>[k,v.circuit,v.inflight,v.calls_total,v.errors_total]));
-  }catch(e){document.getElementById('err').textContent='daemon unreachable: '+e;}
-}
-tick();setInterval(tick,1000);
-</script></body></html>
-"""

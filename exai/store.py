@@ -242,6 +242,13 @@ class ThreadRows:
         ).fetchall()
         return [self._thread(row) for row in rows]
 
+    def count(self) -> int:
+        """How many live threads there are."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM threads WHERE updated >= ?", (self.clock() - self.ttl_s,)
+        ).fetchone()
+        return int(row[0])
+
     def expire(self) -> int:
         with self.db:
             cur = self.db.execute(
@@ -370,6 +377,10 @@ class ConversationStore:
         """Live threads (id, tool, turns, created, updated, expires, model, dropped), newest first."""
         threads = await self._run(self._rows.list)
         return [thread.summary() for thread in threads]
+
+    async def count(self) -> int:
+        """How many live threads there are (the dashboard shows it)."""
+        return await self._run(self._rows.count)
 
     async def expire(self) -> int:
         """Delete expired threads; return how many."""

@@ -7,6 +7,7 @@ disconnect-to-abort is timed on one clock.
     python scripts/bench.py            # full run, about a minute
     python scripts/bench.py --quick    # a smoke run, a few seconds
     python scripts/bench.py --workflow # the workflow tools: the seed replayed, consensus, tools/list
+    python scripts/bench.py --monitor  # only the monitor: answer times, a dashboard's CPU
 """
 
 from __future__ import annotations
@@ -354,6 +355,118 @@ class Bench:
         }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def full_history_ms() -> dict[str, float]:
+    """A fresh daemon has little history: time building and encoding a full 15-minute one
+    (every second busy: outcomes, latencies, two providers, failures) in this process."""
+    import time
+
+    from exai.history import History
+
+    now = [1_000_000.0]
+    history = History(clock=lambda: now[0])
+    outcomes = ("ok", "ok", "ok", "tool_error", "cancelled_deadline", "overloaded")
+    for second in range(900):
+        for i in range(40):
+            outcome = outcomes[i % len(outcomes)]
+            history.call_started()
+            history.call_finished(connection=f"c{i}", request_id=second, tool="chat", outcome=outcome,
+                                  took_s=0.01 * (1 + i), response={"result": {"content": [{"type": "text", "text": "x" * 200}]}})
+        history.sample(inflight=24, queued=40, providers={
+            "kimi": {"calls_total": 30 * second, "errors_by_kind": {"rate_limited": second, "timeout": second // 3}},
+            "glm": {"calls_total": 10 * second, "errors_by_kind": {"unavailable": second // 2}},
+        })
+        now[0] += 1
+    times, size = [], 0
+    for _ in range(20):
+        started = time.perf_counter()
+        size = len(json.dumps(history.snapshot(), separators=(",", ":")))
+        times.append(time.perf_counter() - started)
+    return {"p50_ms": ms(pct(times, 0.5)), "max_ms": ms(max(times)), "bytes": size}
+
+
+async def monitor_bench(bench: Bench, scale: float) -> dict[str, Any]:
+    """The monitor's answer times idle and with the daemon saturated (p50/p99 of /api/status,
+    the full /api/history and the dashboard's incremental one), and the daemon CPU that one
+    dashboard refreshing each second costs (CPU with it minus CPU without, idle)."""
+    await bench.sim_config(latency_s=0)
+    n = max(20, int(300 * scale))
+    async with httpx.AsyncClient(transport=TrioH11Transport(), base_url=bench.monitor_url, timeout=10) as http:
+
+        async def timed(path: str) -> float:
+            started = trio.current_time()
+            (await http.get(path)).raise_for_status()
+            return trio.current_time() - started
+
+        async def paths() -> dict[str, str]:
+            now = int((await http.get("/api/history")).json()["now"])
+            return {"status": "/api/status", "history_full": "/api/history", "history_since": f"/api/history?since={now - 1}"}
+
+        async def sample(count: int, gap: float) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {name: [] for name in await paths()}
+            for _ in range(count):
+                for name, path in (await paths()).items():
+                    out[name].append(await timed(path))
+                await trio.sleep(gap)
+            return out
+
+        def summary(times: dict[str, list[float]]) -> dict[str, float]:
+            return {f"{name}_{q}_ms": ms(pct(values, p)) for name, values in times.items() for q, p in (("p50", 0.5), ("p99", 0.99))}
+
+        idle = await sample(n, 0.01)
+        sizes = {name: len((await http.get(path)).content) for name, path in (await paths()).items()}
+        calls = 0
+        async with trio.open_nursery() as load:
+
+            async def worker(client: ExaiClient) -> None:
+                nonlocal calls
+                while True:
+                    await bench.daemon_call(client)
+                    calls += 1
+
+            async def conn() -> None:
+                async with connect(bench.daemon_url) as client, trio.open_nursery() as inner:
+                    for _ in range(32):
+                        inner.start_soon(worker, client)
+
+            for _ in range(8):
+                load.start_soon(conn)
+            await trio.sleep(1.0)
+            started, before = trio.current_time(), calls
+            saturated = await sample(max(20, n // 3), 0.05)
+            rate = (calls - before) / (trio.current_time() - started)
+            load.cancel_scope.cancel()
+        await trio.sleep(1.0)
+        window = max(5.0, 20 * scale)
+        quiet_before = cpu_seconds(bench.daemon_pid)
+        await trio.sleep(window)
+        quiet = cpu_seconds(bench.daemon_pid) - quiet_before
+        since = int((await http.get("/api/history")).json()["now"])
+        with_dashboard_before = cpu_seconds(bench.daemon_pid)
+        deadline = trio.current_time() + window
+        while trio.current_time() < deadline:  # what the page does each second
+            await http.get("/api/status")
+            since = int((await http.get(f"/api/history?since={since - 1}")).json()["now"])
+            await trio.sleep(1.0)
+        with_dashboard = cpu_seconds(bench.daemon_pid) - with_dashboard_before
+    return {
+        "full_900s_history_build_ms": full_history_ms(),
+        "idle": summary(idle),
+        "saturated": {"inflight": 256, "calls_per_s": round(rate, 1), **summary(saturated)},
+        "response_bytes": sizes,
+        "cpu_window_s": window,
+        "daemon_cpu_idle_pct": round(100 * quiet / window, 2),
+        "daemon_cpu_with_dashboard_pct": round(100 * with_dashboard / window, 2),
+        "dashboard_cpu_share_pct": round(100 * (with_dashboard - quiet) / window, 2),
+    }
+
+
 @asynccontextmanager
 async def daemon_process(env: dict[str, str]) -> AsyncIterator[tuple[str, str, int]]:
     """`exai serve` in a child process: (ws url, monitor url, pid); SIGTERM on exit."""
@@ -409,6 +522,7 @@ async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, A
                     "storm_429_half": lambda: bench.storm(32, 8 * scale, 3.0),
                     "disconnect_to_abort": lambda: bench.disconnect_to_abort(int(100 * scale)),
                     "memory": lambda: bench.memory(int(1000 * scale), int(1000 * scale)),
+                    "monitor": lambda: monitor_bench(bench, scale),
                 }
                 profiler = None
                 if profile:
@@ -500,9 +614,11 @@ if __name__ == "__main__":
     parser.add_argument("--only", nargs="*", default=[], help="run only these (names as printed)")
     parser.add_argument("--profile", help="record the daemon with py-spy (raw format) into this file")
     parser.add_argument("--workflow", action="store_true", help="only the workflow tools' numbers")
+    parser.add_argument("--monitor", action="store_true", help="only the monitor's benchmark (same as --only monitor)")
     opts = parser.parse_args()
     if opts.workflow:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
         print(json.dumps(trio.run(workflow, clean), indent=2))
     else:
-        print(json.dumps(trio.run(main, opts.quick, opts.only, opts.profile), indent=2))
+        only = [*opts.only, "monitor"] if opts.monitor else opts.only
+        print(json.dumps(trio.run(main, opts.quick, only, opts.profile), indent=2))

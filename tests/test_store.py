@@ -620,3 +620,18 @@ def test_cli_bad_configuration_and_unreadable_store(tmp_path: Path) -> None:
     broken = run_cli(state, "threads")
     assert broken.exit_code == 1 and "cannot read the conversation store" in broken.output
     assert run_cli(state, "thread", str(uuid.uuid4())).exit_code == 1
+
+
+async def test_count_is_the_number_of_live_threads(tmp_path: Any) -> None:
+    from exai.config import Settings
+    from exai.store import Turn, open_store
+
+    now = [1000.0]
+    settings = Settings(state_dir=tmp_path / "s", conversation_ttl_hours=1, allowed_roots=[tmp_path])
+    async with open_store(settings, clock=lambda: now[0]) as store:
+        assert await store.count() == 0
+        await store.append(None, "chat", [Turn("user", "a", "chat")])
+        await store.append(None, "chat", [Turn("user", "b", "chat")])
+        assert await store.count() == 2
+        now[0] += 3601
+        assert await store.count() == 0

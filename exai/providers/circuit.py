@@ -47,6 +47,12 @@ class CircuitBreaker:
             return HALF_OPEN
         return OPEN
 
+    def probe_in_s(self) -> float | None:
+        """Seconds until an open circuit lets a probe request through; None unless open."""
+        if self.state != OPEN:
+            return None
+        return round(max(0.0, self._opened_at + self.cooldown_s - trio.current_time()), 3)
+
     def admits(self) -> bool:
         """Would a request be let through now (without taking the probe slot)?"""
         state = self.state

@@ -9,6 +9,7 @@ end before it fails at once with a message saying so.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,6 +44,7 @@ NOT_CONFIGURED: Final = "not_configured"
 CLOSE_TIMEOUT_S: Final = 1.0
 # Errors that mean "this provider cannot serve anything now", where `auto` may switch.
 FALLBACK_KINDS: Final = frozenset({"circuit_open", "auth"})
+LATENCY_WINDOW: Final = 256
 
 
 @dataclass
@@ -51,6 +53,9 @@ class ProviderStats:
     errors_total: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    # Latencies of the last finished attempts, for the monitor's p50/p95.
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
 
 @dataclass
@@ -333,6 +338,7 @@ class ModelGateway:
             outcome = exc.kind
             detail = f" status={exc.status}" if exc.status else ""
             route.stats.errors_total += 1
+            route.stats.errors_by_kind[exc.kind] = route.stats.errors_by_kind.get(exc.kind, 0) + 1
             raise
         else:
             outcome = "ok"
@@ -343,6 +349,8 @@ class ModelGateway:
             return completion
         finally:
             took = trio.current_time() - started
+            if outcome != "cancelled":
+                route.stats.latencies.append(took)
             metrics.provider_requests_total.labels(route.name, info.name, outcome).inc()
             metrics.provider_latency.labels(route.name).observe(took)
             # Success is in the call's own log line; failures are events worth a line each.
@@ -391,18 +399,28 @@ class ModelGateway:
         return out
 
     def statistics(self) -> dict[str, dict[str, Any]]:
-        """Per provider: circuit state, open requests, attempts, failed attempts, tokens."""
-        return {
-            name: {
+        """Per provider: circuit state (and seconds until an open one lets a probe through),
+        open requests, attempts, failed attempts by kind, recent attempt latency, tokens, the
+        RPM ceiling and how many wait for it. Safe from the monitor's thread (copies first)."""
+        out = {}
+        for name, route in self.routes.items():
+            stats = route.stats
+            latencies = sorted(stats.latencies)  # one C-level copy: safe against appends
+            out[name] = {
                 "circuit": route.state,
+                "probe_in_s": route.circuit.probe_in_s() if route.http is not None else None,
                 "inflight": route.http.open_requests if route.http is not None else 0,
-                "calls_total": route.stats.calls_total,
-                "errors_total": route.stats.errors_total,
-                "prompt_tokens": route.stats.prompt_tokens,
-                "completion_tokens": route.stats.completion_tokens,
+                "calls_total": stats.calls_total,
+                "errors_total": stats.errors_total,
+                "errors_by_kind": dict(stats.errors_by_kind),
+                "latency_p50_s": _percentile(latencies, 0.5),
+                "latency_p95_s": _percentile(latencies, 0.95),
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "rpm": route.rate.rpm if route.rate is not None else None,
+                "rpm_waiting": route.rate.waiting if route.rate is not None else 0,
             }
-            for name, route in self.routes.items()
-        }
+        return out
 
     @property
     def open_requests(self) -> int:
@@ -433,6 +451,12 @@ def _final(exc: AttemptError, attempts: int) -> ProviderError:
         retryable=exc.retryable,
         status=exc.status,
     )
+
+
+def _percentile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)
 
 
 def _secret(value: Any) -> str | None:

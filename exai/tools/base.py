@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from exai.providers.base import CallBudget, Completion
+from exai.providers.base import CallBudget, Completion, ProviderError
 
 
 class ToolArgs(BaseModel):
@@ -57,6 +58,8 @@ class ToolContext:
         async def on_text(text: str, tokens: int) -> None:
             await self.report(f"{tokens} tokens: {_tail(text)}")
 
+        with contextlib.suppress(ProviderError):  # for the monitor; an unknown model fails just below
+            self.activity["model"] = self.gateway.resolve(model)[1]
         completion = await self.gateway.complete(
             model=model,
             messages=messages,
@@ -65,6 +68,7 @@ class ToolContext:
             on_text=on_text,
             request_id=self.request_id,
         )
+        self.activity["model"] = completion.model
         self.usage["prompt_tokens"] += completion.usage.prompt_tokens
         self.usage["completion_tokens"] += completion.usage.completion_tokens
         return completion
