@@ -403,3 +403,14 @@ async def test_disabled_tools_are_not_listed_and_refused(daemons: Any) -> None:
             await client.call_tool("consensus", step(1, more=False))
     assert "consensus" not in names and "planner" not in names and "debug" in names
     assert refused.value.code == -32602 and "consensus" in refused.value.message
+
+
+async def test_the_simulator_answers_auto_steps_and_the_expert_with_json(daemon: Any, simulator: Any) -> None:
+    """What `exai serve --demo` shows: parsed auto-steps and a structured expert analysis."""
+    async with connect(daemon.url) as client:
+        first = (await client.call_tool("debug", step(1, auto_steps=2))).structured
+        assert first is not None and first["confidence"] == "medium"
+        assert [f.split(" #")[0] for f in first["findings"][1:]] == ["simulated findings"] * 2
+        final = await client.call_tool("debug", step(4, more=False, hypothesis="h", continuation_id=first["continuation_id"]))
+    expert = final.structured["expert_analysis"]  # type: ignore[index]
+    assert isinstance(expert, dict) and expert["issues"] and expert["summary"].startswith("simulated summary")
