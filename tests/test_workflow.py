@@ -287,6 +287,22 @@ async def test_result_text_is_kept_under_max_result_tokens(daemons: Any, simulat
     assert result.structured and "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)" in result.structured["notes"]
 
 
+async def test_text_and_structured_content_together_stay_under_max_result_tokens(daemons: Any, simulator: Any) -> None:
+    """MCP clients count both parts of a result; the thread keeps every finding."""
+    bound = await daemons.start(max_result_tokens=1_000)
+    cid = None
+    async with connect(bound.url) as client:
+        for number in range(1, 8):
+            result = await client.call_tool("debug", step(number, total=7, findings=f"{number} " + "detail " * 150, continuation_id=cid))
+            s = result.structured
+            assert s is not None and not result.is_error, result.text
+            cid = s["continuation_id"]
+            assert len(result.text) + len(json.dumps(s)) <= 1_000 * 4
+    assert s["findings"][-1].startswith("7 ") and len(s["findings"]) < 7
+    assert any("oldest finding(s) were left out" in note for note in s["notes"])
+    assert len(read_thread(bound.daemon.settings, cid).findings) == 7
+
+
 # -- consensus -----------------------------------------------------------------------------
 
 THREE = [

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from exai.store import Turn
 from exai.tools import all_tools
 from exai.tools.base import ToolArgumentError
-from exai.tools.context import fit_context, keep_under
+from exai.tools.context import fit_context, fit_result, keep_under
 from exai.tools.files import FileContent
 from exai.tools.planner import Planner, plan_of
 from exai.tools.workflow import StepArgs, WorkflowTool, compact_schema, parse_json
@@ -77,6 +77,33 @@ def test_keep_under() -> None:
     assert keep_under("short", 10) == ("short", False)
     text, cut = keep_under("x" * 1_000, 50)
     assert cut and len(text) <= 200 and text.endswith("(EXAI_MAX_RESULT_TOKENS)]")
+
+
+def render_all(structured: dict[str, Any]) -> str:
+    return json.dumps(structured, indent=1)
+
+
+def test_fit_result_keeps_a_small_result_as_it_is() -> None:
+    structured = {"findings": ["a", "b"], "notes": []}
+    assert fit_result(render_all, structured, 1_000) == (render_all(structured), structured)
+
+
+@pytest.mark.parametrize(
+    "structured, kept_findings, note",
+    [
+        ({"findings": [f"finding {i} " + "f" * 400 for i in range(100)]}, None, "oldest finding(s) were left out"),
+        ({"findings": ["one"], "expert_analysis": {"summary": "s" * 100_000}}, ["one"], "characters were cut"),
+    ],
+)
+def test_fit_result_keeps_text_and_structured_content_together_under_the_limit(
+    structured: dict[str, Any], kept_findings: list[str] | None, note: str
+) -> None:
+    text, fitted = fit_result(render_all, structured, 2_000)
+    assert len(text) + len(json.dumps(fitted)) <= 2_000 * 4
+    assert any(note in n for n in fitted["notes"]), fitted["notes"]
+    assert fitted["findings"][-1] == structured["findings"][-1]  # the newest finding is kept whole
+    if kept_findings is not None:
+        assert fitted["findings"] == kept_findings
 
 
 # -- schemas and answers ---------------------------------------------------------------------

@@ -8,7 +8,8 @@ embeds everything afresh). Whatever is left out or cut is named, for the result 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,6 +22,8 @@ MIN_FILE_CHARS: Final = 2_000  # below this, a trimmed file is not worth sending
 FILES_HEADING: Final = "\n\nFiles:\n"
 REFERENCED_HEADING: Final = "\n\nFiles shown earlier in this conversation: "
 TRIM_NOTE: Final = "\n[result trimmed to about {tokens} tokens (EXAI_MAX_RESULT_TOKENS)]"
+MIN_CUT_CHARS: Final = 200  # result values are not cut shorter than this
+NOTES_SLACK: Final = 400  # characters kept for the notes fit_result adds
 
 
 @dataclass
@@ -118,3 +121,52 @@ def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:
         return text, False
     note = TRIM_NOTE.format(tokens=max_tokens)
     return text[: max(limit - len(note), 0)] + note, True
+
+
+def fit_result(render: Callable[[dict[str, Any]], str], structured: dict[str, Any], max_tokens: int) -> tuple[str, dict[str, Any]]:
+    """The text and structuredContent of a result, together about `max_tokens` tokens at most.
+
+    MCP clients count both. While the structured part is over half of it: the oldest findings
+    are left out (the thread keeps them all), then long values are cut; the text, rendered
+    from what is left, is cut last. The notes say what was done.
+    """
+    limit = max_tokens * CHARS_PER_TOKEN
+    text = render(structured)
+    if len(text) + size_of(structured) <= limit:
+        return text, structured
+    result, notes = dict(structured), list(structured.get("notes", []))
+    half = limit // 2 - NOTES_SLACK
+    findings = list(result.get("findings", []))
+    excess, left_out = size_of(result) - half, 0
+    while excess > 0 and len(findings) - left_out > 1:
+        excess -= len(json.dumps(findings[left_out])) + 2
+        left_out += 1
+    if left_out:
+        result["findings"] = findings[left_out:]
+        notes.append(f"the {left_out} oldest finding(s) were left out of this result (EXAI_MAX_RESULT_TOKENS); the thread keeps them all")
+    cap = half
+    while size_of(result) > half and cap > MIN_CUT_CHARS:
+        cap = max(cap // 2, MIN_CUT_CHARS)
+        result = cut_strings(result, cap)
+    if cap < half:
+        notes.append(f"values longer than {cap} characters were cut (EXAI_MAX_RESULT_TOKENS)")
+    result["notes"] = notes
+    text, trimmed = keep_under(render(result), max(limit - size_of(result) - NOTES_SLACK, limit // 4) // CHARS_PER_TOKEN)
+    if trimmed:
+        notes.append("the result text was trimmed (EXAI_MAX_RESULT_TOKENS)")
+    return text, result
+
+
+def size_of(value: Any) -> int:
+    return len(json.dumps(value))
+
+
+def cut_strings(value: Any, cap: int) -> Any:
+    """`value` with every string longer than `cap` characters cut to it."""
+    if isinstance(value, str):
+        return value if len(value) <= cap else value[:cap] + "…"
+    if isinstance(value, list):
+        return [cut_strings(item, cap) for item in value]
+    if isinstance(value, dict):
+        return {key: cut_strings(item, cap) for key, item in value.items()}
+    return value

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Final, Literal
 
 from loguru import logger
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.context import fit_context, keep_under
+from exai.tools.context import fit_context, fit_result
 from exai.tools.files import FileContent, read_files, trimmed_note
 
 CONFIDENCE: Final = ("exploring", "low", "medium", "high", "very_high", "almost_certain", "certain")
@@ -439,9 +440,7 @@ class WorkflowTool(Tool):
             structured.update(extra)
         if run.notes:
             structured["notes"] = run.notes
-        text, trimmed = keep_under(render_result(self.name, structured), int(ctx.settings.max_result_tokens))
-        if trimmed:
-            structured["notes"] = [*run.notes, "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)"]
+        text, structured = fit_result(partial(render_result, self.name), structured, int(ctx.settings.max_result_tokens))
         return ToolOutput(text, structured=structured)
 
 
