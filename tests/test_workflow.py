@@ -265,6 +265,17 @@ async def test_a_file_repeated_across_turns_is_embedded_once(daemon: Any, simula
     assert first.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
 
 
+async def test_a_file_changed_since_it_was_embedded_is_embedded_again(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("debug", step(1, step=f"a\n{answers()}", relevant_files=[cache], auto_steps=1))
+        source_file(tmp_path, text="def get(key):\n    return CACHE.get(key)  # MARKER-8842\n")
+        args = step(3, step=f"b\n{answers()}", relevant_files=[cache], auto_steps=1, continuation_id=first.structured["continuation_id"])  # type: ignore[index]
+        second = await client.call_tool("debug", args)
+    assert "MARKER-8842" in simulator.recent[-1]["messages"][-1]["content"]
+    assert second.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
+
+
 async def test_a_context_that_does_not_fit_is_trimmed_and_named(daemons: Any, simulator: Any, tmp_path: Path) -> None:
     bound = await daemons.start(max_file_bytes=200_000)
     big = source_file(tmp_path, "big.py", "x = 1  # filler line\n" * 5_000)  # ~100 KB, 8k-token model

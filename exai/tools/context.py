@@ -1,13 +1,14 @@
 """The context budget: what of a thread, its files and a new prompt fits one model request.
 
 Priority: the prompt, then the files, then the history from the newest turn back. A file
-already embedded in a kept history turn is referenced, not embedded again (the expert
-embeds everything afresh). Whatever is left out or cut is named, for the result to say so.
+already embedded in a kept history turn, with the same text, is referenced, not embedded
+again (a file changed since is embedded again; the expert embeds everything afresh). Whatever is left out or cut is named, for the result to say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Context:
     embedded: list[str] = field(default_factory=list)  # resolved paths of files whose text this request carries
     referenced: list[str] = field(default_factory=list)  # files shown in a kept history turn
     omitted: list[str] = field(default_factory=list)  # sentences naming what was left out or cut
+    versions: dict[str, str] = field(default_factory=dict)  # embedded file -> digest of its text (version_of)
     attachments: str = ""  # the files part of the last message (after the prompt)
 
 
@@ -52,11 +54,13 @@ def fit_context(
         prompt = prompt[: max(room, 0)]
     room -= len(prompt)
 
-    shown_in: dict[str, list[int]] = {}  # file -> history turns (by index) that embed it
+    current = {file.resolved: version_of(file) for file in files}
+    shown_in: dict[str, list[int]] = {}  # file -> history turns (by index) that embed its current text
     if not embed_all:
         for index, turn in enumerate(history):
             for path in turn.files:
-                shown_in.setdefault(path, []).append(index)
+                if path in current and turn.versions.get(path) == current[path]:
+                    shown_in.setdefault(path, []).append(index)
 
     embedded: list[FileContent] = []
     later: list[FileContent] = []  # already shown in history: embedded only if that turn is dropped
@@ -111,7 +115,13 @@ def fit_context(
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
     messages.append({"role": "user", "content": prompt + attachments})
-    return Context(messages, [f.resolved for f in embedded], referenced, omitted, attachments)
+    versions = {f.resolved: version_of(f) for f in embedded}
+    return Context(messages, list(versions), referenced, omitted, versions, attachments)
+
+
+def version_of(file: FileContent) -> str:
+    """A short digest of the file's text: a turn that embedded other text did not show this file."""
+    return hashlib.sha256(file.text.encode()).hexdigest()[:16]
 
 
 def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:

@@ -324,7 +324,7 @@ class WorkflowTool(Tool):
             await run.save(
                 [
                     # The files sent stay in the thread (later steps refer to them); the findings list is there already.
-                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded),
+                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded, versions=context.versions),
                     Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model),
                 ],
                 findings=[findings],
