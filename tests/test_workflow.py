@@ -134,6 +134,14 @@ async def test_no_expert_when_certain_or_not_wanted(daemon: Any, simulator: Any,
     assert any("no expert analysis" in note for note in s["notes"])
 
 
+async def test_auto_steps_on_the_final_step_are_ignored_and_said_so(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, more=False, hypothesis="h", auto_steps=3))
+    s = result.structured
+    assert s is not None and s["status"] == "calling_expert_analysis" and s["provider_calls"] == 1
+    assert any("auto_steps was ignored" in note for note in s["notes"]) and "auto_steps was ignored" in result.text
+
+
 async def test_final_step_requirements_are_named_and_change_nothing(daemon: Any, simulator: Any) -> None:
     async with connect(daemon.url) as client:
         first = await client.call_tool("codereview", step(1))
@@ -441,3 +449,26 @@ async def test_the_simulator_answers_auto_steps_and_the_expert_with_json(daemon:
         final = await client.call_tool("debug", step(4, more=False, hypothesis="h", continuation_id=first["continuation_id"]))
     expert = final.structured["expert_analysis"]  # type: ignore[index]
     assert isinstance(expert, dict) and expert["issues"] and expert["summary"].startswith("simulated summary")
+
+
+async def test_two_workflow_calls_on_one_thread_are_serialised(daemon: Any, simulator: Any) -> None:
+    """A manual step sent while another connection's auto-step runs waits for it, then sees it."""
+    async with connect(daemon.url) as one, connect(daemon.url) as two:
+        cid = (await one.call_tool("debug", step(1))).structured["continuation_id"]  # type: ignore[index]
+        results: dict[str, Any] = {}
+
+        async def auto() -> None:
+            args = step(2, step=f"go\n{answers()}\n{sim(latency_s=0.5)}", auto_steps=1, continuation_id=cid)
+            results["auto"] = await one.call_tool("debug", args)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(auto)
+            with trio.fail_after(5):
+                await simulator.wait_until(lambda s: s.inflight == 1)
+            results["manual"] = await two.call_tool("analyze", step(4, continuation_id=cid))
+    assert not results["auto"].is_error and not results["manual"].is_error
+    assert results["manual"].structured["findings"] == ["finding 1", "finding 2", "clue 1", "finding 4"]
+    turns = read_thread(daemon.daemon.settings, cid).turns
+    assert [(t.tool, t.step_number, t.role) for t in turns] == [
+        ("debug", 1, "user"), ("debug", 2, "user"), ("debug", 3, "user"), ("debug", 3, "assistant"), ("analyze", 4, "user"),
+    ]  # fmt: skip

@@ -224,6 +224,9 @@ class WorkflowTool(Tool):
             )
             if not self.auto_capable and args.auto_steps:
                 run.notes.append(f"{self.name} runs no auto_steps; it was ignored")
+            elif args.auto_steps and not args.next_step_required:
+                # The final step is the assistant's conclusion: no further steps, only the expert.
+                run.notes.append("auto_steps was ignored: the final step runs no further steps, only the expert analysis")
             elif args.auto_steps > limit:
                 run.notes.append(f"auto_steps {args.auto_steps} was clamped to {limit} (EXAI_MAX_AUTO_STEPS)")
             if thread is not None and thread.dropped:
