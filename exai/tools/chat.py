@@ -65,7 +65,8 @@ class Chat(Tool):
                 files=embedded,
                 model=completion.model,
             )
-        text = completion.text
+        # The model sees only the text: the id it needs to go on is there, not just in _meta.
+        text = f"{completion.text}\n\n[exai] continuation_id: {appended.thread_id} (pass it to chat or a workflow tool to continue this thread)"
         meta: dict[str, Any] = {
             "model": completion.model,
             "provider": completion.provider,
