@@ -472,3 +472,27 @@ async def test_two_workflow_calls_on_one_thread_are_serialised(daemon: Any, simu
     assert [(t.tool, t.step_number, t.role) for t in turns] == [
         ("debug", 1, "user"), ("debug", 2, "user"), ("debug", 3, "user"), ("debug", 3, "assistant"), ("analyze", 4, "user"),
     ]  # fmt: skip
+
+
+CONTRACT_FIELDS = {"status", "step_number", "total_steps", "next_step_required", "continuation_id", "provider_calls", "required_actions"}
+RESULT_FIELDS = CONTRACT_FIELDS | {"findings", "files_used", "usage"}
+
+
+@pytest.mark.parametrize("tool", ["thinkdeep", "debug", "analyze", "codereview", "planner", "consensus"])
+async def test_every_workflow_result_carries_the_contract_fields(daemon: Any, simulator: Any, tmp_path: Path, tool: str) -> None:
+    extra: dict[str, Any] = {"relevant_files": [source_file(tmp_path)], "hypothesis": "h"}
+    async with connect(daemon.url) as client:
+        first = step(1, total=2)
+        final = step(2, total=2, more=False, **extra)
+        if tool == "planner":
+            first, final = ({k: v for k, v in a.items() if k not in ("findings", *extra)} for a in (first, final))
+        paused = (await client.call_tool(tool, first)).structured
+        assert paused is not None and RESULT_FIELDS <= set(paused), paused
+        assert paused["status"].startswith("pause_for_") and paused["required_actions"]
+        done = await client.call_tool(tool, {**final, "continuation_id": paused["continuation_id"]})
+    s = done.structured
+    assert s is not None and not done.is_error, done.text
+    assert RESULT_FIELDS | {"expert_analysis"} <= set(s) and s["next_step_required"] is False
+    assert s["status"] in ("calling_expert_analysis", "complete")
+    if tool != "planner":
+        assert "confidence" in s and "usage" in s and s["usage"]["prompt_tokens"] > 0

@@ -112,6 +112,10 @@ class Planner(Tool):
             "provider_calls": 0,
             "required_actions": [] if final else self.required_actions(args.step_number),
             "plan": plan.as_dict(),
+            # The fields every workflow result has; a plan has no findings, files or model use.
+            "findings": [],
+            "files_used": [],
+            "usage": dict(ctx.usage),
         }
         if final:
             structured["expert_analysis"] = None
