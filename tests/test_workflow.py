@@ -496,3 +496,15 @@ async def test_every_workflow_result_carries_the_contract_fields(daemon: Any, si
     assert s["status"] in ("calling_expert_analysis", "complete")
     if tool != "planner":
         assert "confidence" in s and "usage" in s and s["usage"]["prompt_tokens"] > 0
+
+
+async def test_the_expert_gets_the_issues_of_every_step(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("codereview", step(1, issues_found=[{"severity": "high", "description": "KeyError on a miss"}]))
+        cid = first.structured["continuation_id"]  # type: ignore[index]
+        final = step(2, more=False, relevant_files=[cache], continuation_id=cid, issues_found=[{"severity": "low", "description": "no docstring"}])
+        result = await client.call_tool("codereview", final)
+    assert not result.is_error, result.text
+    prompt = simulator.recent[-1]["messages"][-1]["content"]
+    assert "Issues found:\n- Issue (high): KeyError on a miss\n- Issue (low): no docstring" in prompt

@@ -30,6 +30,7 @@ Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_
 CONFIDENT: Final = CONFIDENCE.index("very_high")  # auto-steps stop at this confidence or above
 STALL_STEPS: Final = 2  # auto-steps stop after this many steps without a new finding
 DEFAULT_WINDOW: Final = 32_768
+ISSUE_PREFIX: Final = "Issue ("  # how a step's issues_found stand in its thread turn
 
 AUTO_STEP_FORMAT: Final = (
     "You are running one step of this investigation yourself. Answer with ONLY a JSON object: "
@@ -271,7 +272,7 @@ class WorkflowTool(Tool):
             lines.append("Relevant files: " + ", ".join(args.relevant_files))
         if args.relevant_context:
             lines.append("Relevant context: " + ", ".join(args.relevant_context))
-        lines.extend(f"Issue ({i.severity}): {i.description}" for i in args.issues_found)
+        lines.extend(f"{ISSUE_PREFIX}{i.severity}): {i.description}" for i in args.issues_found)
         details = self.task_details(args)
         if details:
             lines.append(details)
@@ -409,9 +410,12 @@ class WorkflowTool(Tool):
         ]
         if run.hypothesis:
             lines.append(f"Hypothesis: {run.hypothesis}")
-        issues = [f"- ({i.severity}) {i.description}" for i in args.issues_found]
+        # Every step's issues, as render_step kept them in the thread (this step's included).
+        issues = dict.fromkeys(
+            line for turn in run.history if turn.role == "user" for line in turn.content.splitlines() if line.startswith(ISSUE_PREFIX)
+        )
         if issues:
-            lines += ["Issues found:", *issues]
+            lines += ["Issues found:", *(f"- {issue}" for issue in issues)]
         if args.relevant_context:
             lines.append("Relevant context: " + ", ".join(args.relevant_context))
         lines.append(f"The assistant's confidence: {args.confidence}.")
