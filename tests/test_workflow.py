@@ -495,7 +495,8 @@ async def test_every_workflow_result_carries_the_contract_fields(daemon: Any, si
     assert RESULT_FIELDS | {"expert_analysis"} <= set(s) and s["next_step_required"] is False
     assert s["status"] in ("calling_expert_analysis", "complete")
     if tool != "planner":
-        assert "confidence" in s and "usage" in s and s["usage"]["prompt_tokens"] > 0
+        assert "confidence" in s and s["usage"]["prompt_tokens"] > 0
+        assert s["files_used"] == [resolved(extra["relevant_files"][0])]
 
 
 async def test_the_expert_gets_the_issues_of_every_step(daemon: Any, simulator: Any, tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ class Consensus(WorkflowTool):
             ]
         )
         synthesis = await self.synthesise(run, responses, deadline)
-        run.embedded = [f.path for f in files]
+        run.embedded = [f.resolved for f in files]
         status = "calling_expert_analysis" if synthesis is not None else "complete"
         return self.result(run, status=status, final=True, expert=synthesis, extra={"responses": responses})
 
