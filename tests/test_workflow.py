@@ -284,6 +284,28 @@ async def test_a_file_changed_since_it_was_embedded_is_embedded_again(daemon: An
     assert second.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
 
 
+async def test_chat_continuing_a_thread_fits_it_to_the_window_and_sends_a_shown_file_once(
+    daemons: Any, simulator: Any, tmp_path: Path
+) -> None:
+    bound = await daemons.start(max_result_tokens=100)
+    cache = source_file(tmp_path)
+    async with connect(bound.url) as client:
+        first = await client.call_tool("chat", {"prompt": "read this", "files": [cache]})
+        cid = first.meta["continuation_id"]  # type: ignore[index]
+        assert f"continuation_id: {cid}" in first.text
+        again = await client.call_tool("chat", {"prompt": "and again", "files": [cache], "continuation_id": cid})
+        last = simulator.recent[-1]["messages"][-1]["content"]
+        assert "MARKER-7731" not in last and f"shown earlier in this conversation: {resolved(cache)}" in last
+        for number in range(3):  # ~6k tokens of history for an 8k-token model
+            await client.call_tool("debug", step(number + 1, findings="long " * 4_000, continuation_id=cid))
+        small = await client.call_tool("chat", {"prompt": "sum up", "continuation_id": cid, "model": "moonshot-v1-8k"})
+        long = await client.call_tool("chat", {"prompt": sim(reply="word " * 1_000)})
+    assert not again.is_error and not small.is_error, small.text
+    assert len(json.dumps(simulator.recent[-2]["messages"])) < 8_192 * 4
+    assert "oldest thread turn(s) were left out" in small.text and small.meta["omitted"]  # type: ignore[index]
+    assert "EXAI_MAX_RESULT_TOKENS" in long.text and len(long.text) < 100 * 4 + 300
+
+
 async def test_a_context_that_does_not_fit_is_trimmed_and_named(daemons: Any, simulator: Any, tmp_path: Path) -> None:
     bound = await daemons.start(max_file_bytes=200_000)
     big = source_file(tmp_path, "big.py", "x = 1  # filler line\n" * 5_000)  # ~100 KB, 8k-token model

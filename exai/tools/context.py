@@ -19,6 +19,7 @@ from exai.tools.files import FileContent, render_files
 
 CHARS_PER_TOKEN: Final = 4
 ANSWER_SHARE: Final = 0.25  # of the model's context window, kept for its answer
+DEFAULT_WINDOW: Final = 32_768  # tokens, for a model the catalog does not know
 MIN_FILE_CHARS: Final = 2_000  # below this, a trimmed file is not worth sending
 FILES_HEADING: Final = "\n\nFiles:\n"
 REFERENCED_HEADING: Final = "\n\nFiles shown earlier in this conversation: "
@@ -122,6 +123,13 @@ def fit_context(
 def version_of(file: FileContent) -> str:
     """A short digest of the file's text: a turn that embedded other text did not show this file."""
     return hashlib.sha256(file.text.encode()).hexdigest()[:16]
+
+
+def window_of(ctx: Any, model: str | None) -> int:
+    """The context window of the model a request for `model` goes to (ProviderError if none)."""
+    _, name = ctx.gateway.resolve(model)
+    info = ctx.gateway.models.get(name)
+    return int(info.context_window) if info is not None else DEFAULT_WINDOW
 
 
 def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:

@@ -22,14 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.context import fit_context, fit_result
+from exai.tools.context import fit_context, fit_result, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
 CONFIDENCE: Final = ("exploring", "low", "medium", "high", "very_high", "almost_certain", "certain")
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
 CONFIDENT: Final = CONFIDENCE.index("very_high")  # auto-steps stop at this confidence or above
 STALL_STEPS: Final = 2  # auto-steps stop after this many steps without a new finding
-DEFAULT_WINDOW: Final = 32_768
 ISSUE_PREFIX: Final = "Issue ("  # how a step's issues_found stand in its thread turn
 
 AUTO_STEP_FORMAT: Final = (
@@ -154,13 +153,6 @@ def parse_json(text: str) -> Any:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
-
-
-def window_of(ctx: ToolContext, model: str | None) -> int:
-    """The context window of the model a request for `model` goes to."""
-    _, name = ctx.gateway.resolve(model)
-    info = ctx.gateway.models.get(name)
-    return int(info.context_window) if info is not None else DEFAULT_WINDOW
 
 
 class WorkflowTool(Tool):
