@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from exai.client import RpcError, connect
-from exai.store import read_thread
+from exai.store import read_thread, read_threads
 
 
 def sim(**behaviour: Any) -> str:
@@ -152,6 +152,13 @@ async def test_final_step_requirements_are_named_and_change_nothing(daemon: Any,
     assert no_hypothesis.is_error and "hypothesis" in no_hypothesis.text
     assert len(read_thread(daemon.daemon.settings, cid).turns) == 1
     assert simulator.stats.requests_total == 0
+
+
+async def test_an_unknown_model_is_refused_before_anything_is_saved(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, model="no-such-model", auto_steps=1))
+    assert result.is_error and "Unknown model 'no-such-model'" in result.text
+    assert read_threads(daemon.daemon.settings) == [] and simulator.stats.requests_total == 0
 
 
 async def test_bad_arguments_name_each_field(daemon: Any) -> None:

@@ -192,6 +192,8 @@ class WorkflowTool(Tool):
         total = max(args.total_steps, args.step_number)
         limit = int(ctx.settings.max_auto_steps)
         auto = min(args.auto_steps, limit) if self.auto_capable else 0
+        if args.model is not None:
+            window_of(ctx, args.model)  # an unknown model is refused before anything is saved
         # Every path is checked (reading nothing yet); the text is read only for a model call.
         named = await read_files(
             list(dict.fromkeys([*args.relevant_files, *args.files_checked])), ctx.settings.allowed_roots, 0
