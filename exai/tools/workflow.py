@@ -349,16 +349,15 @@ class WorkflowTool(Tool):
         run.notes.append(_STOP_NOTES[stop].format(limit=ctx.settings.max_auto_steps, budget=ctx.budget.max_calls))
         return self.result(run, status=status)
 
-    def auto_prompt(self, run: StepRun, number: int) -> str:
-        args = run.args
-        lines = [
-            f"Task ({self.name}): {args.step}",
-            self.task_details(args),
-            "Findings so far:",
-            *(f"- {f}" for f in run.findings[-20:]),
-        ]
+    def task_lines(self, run: StepRun, heading: str, findings: list[str]) -> list[str]:
+        """The task, the tool's own fields, the findings and the hypothesis, for a prompt."""
+        lines = [f"Task ({self.name}): {run.args.step}", self.task_details(run.args), heading, *(f"- {f}" for f in findings)]
         if run.hypothesis:
             lines.append(f"Current hypothesis: {run.hypothesis}")
+        return lines
+
+    def auto_prompt(self, run: StepRun, number: int) -> str:
+        lines = self.task_lines(run, "Findings so far:", run.findings[-20:])
         lines.append(f"Run step {number} of {run.total_steps} now; current confidence: {run.confidence}.")
         return "\n".join(line for line in lines if line)
 
@@ -396,14 +395,7 @@ class WorkflowTool(Tool):
 
     def expert_prompt(self, run: StepRun) -> str:
         args = run.args
-        lines = [
-            f"Task ({self.name}): {args.step}",
-            self.task_details(args),
-            "Consolidated findings, step by step:",
-            *(f"- {f}" for f in run.findings),
-        ]
-        if run.hypothesis:
-            lines.append(f"Hypothesis: {run.hypothesis}")
+        lines = self.task_lines(run, "Consolidated findings, step by step:", run.findings)
         # Every step's issues, as render_step kept them in the thread (this step's included).
         issues = dict.fromkeys(
             line for turn in run.history if turn.role == "user" for line in turn.content.splitlines() if line.startswith(ISSUE_PREFIX)
