@@ -244,6 +244,7 @@ async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(dae
                 await client.call_tool("debug", step(2, auto_steps=3, continuation_id=cid), timeout=2)
             took = trio.current_time() - started
     assert timed_out.value.code == -32001
+    assert timed_out.value.data == {"timeout_s": 2.0, "continuation_id": cid}  # where the saved steps are
     assert 1.9 <= took < 3.0
     assert simulator.stats.statuses.get(429) == 1
     assert simulator.stats.aborted == 1  # the hanging request was really aborted

@@ -99,7 +99,7 @@ class StepRun:
         """Append to the thread (creating it on first use); note turns the store dropped."""
         store = self.ctx.store
         appended = await store.append(self.thread_id, self.tool_name, turns, findings=findings, files=files, model=model)
-        self.thread_id = appended.thread_id
+        self.thread_id = self.ctx.activity["continuation_id"] = appended.thread_id
         self.history.extend(turns)
         self.findings.extend(findings)
         if appended.dropped_now:
