@@ -228,6 +228,14 @@ async def test_auto_steps_stop_early(daemons: Any, simulator: Any, reply: str, c
     assert any(why in note for note in s["notes"])
 
 
+async def test_no_auto_steps_when_the_step_is_already_confident(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, confidence="very_high", auto_steps=2))
+    s = result.structured
+    assert s is not None and s["provider_calls"] == 0 and simulator.stats.requests_total == 0
+    assert s["status"] == "pause_for_investigation" and any("already very_high" in note for note in s["notes"])
+
+
 async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(daemon: Any, simulator: Any) -> None:
     async with connect(daemon.url) as client:
         cid = (await client.call_tool("debug", step(1))).structured["continuation_id"]  # type: ignore[index]

@@ -234,6 +234,9 @@ class WorkflowTool(Tool):
             )
             if not args.next_step_required:
                 return await self.finish(run)
+            if auto and rank(args.confidence) >= CONFIDENT:
+                run.notes.append("auto-steps not run: confidence is already very_high or above")
+                auto = 0
             if auto == 0:
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
