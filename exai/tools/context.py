@@ -2,7 +2,9 @@
 
 Priority: the prompt, then the files, then the history from the newest turn back. A file
 already embedded in a kept history turn, with the same text, is referenced, not embedded
-again (a file changed since is embedded again; the expert embeds everything afresh). Whatever is left out or cut is named, for the result to say so.
+again (a file changed since is embedded again; the expert embeds everything afresh).
+Whatever is left out or cut is named, for the result to say so. `fit_result` keeps a
+tool's result (text and structuredContent together) under EXAI_MAX_RESULT_TOKENS.
 """
 
 from __future__ import annotations
