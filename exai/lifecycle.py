@@ -211,6 +211,9 @@ async def run_tool_call(
             metrics.cancellations_total.labels(reason.value).inc()
             outcome = f"cancelled_{reason.value}"
             response = _cancelled_response(call, reason)
+            if response is not None and "continuation_id" in ctx.activity:
+                # The steps it finished are saved: say where, so the work can go on.
+                response["error"]["data"]["continuation_id"] = ctx.activity["continuation_id"]
     except Overloaded as exc:
         outcome = "overloaded"
         response = error_message(call.id, exc.code, exc.message, exc.data)

@@ -87,6 +87,7 @@ class Turn:
     step_number: int | None = None
     model: str | None = None
     files: list[str] = field(default_factory=list)  # files embedded in this turn
+    versions: dict[str, str] = field(default_factory=dict)  # file -> digest of the text embedded
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, tool: str, created: float) -> Turn:
@@ -99,6 +100,7 @@ class Turn:
             step_number=data.get("step_number"),
             model=data.get("model"),
             files=list(data.get("files") or []),
+            versions=dict(data.get("versions") or {}),
         )
 
 

@@ -128,6 +128,22 @@ async def test_reply_is_deterministic_and_ignores_sim_lines(
     assert directed["choices"][0]["message"]["content"] == default_reply("same prompt")
 
 
+async def test_a_system_prompt_asking_for_json_gets_a_json_object_with_its_keys(
+    sim: Simulator, client: httpx.AsyncClient
+) -> None:
+    """Demos of the workflow tools: auto-steps and the expert get JSON they can parse."""
+    system = 'Answer with ONLY a JSON object: {"findings": "...", "confidence": "low|high", "issues": [{"severity": "low"}]}'
+    answers = []
+    for _ in range(2):
+        body = chat_body("trace the crash")
+        body["messages"][0]["content"] = system
+        response = await client.post(f"{sim.url}/chat/completions", json=body)
+        answers.append(json.loads(response.json()["choices"][0]["message"]["content"]))
+    assert [set(a) for a in answers] == [{"findings", "confidence", "issues"}] * 2
+    assert answers[0]["confidence"] == "medium" and answers[0]["issues"][0]["severity"] == "medium"
+    assert "trace the crash" in answers[0]["findings"] and answers[0]["findings"] != answers[1]["findings"]
+
+
 async def test_reply_override_and_content_parts_without_v1_prefix(
     sim: Simulator, client: httpx.AsyncClient
 ) -> None:

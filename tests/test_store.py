@@ -426,16 +426,16 @@ async def test_a_thread_survives_a_daemon_restart(daemons: Any) -> None:
     expected = (
         words(SYSTEM)
         + words("remember the word walrus")
-        + words(opened.text)
+        + words(answer(opened))
         + words("which word?")
     )
     assert continued.meta["usage"]["prompt_tokens"] == expected
     turns = read_thread(second.daemon.settings, cid).turns
     assert [t.content for t in turns] == [
         "remember the word walrus",
-        opened.text,
+        answer(opened),
         "which word?",
-        continued.text,
+        answer(continued),
     ]
 
 
@@ -455,6 +455,13 @@ async def test_a_thread_continues_from_a_second_connection(daemon: Any) -> None:
     ]
     assert thread.model == "kimi-k2-0905-preview"
     assert {t.model for t in thread.turns if t.role == "assistant"} == {"kimi-k2-0905-preview"}
+
+
+def answer(result: Any) -> str:
+    """The model's answer in a chat result: the text before exai's continuation line."""
+    text, _, tail = result.text.partition("\n\n[exai] continuation_id: ")
+    assert tail.startswith(result.meta["continuation_id"])
+    return str(text)
 
 
 async def test_two_calls_on_one_thread_are_serialised_in_order(daemon: Any, simulator: Any) -> None:
@@ -478,8 +485,8 @@ async def test_two_calls_on_one_thread_are_serialised_in_order(daemon: Any, simu
     contents = [t.content for t in thread.turns]
     assert contents == [
         "start", "Simulated answer to: start",
-        prompts["first"], results["first"].text,
-        prompts["second"], results["second"].text,
+        prompts["first"], answer(results["first"]),
+        prompts["second"], answer(results["second"]),
     ]  # fmt: skip
     # The second call waited and saw the first one's turns.
     history = words(SYSTEM) + sum(words(c) for c in contents[:4])

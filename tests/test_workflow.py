@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from exai.client import RpcError, connect
-from exai.store import read_thread
+from exai.store import read_thread, read_threads
 
 
 def sim(**behaviour: Any) -> str:
@@ -134,6 +134,14 @@ async def test_no_expert_when_certain_or_not_wanted(daemon: Any, simulator: Any,
     assert any("no expert analysis" in note for note in s["notes"])
 
 
+async def test_auto_steps_on_the_final_step_are_ignored_and_said_so(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, more=False, hypothesis="h", auto_steps=3))
+    s = result.structured
+    assert s is not None and s["status"] == "calling_expert_analysis" and s["provider_calls"] == 1
+    assert any("auto_steps was ignored" in note for note in s["notes"]) and "auto_steps was ignored" in result.text
+
+
 async def test_final_step_requirements_are_named_and_change_nothing(daemon: Any, simulator: Any) -> None:
     async with connect(daemon.url) as client:
         first = await client.call_tool("codereview", step(1))
@@ -144,6 +152,13 @@ async def test_final_step_requirements_are_named_and_change_nothing(daemon: Any,
     assert no_hypothesis.is_error and "hypothesis" in no_hypothesis.text
     assert len(read_thread(daemon.daemon.settings, cid).turns) == 1
     assert simulator.stats.requests_total == 0
+
+
+async def test_an_unknown_model_is_refused_before_anything_is_saved(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, model="no-such-model", auto_steps=1))
+    assert result.is_error and "Unknown model 'no-such-model'" in result.text
+    assert read_threads(daemon.daemon.settings) == [] and simulator.stats.requests_total == 0
 
 
 async def test_bad_arguments_name_each_field(daemon: Any) -> None:
@@ -213,6 +228,14 @@ async def test_auto_steps_stop_early(daemons: Any, simulator: Any, reply: str, c
     assert any(why in note for note in s["notes"])
 
 
+async def test_no_auto_steps_when_the_step_is_already_confident(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("debug", step(1, confidence="very_high", auto_steps=2))
+    s = result.structured
+    assert s is not None and s["provider_calls"] == 0 and simulator.stats.requests_total == 0
+    assert s["status"] == "pause_for_investigation" and any("already very_high" in note for note in s["notes"])
+
+
 async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(daemon: Any, simulator: Any) -> None:
     async with connect(daemon.url) as client:
         cid = (await client.call_tool("debug", step(1))).structured["continuation_id"]  # type: ignore[index]
@@ -229,6 +252,7 @@ async def test_deadline_during_auto_steps_is_32001_with_finished_steps_saved(dae
                 await client.call_tool("debug", step(2, auto_steps=3, continuation_id=cid), timeout=2)
             took = trio.current_time() - started
     assert timed_out.value.code == -32001
+    assert timed_out.value.data == {"timeout_s": 2.0, "continuation_id": cid}  # where the saved steps are
     assert 1.9 <= took < 3.0
     assert simulator.stats.statuses.get(429) == 1
     assert simulator.stats.aborted == 1  # the hanging request was really aborted
@@ -265,6 +289,39 @@ async def test_a_file_repeated_across_turns_is_embedded_once(daemon: Any, simula
     assert first.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
 
 
+async def test_a_file_changed_since_it_was_embedded_is_embedded_again(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("debug", step(1, step=f"a\n{answers()}", relevant_files=[cache], auto_steps=1))
+        source_file(tmp_path, text="def get(key):\n    return CACHE.get(key)  # MARKER-8842\n")
+        args = step(3, step=f"b\n{answers()}", relevant_files=[cache], auto_steps=1, continuation_id=first.structured["continuation_id"])  # type: ignore[index]
+        second = await client.call_tool("debug", args)
+    assert "MARKER-8842" in simulator.recent[-1]["messages"][-1]["content"]
+    assert second.structured["files_used"] == [resolved(cache)]  # type: ignore[index]
+
+
+async def test_chat_continuing_a_thread_fits_it_to_the_window_and_sends_a_shown_file_once(
+    daemons: Any, simulator: Any, tmp_path: Path
+) -> None:
+    bound = await daemons.start(max_result_tokens=100)
+    cache = source_file(tmp_path)
+    async with connect(bound.url) as client:
+        first = await client.call_tool("chat", {"prompt": "read this", "files": [cache]})
+        cid = first.meta["continuation_id"]  # type: ignore[index]
+        assert f"continuation_id: {cid}" in first.text
+        again = await client.call_tool("chat", {"prompt": "and again", "files": [cache], "continuation_id": cid})
+        last = simulator.recent[-1]["messages"][-1]["content"]
+        assert "MARKER-7731" not in last and f"shown earlier in this conversation: {resolved(cache)}" in last
+        for number in range(3):  # ~6k tokens of history for an 8k-token model
+            await client.call_tool("debug", step(number + 1, findings="long " * 4_000, continuation_id=cid))
+        small = await client.call_tool("chat", {"prompt": "sum up", "continuation_id": cid, "model": "moonshot-v1-8k"})
+        long = await client.call_tool("chat", {"prompt": sim(reply="word " * 1_000)})
+    assert not again.is_error and not small.is_error, small.text
+    assert len(json.dumps(simulator.recent[-2]["messages"])) < 8_192 * 4
+    assert "oldest thread turn(s) were left out" in small.text and small.meta["omitted"]  # type: ignore[index]
+    assert "EXAI_MAX_RESULT_TOKENS" in long.text and len(long.text) < 100 * 4 + 300
+
+
 async def test_a_context_that_does_not_fit_is_trimmed_and_named(daemons: Any, simulator: Any, tmp_path: Path) -> None:
     bound = await daemons.start(max_file_bytes=200_000)
     big = source_file(tmp_path, "big.py", "x = 1  # filler line\n" * 5_000)  # ~100 KB, 8k-token model
@@ -285,6 +342,22 @@ async def test_result_text_is_kept_under_max_result_tokens(daemons: Any, simulat
     assert len(result.text) <= 60 * 4
     assert "EXAI_MAX_RESULT_TOKENS" in result.text
     assert result.structured and "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)" in result.structured["notes"]
+
+
+async def test_text_and_structured_content_together_stay_under_max_result_tokens(daemons: Any, simulator: Any) -> None:
+    """MCP clients count both parts of a result; the thread keeps every finding."""
+    bound = await daemons.start(max_result_tokens=1_000)
+    cid = None
+    async with connect(bound.url) as client:
+        for number in range(1, 8):
+            result = await client.call_tool("debug", step(number, total=7, findings=f"{number} " + "detail " * 150, continuation_id=cid))
+            s = result.structured
+            assert s is not None and not result.is_error, result.text
+            cid = s["continuation_id"]
+            assert len(result.text) + len(json.dumps(s)) <= 1_000 * 4
+    assert s["findings"][-1].startswith("7 ") and len(s["findings"]) < 7
+    assert any("oldest finding(s) were left out" in note for note in s["notes"])
+    assert len(read_thread(bound.daemon.settings, cid).findings) == 7
 
 
 # -- consensus -----------------------------------------------------------------------------
@@ -403,3 +476,74 @@ async def test_disabled_tools_are_not_listed_and_refused(daemons: Any) -> None:
             await client.call_tool("consensus", step(1, more=False))
     assert "consensus" not in names and "planner" not in names and "debug" in names
     assert refused.value.code == -32602 and "consensus" in refused.value.message
+
+
+async def test_the_simulator_answers_auto_steps_and_the_expert_with_json(daemon: Any, simulator: Any) -> None:
+    """What `exai serve --demo` shows: parsed auto-steps and a structured expert analysis."""
+    async with connect(daemon.url) as client:
+        first = (await client.call_tool("debug", step(1, auto_steps=2))).structured
+        assert first is not None and first["confidence"] == "medium"
+        assert [f.split(" #")[0] for f in first["findings"][1:]] == ["simulated findings"] * 2
+        final = await client.call_tool("debug", step(4, more=False, hypothesis="h", continuation_id=first["continuation_id"]))
+    expert = final.structured["expert_analysis"]  # type: ignore[index]
+    assert isinstance(expert, dict) and expert["issues"] and expert["summary"].startswith("simulated summary")
+
+
+async def test_two_workflow_calls_on_one_thread_are_serialised(daemon: Any, simulator: Any) -> None:
+    """A manual step sent while another connection's auto-step runs waits for it, then sees it."""
+    async with connect(daemon.url) as one, connect(daemon.url) as two:
+        cid = (await one.call_tool("debug", step(1))).structured["continuation_id"]  # type: ignore[index]
+        results: dict[str, Any] = {}
+
+        async def auto() -> None:
+            args = step(2, step=f"go\n{answers()}\n{sim(latency_s=0.5)}", auto_steps=1, continuation_id=cid)
+            results["auto"] = await one.call_tool("debug", args)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(auto)
+            with trio.fail_after(5):
+                await simulator.wait_until(lambda s: s.inflight == 1)
+            results["manual"] = await two.call_tool("analyze", step(4, continuation_id=cid))
+    assert not results["auto"].is_error and not results["manual"].is_error
+    assert results["manual"].structured["findings"] == ["finding 1", "finding 2", "clue 1", "finding 4"]
+    turns = read_thread(daemon.daemon.settings, cid).turns
+    assert [(t.tool, t.step_number, t.role) for t in turns] == [
+        ("debug", 1, "user"), ("debug", 2, "user"), ("debug", 3, "user"), ("debug", 3, "assistant"), ("analyze", 4, "user"),
+    ]  # fmt: skip
+
+
+CONTRACT_FIELDS = {"status", "step_number", "total_steps", "next_step_required", "continuation_id", "provider_calls", "required_actions"}
+RESULT_FIELDS = CONTRACT_FIELDS | {"findings", "files_used", "usage"}
+
+
+@pytest.mark.parametrize("tool", ["thinkdeep", "debug", "analyze", "codereview", "planner", "consensus"])
+async def test_every_workflow_result_carries_the_contract_fields(daemon: Any, simulator: Any, tmp_path: Path, tool: str) -> None:
+    extra: dict[str, Any] = {"relevant_files": [source_file(tmp_path)], "hypothesis": "h"}
+    async with connect(daemon.url) as client:
+        first = step(1, total=2)
+        final = step(2, total=2, more=False, **extra)
+        if tool == "planner":
+            first, final = ({k: v for k, v in a.items() if k not in ("findings", *extra)} for a in (first, final))
+        paused = (await client.call_tool(tool, first)).structured
+        assert paused is not None and RESULT_FIELDS <= set(paused), paused
+        assert paused["status"].startswith("pause_for_") and paused["required_actions"]
+        done = await client.call_tool(tool, {**final, "continuation_id": paused["continuation_id"]})
+    s = done.structured
+    assert s is not None and not done.is_error, done.text
+    assert RESULT_FIELDS | {"expert_analysis"} <= set(s) and s["next_step_required"] is False
+    assert s["status"] in ("calling_expert_analysis", "complete")
+    if tool != "planner":
+        assert "confidence" in s and s["usage"]["prompt_tokens"] > 0
+        assert s["files_used"] == [resolved(extra["relevant_files"][0])]
+
+
+async def test_the_expert_gets_the_issues_of_every_step(daemon: Any, simulator: Any, tmp_path: Path) -> None:
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool("codereview", step(1, issues_found=[{"severity": "high", "description": "KeyError on a miss"}]))
+        cid = first.structured["continuation_id"]  # type: ignore[index]
+        final = step(2, more=False, relevant_files=[cache], continuation_id=cid, issues_found=[{"severity": "low", "description": "no docstring"}])
+        result = await client.call_tool("codereview", final)
+    assert not result.is_error, result.text
+    prompt = simulator.recent[-1]["messages"][-1]["content"]
+    assert "Issues found:\n- Issue (high): KeyError on a miss\n- Issue (low): no docstring" in prompt

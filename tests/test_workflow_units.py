@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from exai.store import Turn
 from exai.tools import all_tools
 from exai.tools.base import ToolArgumentError
-from exai.tools.context import fit_context, keep_under
+from exai.tools.context import fit_context, fit_result, keep_under, version_of
 from exai.tools.files import FileContent
 from exai.tools.planner import Planner, plan_of
 from exai.tools.workflow import StepArgs, WorkflowTool, compact_schema, parse_json
@@ -26,8 +26,10 @@ def file(path: str, text: str) -> FileContent:
     return FileContent(path=path, resolved=path, size=len(text), text=text, trimmed=False, shown=len(text))
 
 
-def turn(content: str, files: list[str] | None = None, role: str = "user") -> Turn:
-    return Turn(role=role, content=content, tool="debug", files=files or [])
+def turn(content: str, files: list[FileContent] | None = None, role: str = "user") -> Turn:
+    """A history turn that embedded these files (with their text's version)."""
+    shown = files or []
+    return Turn(role=role, content=content, tool="debug", files=[f.resolved for f in shown], versions={f.resolved: version_of(f) for f in shown})
 
 
 # -- the context budget -------------------------------------------------------------------
@@ -42,7 +44,7 @@ def test_everything_fits_in_order() -> None:
 
 
 def test_a_file_in_a_kept_turn_is_referenced_not_embedded() -> None:
-    history = [turn("--- /a.py ---\nA-TEXT", files=["/a.py"])]
+    history = [turn("--- /a.py ---\nA-TEXT", files=[file("/a.py", "A-TEXT")])]
     ctx = fit_context(system="s", history=history, files=[file("/a.py", "A-TEXT")], prompt="p", window_tokens=10_000)
     assert json.dumps(ctx.messages).count("A-TEXT") == 1
     assert ctx.referenced == ["/a.py"] and ctx.embedded == []
@@ -50,8 +52,17 @@ def test_a_file_in_a_kept_turn_is_referenced_not_embedded() -> None:
     assert "A-TEXT" in expert.messages[-1]["content"]  # the expert gets it afresh
 
 
+def test_a_file_changed_since_its_turn_is_embedded_again() -> None:
+    history = [turn("--- /a.py ---\nA-TEXT", files=[file("/a.py", "A-TEXT")]), turn("--- /b.py ---\nB", files=[file("/b.py", "B")])]
+    ctx = fit_context(system="s", history=history, files=[file("/a.py", "A-TEXT-2"), file("/b.py", "B")], prompt="p", window_tokens=10_000)
+    assert ctx.embedded == ["/a.py"] and ctx.referenced == ["/b.py"]
+    assert "A-TEXT-2" in ctx.messages[-1]["content"] and ctx.versions == {"/a.py": version_of(file("/a.py", "A-TEXT-2"))}
+    unversioned = [Turn(role="user", content="--- /b.py ---\nB", tool="chat", files=["/b.py"])]
+    assert fit_context(system="s", history=unversioned, files=[file("/b.py", "B")], prompt="p", window_tokens=10_000).embedded == ["/b.py"]
+
+
 def test_oldest_turns_go_first_and_a_dropped_turns_file_is_embedded_again() -> None:
-    history = [turn("x" * 3_000 + " A-TEXT", files=["/a.py"]), turn("recent " * 100)]
+    history = [turn("x" * 3_000 + " A-TEXT", files=[file("/a.py", "A-TEXT")]), turn("recent " * 100)]
     ctx = fit_context(system="s", history=history, files=[file("/a.py", "A-TEXT")], prompt="p", window_tokens=1_000)
     assert [m["content"] for m in ctx.messages[1:-1]] == ["recent " * 100]
     assert any("1 oldest thread turn" in note for note in ctx.omitted)
@@ -77,6 +88,33 @@ def test_keep_under() -> None:
     assert keep_under("short", 10) == ("short", False)
     text, cut = keep_under("x" * 1_000, 50)
     assert cut and len(text) <= 200 and text.endswith("(EXAI_MAX_RESULT_TOKENS)]")
+
+
+def render_all(structured: dict[str, Any]) -> str:
+    return json.dumps(structured, indent=1)
+
+
+def test_fit_result_keeps_a_small_result_as_it_is() -> None:
+    structured = {"findings": ["a", "b"], "notes": []}
+    assert fit_result(render_all, structured, 1_000) == (render_all(structured), structured)
+
+
+@pytest.mark.parametrize(
+    "structured, kept_findings, note",
+    [
+        ({"findings": [f"finding {i} " + "f" * 400 for i in range(100)]}, None, "oldest finding(s) were left out"),
+        ({"findings": ["one"], "expert_analysis": {"summary": "s" * 100_000}}, ["one"], "characters were cut"),
+    ],
+)
+def test_fit_result_keeps_text_and_structured_content_together_under_the_limit(
+    structured: dict[str, Any], kept_findings: list[str] | None, note: str
+) -> None:
+    text, fitted = fit_result(render_all, structured, 2_000)
+    assert len(text) + len(json.dumps(fitted)) <= 2_000 * 4
+    assert any(note in n for n in fitted["notes"]), fitted["notes"]
+    assert fitted["findings"][-1] == structured["findings"][-1]  # the newest finding is kept whole
+    if kept_findings is not None:
+        assert fitted["findings"] == kept_findings
 
 
 # -- schemas and answers ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import signal
 import time
 from collections import deque
@@ -169,11 +170,33 @@ def _split_directives(text: str) -> tuple[str, dict[str, Any]]:
     return "\n".join(kept), overrides
 
 
-def default_reply(prompt: str) -> str:
-    """The deterministic reply to a prompt when the behaviour names none."""
+def default_reply(prompt: str, system: str = "", number: int = 0) -> str:
+    """The deterministic reply to a prompt when the behaviour names none.
+
+    A system prompt asking for a JSON object (`... JSON object: {"key": ...}`) gets one with
+    those keys, so demos of the workflow tools show parsed steps; `number` keeps the answers
+    of successive requests apart.
+    """
     words = prompt.split()
     echo = " ".join(words[:24]) if words else "(empty prompt)"
-    return f"Simulated answer to: {echo}"
+    template = system.find("JSON object")
+    if template < 0:
+        return f"Simulated answer to: {echo}"
+    answer = {
+        key: JSON_VALUES.get(key, f"simulated {key} #{number} for: {echo}")
+        # The top-level keys: what stands inside a list in the template is left out.
+        for key in dict.fromkeys(_TEMPLATE_KEY.findall(re.sub(r"\[[^\]]*\]", "[]", system[template:])))
+    }
+    return json.dumps(answer)
+
+
+_TEMPLATE_KEY: Final = re.compile(r'"(\w+)":')
+# Keys of a requested JSON object whose value is not a sentence.
+JSON_VALUES: Final[dict[str, Any]] = {
+    "confidence": "medium",
+    "issues": [{"severity": "medium", "description": "simulated issue: no real model was asked", "where": "-"}],
+    "recommendations": ["simulated recommendation: configure KIMI_API_KEY or GLM_API_KEY for real answers"],
+}
 
 
 def _count_tokens(text: str) -> int:
@@ -366,7 +389,8 @@ class Simulator:
             await _send_bytes(send, 200, MALFORMED_BODY, JSON_HEADERS)
             return
         self._ids += 1
-        reply = default_reply(prompt)
+        system = "\n".join(_text_of(m.get("content")) for m in request["messages"] if m.get("role") == "system")
+        reply = default_reply(prompt, system, self._ids)
         if behaviour.reply is not None:
             reply = behaviour.reply.replace("{n}", str(self._ids))
         model = request["model"]

@@ -6,15 +6,16 @@ from typing import Any
 
 from pydantic import Field
 
-from exai.providers.base import as_messages
 from exai.store import ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.files import FileContent, read_files, render_files, trimmed_note
+from exai.tools.context import fit_context, keep_under, window_of
+from exai.tools.files import FileContent, read_files, trimmed_note
 
 SYSTEM = (
     "You are a senior engineer helping a coding assistant. Answer precisely and concisely; "
     "say when you are unsure."
 )
+RESULT_NOTES_TOKENS = 500  # of EXAI_MAX_RESULT_TOKENS, kept for exai's lines after the answer
 
 
 class ChatArgs(ToolArgs):
@@ -39,33 +40,35 @@ class Chat(Tool):
 
     async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
         async with ctx.store.hold(args.continuation_id):
-            history: list[dict[str, Any]] = []
+            history: list[Turn] = []
             if args.continuation_id:
                 try:
-                    thread = await ctx.store.get(args.continuation_id)
+                    history = (await ctx.store.get(args.continuation_id)).turns
                 except ThreadNotFound as exc:
                     raise ToolArgumentError(str(exc)) from None
-                history = [{"role": turn.role, "content": turn.content} for turn in thread.turns]
-            prompt = args.prompt
             files: list[FileContent] = []
             if args.files:
                 files = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)
-                prompt = f"{prompt}\n\nFiles:\n{render_files(files)}"
-            embedded = [f.resolved for f in files]
-            completion = await ctx.complete(
-                as_messages(SYSTEM, history, prompt), model=args.model, temperature=args.temperature
+            # The thread's history and the files, fitted to the model's window; a file the
+            # thread already shows (unchanged) is named, not sent again.
+            context = fit_context(
+                system=SYSTEM, history=history, files=files, prompt=args.prompt, window_tokens=window_of(ctx, args.model)
             )
+            completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
             appended = await ctx.store.append(
                 args.continuation_id,
                 self.name,
                 [
-                    Turn("user", prompt, self.name, files=embedded),
+                    Turn("user", context.messages[-1]["content"], self.name, files=context.embedded, versions=context.versions),
                     Turn("assistant", completion.text, self.name, model=completion.model),
                 ],
-                files=embedded,
+                files=context.embedded,
                 model=completion.model,
             )
-        text = completion.text
+        # The model sees only the text: the id it needs to go on is there, not just in _meta.
+        tokens = int(ctx.settings.max_result_tokens)
+        answer, _ = keep_under(completion.text, max(tokens - RESULT_NOTES_TOKENS, tokens // 2))
+        text = f"{answer}\n\n[exai] continuation_id: {appended.thread_id} (pass it to chat or a workflow tool to continue this thread)"
         meta: dict[str, Any] = {
             "model": completion.model,
             "provider": completion.provider,
@@ -76,6 +79,9 @@ class Chat(Tool):
                 {"path": f.path, "size": f.size, "sent_bytes": f.shown} for f in files if f.trimmed
             ]
             text = f"{text}\n\n[exai] {note}"
+        if context.omitted:
+            meta["omitted"] = context.omitted
+            text += "\n\n[exai] To fit the model's context window: " + "; ".join(context.omitted) + "."
         if appended.dropped_now:
             meta["dropped_turns"] = appended.dropped_now
             text += (

@@ -14,9 +14,9 @@ from exai.providers.base import ProviderError
 from exai.providers.catalog import PROVIDERS, default_model
 from exai.store import Turn
 from exai.tools.base import ToolContext, ToolOutput
-from exai.tools.context import fit_context
+from exai.tools.context import fit_context, window_of
 from exai.tools.files import FileContent
-from exai.tools.workflow import StepArgs, StepRun, WorkflowTool, window_of
+from exai.tools.workflow import StepArgs, StepRun, WorkflowTool
 
 # The models get this share of the time left; the rest is kept for the synthesis.
 MODELS_SHARE: Final = 0.8
@@ -99,7 +99,7 @@ class Consensus(WorkflowTool):
             ]
         )
         synthesis = await self.synthesise(run, responses, deadline)
-        run.embedded = [f.path for f in files]
+        run.embedded = [f.resolved for f in files]
         status = "calling_expert_analysis" if synthesis is not None else "complete"
         return self.result(run, status=status, final=True, expert=synthesis, extra={"responses": responses})
 

@@ -1,14 +1,18 @@
 """The context budget: what of a thread, its files and a new prompt fits one model request.
 
 Priority: the prompt, then the files, then the history from the newest turn back. A file
-already embedded in a kept history turn is referenced, not embedded again (the expert
-embeds everything afresh). Whatever is left out or cut is named, for the result to say so.
+already embedded in a kept history turn, with the same text, is referenced, not embedded
+again (a file changed since is embedded again; the expert embeds everything afresh).
+Whatever is left out or cut is named, for the result to say so. `fit_result` keeps a
+tool's result (text and structuredContent together) under EXAI_MAX_RESULT_TOKENS.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -17,10 +21,13 @@ from exai.tools.files import FileContent, render_files
 
 CHARS_PER_TOKEN: Final = 4
 ANSWER_SHARE: Final = 0.25  # of the model's context window, kept for its answer
+DEFAULT_WINDOW: Final = 32_768  # tokens, for a model the catalog does not know
 MIN_FILE_CHARS: Final = 2_000  # below this, a trimmed file is not worth sending
 FILES_HEADING: Final = "\n\nFiles:\n"
 REFERENCED_HEADING: Final = "\n\nFiles shown earlier in this conversation: "
 TRIM_NOTE: Final = "\n[result trimmed to about {tokens} tokens (EXAI_MAX_RESULT_TOKENS)]"
+MIN_CUT_CHARS: Final = 200  # result values are not cut shorter than this
+NOTES_SLACK: Final = 400  # characters kept for the notes fit_result adds
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Context:
     embedded: list[str] = field(default_factory=list)  # resolved paths of files whose text this request carries
     referenced: list[str] = field(default_factory=list)  # files shown in a kept history turn
     omitted: list[str] = field(default_factory=list)  # sentences naming what was left out or cut
+    versions: dict[str, str] = field(default_factory=dict)  # embedded file -> digest of its text (version_of)
     attachments: str = ""  # the files part of the last message (after the prompt)
 
 
@@ -49,11 +57,13 @@ def fit_context(
         prompt = prompt[: max(room, 0)]
     room -= len(prompt)
 
-    shown_in: dict[str, list[int]] = {}  # file -> history turns (by index) that embed it
+    current = {file.resolved: version_of(file) for file in files}
+    shown_in: dict[str, list[int]] = {}  # file -> history turns (by index) that embed its current text
     if not embed_all:
         for index, turn in enumerate(history):
             for path in turn.files:
-                shown_in.setdefault(path, []).append(index)
+                if path in current and turn.versions.get(path) == current[path]:
+                    shown_in.setdefault(path, []).append(index)
 
     embedded: list[FileContent] = []
     later: list[FileContent] = []  # already shown in history: embedded only if that turn is dropped
@@ -108,7 +118,20 @@ def fit_context(
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
     messages.extend({"role": turn.role, "content": turn.content} for turn in reversed(kept))
     messages.append({"role": "user", "content": prompt + attachments})
-    return Context(messages, [f.resolved for f in embedded], referenced, omitted, attachments)
+    versions = {f.resolved: version_of(f) for f in embedded}
+    return Context(messages, list(versions), referenced, omitted, versions, attachments)
+
+
+def version_of(file: FileContent) -> str:
+    """A short digest of the file's text: a turn that embedded other text did not show this file."""
+    return hashlib.sha256(file.text.encode()).hexdigest()[:16]
+
+
+def window_of(ctx: Any, model: str | None) -> int:
+    """The context window of the model a request for `model` goes to (ProviderError if none)."""
+    _, name = ctx.gateway.resolve(model)
+    info = ctx.gateway.models.get(name)
+    return int(info.context_window) if info is not None else DEFAULT_WINDOW
 
 
 def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:
@@ -118,3 +141,52 @@ def keep_under(text: str, max_tokens: int) -> tuple[str, bool]:
         return text, False
     note = TRIM_NOTE.format(tokens=max_tokens)
     return text[: max(limit - len(note), 0)] + note, True
+
+
+def fit_result(render: Callable[[dict[str, Any]], str], structured: dict[str, Any], max_tokens: int) -> tuple[str, dict[str, Any]]:
+    """The text and structuredContent of a result, together about `max_tokens` tokens at most.
+
+    MCP clients count both. While the structured part is over half of it: the oldest findings
+    are left out (the thread keeps them all), then long values are cut; the text, rendered
+    from what is left, is cut last. The notes say what was done.
+    """
+    limit = max_tokens * CHARS_PER_TOKEN
+    text = render(structured)
+    if len(text) + size_of(structured) <= limit:
+        return text, structured
+    result, notes = dict(structured), list(structured.get("notes", []))
+    half = limit // 2 - NOTES_SLACK
+    findings = list(result.get("findings", []))
+    excess, left_out = size_of(result) - half, 0
+    while excess > 0 and len(findings) - left_out > 1:
+        excess -= len(json.dumps(findings[left_out])) + 2
+        left_out += 1
+    if left_out:
+        result["findings"] = findings[left_out:]
+        notes.append(f"the {left_out} oldest finding(s) were left out of this result (EXAI_MAX_RESULT_TOKENS); the thread keeps them all")
+    cap = half
+    while size_of(result) > half and cap > MIN_CUT_CHARS:
+        cap = max(cap // 2, MIN_CUT_CHARS)
+        result = cut_strings(result, cap)
+    if cap < half:
+        notes.append(f"values longer than {cap} characters were cut (EXAI_MAX_RESULT_TOKENS)")
+    result["notes"] = notes
+    text, trimmed = keep_under(render(result), max(limit - size_of(result) - NOTES_SLACK, limit // 4) // CHARS_PER_TOKEN)
+    if trimmed:
+        notes.append("the result text was trimmed (EXAI_MAX_RESULT_TOKENS)")
+    return text, result
+
+
+def size_of(value: Any) -> int:
+    return len(json.dumps(value))
+
+
+def cut_strings(value: Any, cap: int) -> Any:
+    """`value` with every string longer than `cap` characters cut to it."""
+    if isinstance(value, str):
+        return value if len(value) <= cap else value[:cap] + "…"
+    if isinstance(value, list):
+        return [cut_strings(item, cap) for item in value]
+    if isinstance(value, dict):
+        return {key: cut_strings(item, cap) for key, item in value.items()}
+    return value

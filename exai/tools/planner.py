@@ -11,7 +11,7 @@ from pydantic import Field
 
 from exai.store import Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.context import keep_under
+from exai.tools.context import fit_result
 from exai.tools.workflow import compact_schema, open_thread
 
 # How a plan step is kept in the thread: a header other tools can read as text, and we parse back.
@@ -112,12 +112,16 @@ class Planner(Tool):
             "provider_calls": 0,
             "required_actions": [] if final else self.required_actions(args.step_number),
             "plan": plan.as_dict(),
+            # The fields every workflow result has; a plan has no findings, files or model use.
+            "findings": [],
+            "files_used": [],
+            "usage": dict(ctx.usage),
         }
         if final:
             structured["expert_analysis"] = None
         if appended.dropped_now:
             structured["notes"] = [f"{appended.dropped_now} oldest turn(s) dropped from the thread (EXAI_MAX_CONVERSATION_TURNS)"]
-        text, _ = keep_under(render_plan(structured), int(ctx.settings.max_result_tokens))
+        text, structured = fit_result(render_plan, structured, int(ctx.settings.max_result_tokens))
         return ToolOutput(text, structured=structured)
 
     def check(self, args: Any, plan: Plan) -> tuple[int | None, str | None, int | None]:

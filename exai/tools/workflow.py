@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Final, Literal
 
 from loguru import logger
@@ -21,14 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
-from exai.tools.context import fit_context, keep_under
+from exai.tools.context import fit_context, fit_result, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
 CONFIDENCE: Final = ("exploring", "low", "medium", "high", "very_high", "almost_certain", "certain")
 Confidence = Literal["exploring", "low", "medium", "high", "very_high", "almost_certain", "certain"]
 CONFIDENT: Final = CONFIDENCE.index("very_high")  # auto-steps stop at this confidence or above
 STALL_STEPS: Final = 2  # auto-steps stop after this many steps without a new finding
-DEFAULT_WINDOW: Final = 32_768
+ISSUE_PREFIX: Final = "Issue ("  # how a step's issues_found stand in its thread turn
 
 AUTO_STEP_FORMAT: Final = (
     "You are running one step of this investigation yourself. Answer with ONLY a JSON object: "
@@ -98,7 +99,7 @@ class StepRun:
         """Append to the thread (creating it on first use); note turns the store dropped."""
         store = self.ctx.store
         appended = await store.append(self.thread_id, self.tool_name, turns, findings=findings, files=files, model=model)
-        self.thread_id = appended.thread_id
+        self.thread_id = self.ctx.activity["continuation_id"] = appended.thread_id
         self.history.extend(turns)
         self.findings.extend(findings)
         if appended.dropped_now:
@@ -154,13 +155,6 @@ def parse_json(text: str) -> Any:
     return value if isinstance(value, dict) else None
 
 
-def window_of(ctx: ToolContext, model: str | None) -> int:
-    """The context window of the model a request for `model` goes to."""
-    _, name = ctx.gateway.resolve(model)
-    info = ctx.gateway.models.get(name)
-    return int(info.context_window) if info is not None else DEFAULT_WINDOW
-
-
 class WorkflowTool(Tool):
     """A workflow tool: a declaration the engine runs."""
 
@@ -198,6 +192,8 @@ class WorkflowTool(Tool):
         total = max(args.total_steps, args.step_number)
         limit = int(ctx.settings.max_auto_steps)
         auto = min(args.auto_steps, limit) if self.auto_capable else 0
+        if args.model is not None:
+            window_of(ctx, args.model)  # an unknown model is refused before anything is saved
         # Every path is checked (reading nothing yet); the text is read only for a model call.
         named = await read_files(
             list(dict.fromkeys([*args.relevant_files, *args.files_checked])), ctx.settings.allowed_roots, 0
@@ -223,6 +219,9 @@ class WorkflowTool(Tool):
             )
             if not self.auto_capable and args.auto_steps:
                 run.notes.append(f"{self.name} runs no auto_steps; it was ignored")
+            elif args.auto_steps and not args.next_step_required:
+                # The final step is the assistant's conclusion: no further steps, only the expert.
+                run.notes.append("auto_steps was ignored: the final step runs no further steps, only the expert analysis")
             elif args.auto_steps > limit:
                 run.notes.append(f"auto_steps {args.auto_steps} was clamped to {limit} (EXAI_MAX_AUTO_STEPS)")
             if thread is not None and thread.dropped:
@@ -235,6 +234,9 @@ class WorkflowTool(Tool):
             )
             if not args.next_step_required:
                 return await self.finish(run)
+            if auto and rank(args.confidence) >= CONFIDENT:
+                run.notes.append("auto-steps not run: confidence is already very_high or above")
+                auto = 0
             if auto == 0:
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
@@ -267,7 +269,7 @@ class WorkflowTool(Tool):
             lines.append("Relevant files: " + ", ".join(args.relevant_files))
         if args.relevant_context:
             lines.append("Relevant context: " + ", ".join(args.relevant_context))
-        lines.extend(f"Issue ({i.severity}): {i.description}" for i in args.issues_found)
+        lines.extend(f"{ISSUE_PREFIX}{i.severity}): {i.description}" for i in args.issues_found)
         details = self.task_details(args)
         if details:
             lines.append(details)
@@ -323,7 +325,7 @@ class WorkflowTool(Tool):
             await run.save(
                 [
                     # The files sent stay in the thread (later steps refer to them); the findings list is there already.
-                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded),
+                    Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded, versions=context.versions),
                     Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model),
                 ],
                 findings=[findings],
@@ -350,16 +352,15 @@ class WorkflowTool(Tool):
         run.notes.append(_STOP_NOTES[stop].format(limit=ctx.settings.max_auto_steps, budget=ctx.budget.max_calls))
         return self.result(run, status=status)
 
-    def auto_prompt(self, run: StepRun, number: int) -> str:
-        args = run.args
-        lines = [
-            f"Task ({self.name}): {args.step}",
-            self.task_details(args),
-            "Findings so far:",
-            *(f"- {f}" for f in run.findings[-20:]),
-        ]
+    def task_lines(self, run: StepRun, heading: str, findings: list[str]) -> list[str]:
+        """The task, the tool's own fields, the findings and the hypothesis, for a prompt."""
+        lines = [f"Task ({self.name}): {run.args.step}", self.task_details(run.args), heading, *(f"- {f}" for f in findings)]
         if run.hypothesis:
             lines.append(f"Current hypothesis: {run.hypothesis}")
+        return lines
+
+    def auto_prompt(self, run: StepRun, number: int) -> str:
+        lines = self.task_lines(run, "Findings so far:", run.findings[-20:])
         lines.append(f"Run step {number} of {run.total_steps} now; current confidence: {run.confidence}.")
         return "\n".join(line for line in lines if line)
 
@@ -397,17 +398,13 @@ class WorkflowTool(Tool):
 
     def expert_prompt(self, run: StepRun) -> str:
         args = run.args
-        lines = [
-            f"Task ({self.name}): {args.step}",
-            self.task_details(args),
-            "Consolidated findings, step by step:",
-            *(f"- {f}" for f in run.findings),
-        ]
-        if run.hypothesis:
-            lines.append(f"Hypothesis: {run.hypothesis}")
-        issues = [f"- ({i.severity}) {i.description}" for i in args.issues_found]
+        lines = self.task_lines(run, "Consolidated findings, step by step:", run.findings)
+        # Every step's issues, as render_step kept them in the thread (this step's included).
+        issues = dict.fromkeys(
+            line for turn in run.history if turn.role == "user" for line in turn.content.splitlines() if line.startswith(ISSUE_PREFIX)
+        )
         if issues:
-            lines += ["Issues found:", *issues]
+            lines += ["Issues found:", *(f"- {issue}" for issue in issues)]
         if args.relevant_context:
             lines.append("Relevant context: " + ", ".join(args.relevant_context))
         lines.append(f"The assistant's confidence: {args.confidence}.")
@@ -439,9 +436,7 @@ class WorkflowTool(Tool):
             structured.update(extra)
         if run.notes:
             structured["notes"] = run.notes
-        text, trimmed = keep_under(render_result(self.name, structured), int(ctx.settings.max_result_tokens))
-        if trimmed:
-            structured["notes"] = [*run.notes, "the result text was trimmed (EXAI_MAX_RESULT_TOKENS)"]
+        text, structured = fit_result(partial(render_result, self.name), structured, int(ctx.settings.max_result_tokens))
         return ToolOutput(text, structured=structured)
 
 
