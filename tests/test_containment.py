@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from support import eventually
+from support import eventually, port_of, raw_handshake, upgrade_request
 from trio_websocket import ConnectionClosed
 
 from exai.client import CannotConnect, ExaiClient, connect, open_websocket
@@ -59,32 +59,6 @@ def error_id_lines(log_lines: list[str]) -> list[str]:
 def no_traceback(log_lines: list[str]) -> None:
     """A traceback appears only inside the one log event of an error id."""
     assert all(ERROR_ID.search(line) for line in log_lines if "Traceback" in line)
-
-
-async def raw_handshake(url: str, *headers: bytes) -> bytes:
-    """What the daemon answers (within 1 s) to a handshake sent over raw TCP."""
-    port = int(url.rsplit(":", 1)[1].strip("/"))
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    answer = b""
-    async with stream:
-        await stream.send_all(upgrade_request(*headers))
-        with trio.move_on_after(1):  # a refused handshake is closed; an accepted one is not
-            while chunk := await stream.receive_some(65536):
-                answer += chunk
-    return answer
-
-
-def upgrade_request(*headers: bytes) -> bytes:
-    lines = [
-        b"GET / HTTP/1.1",
-        b"Host: 127.0.0.1",
-        b"Connection: Upgrade",
-        b"Upgrade: websocket",
-        b"Sec-WebSocket-Version: 13",
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-        *headers,
-    ]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 def reset_on_close(stream: trio.SocketStream) -> None:
@@ -159,7 +133,7 @@ async def test_client_closing_mid_handshake_ends_only_that_connection(
 ) -> None:
     for token in (None, "tok-en"):  # the accept path and the reject path
         bound = await daemons.start(auth_token=token)
-        port = int(bound.url.rsplit(":", 1)[1].strip("/"))
+        port = port_of(bound.url)
         auth = (b"Authorization: Bearer tok-en",) if token else ()
         async with bystander(bound.url, token=token):
             for attempt in range(20):
@@ -353,7 +327,7 @@ async def test_stalled_handshake_is_dropped(daemons: Any, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT_S", 0.5)
     bound = await daemons.start()
-    port = int(bound.url.rsplit(":", 1)[1].strip("/"))
+    port = port_of(bound.url)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(upgrade_request()[:50])
