@@ -14,6 +14,8 @@ import orjson
 
 # JSON nested deeper than this (the message object is level 1) is refused with -32600.
 MAX_DEPTH: Final = 64
+# `_meta.exai/timeout` above this counts as this (the tool timeout shortens it further anyway).
+MAX_TIMEOUT_S: Final = 1e9
 PROTOCOL_VERSION: Final = "2025-11-25"
 SUPPORTED_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
 
@@ -211,5 +213,5 @@ def parse_tool_call(params: dict[str, Any]) -> ToolCall:
         # Any finite positive value: the call's deadline is the shorter of it and the tool timeout.
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
             raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta.exai/timeout" must be a positive number of seconds')
-        timeout = float(timeout)
+        timeout = float(min(timeout, MAX_TIMEOUT_S))  # an int beyond a double is just "long"
     return ToolCall(name, arguments, token, timeout)

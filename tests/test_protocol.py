@@ -79,6 +79,13 @@ def test_bad_tool_call_params_are_32602(params: dict[str, object]) -> None:
     assert bad.value.code == INVALID_PARAMS
 
 
+@pytest.mark.parametrize("timeout, expected", [(10**400, 1e9), (2**64, 1e9), (5e-324, 5e-324), (3, 3.0)])
+def test_any_finite_positive_timeout_is_taken(timeout: float, expected: float) -> None:
+    # Found by fuzzing: an int beyond a double's range raised OverflowError (-32603).
+    call = parse_tool_call({"name": "chat", "_meta": {"exai/timeout": timeout}})
+    assert call.timeout == expected
+
+
 def test_version_negotiation() -> None:
     assert negotiate_version("2025-03-26") == "2025-03-26"
     assert negotiate_version("1999-01-01") == "2025-11-25"
