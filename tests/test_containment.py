@@ -231,6 +231,7 @@ async def test_a_bug_in_a_connection_closes_it_with_1011_and_nothing_else(
                 await ws.get_message()
             assert closed.value.reason.code == 1011
             error_id = ERROR_ID.search(closed.value.reason.reason).group()  # type: ignore[union-attr]
+    await eventually(lambda: bool(error_id_lines(log_lines)), what="the failure logged")  # after the close
     lines = error_id_lines(log_lines)
     assert len(lines) == 1, lines
     assert error_id in lines[0] and "1011" in lines[0]
@@ -257,6 +258,7 @@ async def test_a_bug_in_a_connection_cancels_its_calls_as_a_disconnect(
         await client.send_raw(json.dumps({"jsonrpc": "2.0", "id": "explode", "method": "ping"}))
         with trio.fail_after(2):
             await simulator.wait_until(lambda s: s.inflight == 0)
+    await eventually(lambda: bool(error_id_lines(log_lines)), what="the failure logged")
     assert metrics.cancellations_total.labels("disconnect")._value.get() == disconnects + 1
     assert len(error_id_lines(log_lines)) == 1
 
