@@ -72,8 +72,11 @@ class BadMessage(RpcError):
 
 
 def is_request_id(value: Any) -> TypeGuard[RequestId]:
-    """A JSON-RPC id we accept: a string or an integer (not a bool, which Python calls one)."""
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+    """A JSON-RPC id we accept: a string or an integer that fits 64 bits (so it can be echoed
+    back), not a bool (which Python calls an integer)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**64
+    return isinstance(value, str)
 
 
 def loads(frame: str | bytes) -> Any:
