@@ -96,7 +96,7 @@ _RULES: Final[dict[str, str]] = {
     **dict.fromkeys(_RATES, "must be an integer >= 1 (requests per minute), or empty for no limit"),
     **dict.fromkeys(_POSITIVE_NUMBERS, "must be a number > 0"),
     **dict.fromkeys(_NON_NEGATIVE_NUMBERS, "must be a number >= 0"),
-    **dict.fromkeys(_SECRETS, "must be a single word without spaces or control characters"),
+    **dict.fromkeys(_SECRETS, "must be a single word of printable ASCII (no spaces or control characters)"),
     **dict.fromkeys(_MODEL_LISTS, "must be a comma-separated list of model names"),
     **dict.fromkeys(_BASE_URLS, "must be an http:// or https:// URL with a host"),
     "host": "must be a host name or IP address",
@@ -372,9 +372,9 @@ class Settings(BaseSettings):
     @field_validator(*_SECRETS)
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        # A space or newline inside a key or token could never match an HTTP header.
+        # It travels in an HTTP header: anything but printable ASCII could never match one.
         if value is not None and any(
-            ch.isspace() or not ch.isprintable() for ch in value.get_secret_value()
+            not (ch.isascii() and ch.isprintable()) or ch.isspace() for ch in value.get_secret_value()
         ):
             raise _broken(_RULES["auth_token"])
         return value

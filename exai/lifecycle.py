@@ -224,6 +224,10 @@ async def run_tool_call(
         outcome = "error"
         response = internal_error(call.id, f"call {rid} tool={call.tool}", log)
     finally:
+        if outcome == "cancelled" and call.reason is not None:
+            # An enclosing scope (its session's end) cancelled the call after a reason was given.
+            outcome = f"cancelled_{call.reason.value}"
+            metrics.cancellations_total.labels(call.reason.value).inc()
         metrics.inflight_requests.dec()
         took = trio.current_time() - call.arrived
         metrics.requests_total.labels(call.tool, outcome).inc()
@@ -249,9 +253,14 @@ async def run_tool_call(
     return response
 
 
-def internal_error(id: RequestId, what: str, log: Any = logger) -> dict[str, Any]:
+def new_error_id() -> str:
+    """An id that ties what a client was told about a failure to its one line in the log."""
+    return uuid.uuid4().hex[:12]
+
+
+def internal_error(id: RequestId | None, what: str, log: Any = logger) -> dict[str, Any]:
     """Log the exception being handled with a fresh error id; the -32603 answer names only the id."""
-    error_id = uuid.uuid4().hex[:12]
+    error_id = new_error_id()
     log.exception("{} failed unexpectedly, error id {}", what, error_id)
     return error_message(id, INTERNAL_ERROR, "Internal error", {"error_id": error_id})
 

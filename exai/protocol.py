@@ -1,11 +1,21 @@
-"""JSON-RPC 2.0 / MCP messages and error codes. Plain data in, plain data out; no I/O."""
+"""JSON-RPC 2.0 / MCP messages and error codes. Plain data in, plain data out; no I/O.
+
+Everything a client sends is checked here, field by field, before anything else reads it:
+bad input becomes a BadMessage / RpcError with the contract's code, never another exception.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
+import orjson
+
+# JSON nested deeper than this (the message object is level 1) is refused with -32600.
+MAX_DEPTH: Final = 64
+# `_meta.exai/timeout` above this counts as this (the tool timeout shortens it further anyway).
+MAX_TIMEOUT_S: Final = 1e9
 PROTOCOL_VERSION: Final = "2025-11-25"
 SUPPORTED_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
 
@@ -61,19 +71,47 @@ class BadMessage(RpcError):
         self.id = id
 
 
+def is_request_id(value: Any) -> TypeGuard[RequestId]:
+    """A JSON-RPC id we accept: a string or an integer that fits 64 bits (so it can be echoed
+    back), not a bool (which Python calls an integer)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -(2**63) <= value < 2**64
+    return isinstance(value, str)
+
+
+def loads(frame: str | bytes) -> Any:
+    """Parse JSON, or raise BadMessage(-32700): invalid UTF-8, lone surrogates, NaN, Infinity
+    and numbers that overflow a double are not JSON here. Integers beyond 64 bits become floats."""
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:  # its text gives a position, never the input
+        raise BadMessage(PARSE_ERROR, f"Parse error: the frame is not valid JSON ({exc})") from None
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def parse_message(frame: str | bytes) -> Message:
     """Parse one text frame into a message, or raise BadMessage with the right code and id."""
-    try:
-        obj = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
-        raise BadMessage(PARSE_ERROR, "Parse error: the frame is not valid JSON") from None
+    obj = loads(frame)
     if isinstance(obj, list):
         raise BadMessage(INVALID_REQUEST, "Invalid Request: batches are not supported")
     if not isinstance(obj, dict):
         raise BadMessage(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
     raw_id = obj.get("id")
-    id_ok = isinstance(raw_id, str) or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
+    id_ok = is_request_id(raw_id)
     reply_id = raw_id if id_ok else None
+    if nested_deeper_than(obj, MAX_DEPTH):
+        raise BadMessage(INVALID_REQUEST, f"Invalid Request: JSON nested deeper than {MAX_DEPTH} levels", reply_id)
     if obj.get("jsonrpc") != "2.0":
         raise BadMessage(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', reply_id)
     method = obj.get("method")
@@ -98,7 +136,8 @@ def parse_message(frame: str | bytes) -> Message:
 
 
 def dump(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    """One message as compact JSON text, non-ASCII characters as they are."""
+    return orjson.dumps(message).decode()
 
 
 def result_message(id: RequestId, result: Any) -> dict[str, Any]:
@@ -121,11 +160,36 @@ def negotiate_version(requested: Any) -> str:
     return requested if requested in SUPPORTED_VERSIONS else PROTOCOL_VERSION
 
 
+def parse_initialize(params: dict[str, Any]) -> str | None:
+    """The `protocolVersion` the client asked for, if any; RpcError(-32602) if not a string."""
+    version = params.get("protocolVersion")
+    if version is not None and not isinstance(version, str):
+        raise RpcError(INVALID_PARAMS, 'Invalid params: "protocolVersion" must be a string')
+    return version
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    request_id: RequestId
+    reason: str
+
+
+def parse_cancelled(params: dict[str, Any]) -> Cancelled:
+    """`notifications/cancelled` params; RpcError(-32602) naming the field when malformed."""
+    request_id = params.get("requestId")
+    if not is_request_id(request_id):
+        raise RpcError(INVALID_PARAMS, 'Invalid params: "requestId" must be a string or an integer')
+    reason = params.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise RpcError(INVALID_PARAMS, 'Invalid params: "reason" must be a string')
+    return Cancelled(request_id, reason or "")
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     name: str
     arguments: dict[str, Any]
-    progress_token: str | int | None
+    progress_token: RequestId | None
     timeout: float | None
 
 
@@ -145,13 +209,12 @@ def parse_tool_call(params: dict[str, Any]) -> ToolCall:
     if not isinstance(meta, dict):
         raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta" must be an object')
     token = meta.get("progressToken")
-    if token is not None and (
-        isinstance(token, bool) or not isinstance(token, str | int)
-    ):
+    if token is not None and not is_request_id(token):
         raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta.progressToken" must be a string or an integer')
     timeout = meta.get("exai/timeout")
     if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        # Any finite positive value: the call's deadline is the shorter of it and the tool timeout.
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
             raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta.exai/timeout" must be a positive number of seconds')
-        timeout = float(timeout)
+        timeout = float(min(timeout, MAX_TIMEOUT_S))  # an int beyond a double is just "long"
     return ToolCall(name, arguments, token, timeout)

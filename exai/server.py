@@ -35,6 +35,9 @@ class Daemon:
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
         self.connections: Alive[str, Session] = Alive()
+        # One token per client from its accepted handshake to its close, taken without an
+        # await between the check and the taking: at most EXAI_MAX_CONNECTIONS, ever.
+        self.connection_slots = trio.CapacityLimiter(settings.max_connections)
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
         self.heartbeat = time.monotonic()

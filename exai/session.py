@@ -21,11 +21,15 @@ from exai.protocol import (
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     BadMessage,
+    Message,
     Notification,
     Request,
+    Response,
     RpcError,
     error_message,
     negotiate_version,
+    parse_cancelled,
+    parse_initialize,
     parse_message,
     parse_tool_call,
     result_message,
@@ -34,6 +38,7 @@ from exai.protocol import (
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CLOSE_TIMEOUT_S: Final = 2.0
+REASON_SHOWN: Final = 200  # characters of a client's cancel reason that go into the log
 
 
 class Session:
@@ -54,6 +59,7 @@ class Session:
         self.calls: dict[Any, InflightCall] = {}
         self.initialized = False
         self.protocol_version: str | None = None
+        self.failed = False  # set when an unexpected exception ends the session
         # Set by the transport: stop taking messages, and end the transport once the calls
         # have ended (shutdown uses it after the grace period).
         self.end_transport: Callable[[], None] = lambda: None
@@ -69,35 +75,61 @@ class Session:
     # -- dispatch ----------------------------------------------------------------------
 
     async def dispatch(self, frame: str | bytes) -> None:
-        """Handle one incoming frame; answers go through `send`."""
+        """Handle one incoming frame; answers go through `send`.
+
+        Bad input is answered with the contract's code; a bug while handling this one frame
+        is answered with -32603 and an error id, and the session goes on.
+        """
+        answer = self._answer(frame)
+        if answer is not None:
+            await self._send_answer(answer)
+
+    async def _send_answer(self, answer: dict[str, Any]) -> None:
+        """Send an answer; if sending it fails unexpectedly (say it cannot be serialized),
+        send -32603 with an error id instead. A second failure ends the session."""
+        try:
+            await self.send(answer)
+        except Exception:
+            await self.send(internal_error(answer.get("id"), f"answer on connection {self.id}", self.log))
+
+    def _answer(self, frame: str | bytes) -> dict[str, Any] | None:
+        message: Message | None = None
         try:
             message = parse_message(frame)
+            if isinstance(message, Notification):
+                self._notification(message)
+                return None
+            if isinstance(message, Response):
+                self.log.debug("ignoring a response from the client (id {!r}): exai sends no requests", message.id)
+                return None
+            result = self._request(message)
+            return None if result is None else result_message(message.id, result)
         except BadMessage as bad:
-            await self.send(error_message(bad.id, bad.code, bad.message))
-            return
-        if isinstance(message, Notification):
-            self._notification(message)
-        elif isinstance(message, Request):
-            try:
-                result = self._request(message)
-            except RpcError as exc:
-                await self.send(error_message(message.id, exc.code, exc.message, exc.data))
-                return
-            except Exception:
-                await self.send(internal_error(message.id, f"request {self.id}/{message.id} {message.method}", self.log))
-                return
-            if result is not None:
-                await self.send(result_message(message.id, result))
+            return error_message(bad.id, bad.code, bad.message)
+        except RpcError as exc:
+            request_id = message.id if isinstance(message, Request) else None
+            return error_message(request_id, exc.code, exc.message, exc.data)
+        except Exception:
+            if isinstance(message, Request):
+                return internal_error(message.id, f"request {self.id}/{message.id} {message.method!r}", self.log)
+            if isinstance(message, Notification):
+                internal_error(None, f"notification {message.method!r} on connection {self.id}", self.log)
+                return None  # a notification gets no answer, even this one
+            return internal_error(None, f"a frame on connection {self.id}", self.log)
 
     def _notification(self, note: Notification) -> None:
-        if note.method == "notifications/initialized":
-            return
         if note.method == "notifications/cancelled":
-            call = self.calls.get(note.params.get("requestId"))
+            try:
+                cancelled = parse_cancelled(note.params)
+            except RpcError as exc:
+                self.log.debug("ignoring notifications/cancelled on {}: {}", self.id, exc.message)
+                return
+            call = self.calls.get(cancelled.request_id)
             if call is not None:
-                self.log.info("call {}/{} cancelled by client: {}", self.id, call.id, note.params.get("reason", ""))
+                reason = cancelled.reason[:REASON_SHOWN]
+                self.log.info("call {}/{} cancelled by client: {!r}", self.id, call.id, reason)
                 call.cancel(CancelReason.CLIENT)
-        # Other notifications need no answer and change nothing.
+        # notifications/initialized and others need no answer and change nothing.
 
     def _request(self, request: Request) -> Any:
         """Answer a request at once, or start a call and return None (its task answers)."""
@@ -118,9 +150,7 @@ class Session:
     def _initialize(self, request: Request) -> dict[str, Any]:
         if self.initialized:
             raise RpcError(INVALID_REQUEST, "Invalid Request: initialize was already done")
-        version = request.params.get("protocolVersion")
-        if version is not None and not isinstance(version, str):
-            raise RpcError(INVALID_PARAMS, 'Invalid params: "protocolVersion" must be a string')
+        version = parse_initialize(request.params)
         self.initialized = True
         self.protocol_version = negotiate_version(version)
         return {
@@ -163,7 +193,7 @@ class Session:
                 self.daemon.services, call, parsed, tool, self.session_slots, self.send
             )
             if response is not None:
-                await self.send(response)
+                await self._send_answer(response)
         finally:
             del self.calls[call.id]
             self.daemon.calls.remove((self.id, call.id))
@@ -185,7 +215,15 @@ async def open_session(
         metrics.connections.inc()
         try:
             async with trio.open_nursery() as session.nursery:
-                yield session
+                try:
+                    yield session
+                except BaseException:
+                    # The session ends here, whatever ended it: for its calls, a disconnect.
+                    session.cancel_calls(CancelReason.DISCONNECT)
+                    raise
+        except* Exception:
+            session.failed = True
+            raise
         finally:
             try:
                 if close is not None:

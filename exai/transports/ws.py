@@ -1,91 +1,150 @@
-"""MCP over WebSocket (trio-websocket): the handshake, one task reading each connection.
+"""MCP over WebSocket (trio-websocket): the handshake, one task per TCP client.
 
-Only moves frames: each text frame goes to the connection's Session, whatever the session
-sends goes back as one text frame.
+Only moves frames: each frame goes to the connection's Session, whatever the session sends
+goes back as one text frame. Each client's task is its own fault boundary (`serve_stream`):
+whatever goes wrong inside it ends that connection only.
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
 import itertools
+from functools import partial
 from typing import Any, Final
 
 import trio
 from loguru import logger
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
 
-from exai.lifecycle import CancelReason
+from exai.auth import bearer_ok
+from exai.lifecycle import CancelReason, new_error_id
 from exai.protocol import dump
 from exai.session import CLOSE_TIMEOUT_S, Session, open_session
 
 WS_PATHS: Final = ("/", "/mcp")
-HANDSHAKE_TIMEOUT_S: Final = 10.0
+HANDSHAKE_TIMEOUT_S: Final = 10.0  # a client that has not completed its handshake by then is dropped
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_INTERNAL_ERROR: Final = 1011
 
 _connection_ids = itertools.count(1)
 
 
-async def handle(daemon: Any, request: WebSocketRequest) -> None:
-    """trio-websocket handler: check the handshake, then run the connection."""
-    refusal = _refusal(daemon, request)
-    if refusal is not None:
-        status, body = refusal
-        logger.info("handshake refused from {}: {} {}", _peer(request), status, body)
-        await request.reject(status, body=body.encode())
-        return
-    subprotocol = "mcp" if "mcp" in request.proposed_subprotocols else None
-    ws = await request.accept(subprotocol=subprotocol)
-    connection = Connection(daemon, ws, f"c{next(_connection_ids)}")
-    await connection.run()
+async def serve_websockets(
+    daemon: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Accept WebSocket clients until cancelled; task_status gets the URL (real port).
+
+    Connection tasks run in `daemon.connection_nursery`, not here, so cancelling the accept
+    loop stops new clients while the connections drain.
+    """
+    settings = daemon.settings
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as accepting:
+        await accepting.start(
+            partial(
+                trio.serve_listeners,
+                partial(serve_stream, daemon),
+                listeners,
+                handler_nursery=daemon.connection_nursery,
+            )
+        )
+        host = settings.host
+        shown = f"[{host}]" if ":" in host else host
+        task_status.started(f"ws://{shown}:{port}/")
 
 
-def _refusal(daemon: Any, request: WebSocketRequest) -> tuple[int, str] | None:
-    path = request.path.split("?", 1)[0]
-    if path not in WS_PATHS:
-        return 404, f"no WebSocket endpoint at {path}; use / or /mcp"
-    token = daemon.settings.auth_token
-    if token is not None and not _bearer_matches(request, token.get_secret_value()):
-        return 401, "missing or wrong Authorization: Bearer token"
-    if daemon.draining:
-        return 503, "server shutting down"
-    if len(daemon.connections) >= daemon.settings.max_connections:
-        return 503, f"too many connections (EXAI_MAX_CONNECTIONS={daemon.settings.max_connections})"
-    return None
+async def serve_stream(daemon: Any, stream: trio.SocketStream) -> None:
+    """One TCP client, from its first byte to its close: the fault boundary of a connection.
 
-
-def _bearer_matches(request: WebSocketRequest, token: str) -> bool:
-    for name, value in request.headers:
-        if name.lower() == b"authorization":
-            scheme, _, given = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
-                return True
-    return False
-
-
-def _peer(request: WebSocketRequest) -> str:
-    remote = request.remote
-    return f"{getattr(remote, 'address', remote)}:{getattr(remote, 'port', '')}"
+    Any exception in here (handshake, reader, dispatch, a call, a send) ends this connection
+    only: an open WebSocket is closed with 1011, a pending handshake is answered 500 (or its
+    socket closed), its calls are cancelled as a disconnect, and it is logged once with an
+    error id. trio.Cancelled and KeyboardInterrupt pass. On return the socket is closed and
+    the connection's slot free.
+    """
+    connection = Connection(daemon, stream)
+    try:
+        async with trio.open_nursery() as nursery:  # hosts trio-websocket's reader task
+            try:
+                await connection.run(nursery)
+            except* Exception:
+                await connection.close_after_failure()  # while the reader can still see the close
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except* (ConnectionClosed, trio.BrokenResourceError):
+        connection.log.info("connection {} from {}: the client went away", connection.id, connection.peer)
+    except* Exception as failure:
+        connection.log_failure(failure)
+    finally:
+        connection.release_slot()
+        await trio.aclose_forcefully(stream)
 
 
 class Connection:
-    """One WebSocket client. A single task reads it; its Session runs the calls."""
+    """One WebSocket client: its handshake, then its Session. A single task reads it."""
 
-    def __init__(self, daemon: Any, ws: WebSocketConnection, connection_id: str):
+    def __init__(self, daemon: Any, stream: trio.SocketStream):
         self.daemon = daemon
-        self.ws = ws
-        self.id = connection_id
+        self.stream = stream
+        self.id = f"c{next(_connection_ids)}"
+        self.peer = _peer(stream)
+        self.request: WebSocketRequest | None = None
+        self.answered = False  # the handshake was accepted or refused
+        self.slot_held = False
+        self.ws: WebSocketConnection | None = None
         self.session: Session | None = None
         self.gone = False
         self.close_code = 1000
+        self.error_id: str | None = None
         self.reader_scope = trio.CancelScope()
-        self.log = logger.bind(conn=connection_id)
+        self.log = logger.bind(conn=self.id)
 
-    async def run(self) -> None:
-        """Serve the connection until the client leaves or the daemon stops.
+    async def run(self, nursery: trio.Nursery) -> None:
+        """Take the handshake, then serve the client until it leaves or the daemon stops.
 
         On return no call of this connection is running and its session limiter is gone.
         """
-        self.log.info("connection {} open from {}", self.id, self.ws.remote)
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
+            max_bytes = self.daemon.settings.max_message_bytes
+            request = await wrap_server_stream(nursery, self.stream, max_message_size=max_bytes)
+            self.request = request
+        if handshake.cancelled_caught:
+            self.log.info(
+                "connection {} from {}: no complete handshake within {:g} s, dropped",
+                self.id,
+                self.peer,
+                HANDSHAKE_TIMEOUT_S,
+            )
+            return
+        self.ws = await self._answer_handshake(request)
+        if self.ws is not None:
+            await self._serve(self.ws)
+
+    async def _answer_handshake(self, request: WebSocketRequest) -> WebSocketConnection | None:
+        """Accept or refuse the handshake; the open WebSocket, or None if refused or gone."""
+        refusal = _admit(self.daemon, request, self)
+        self.answered = True
+        try:
+            if refusal is not None:
+                status, body = refusal
+                self.log.info("handshake from {} refused: {} {}", self.peer, status, body)
+                await request.reject(status, body=body.encode())
+                return None
+            subprotocol = "mcp" if "mcp" in request.proposed_subprotocols else None
+            return await request.accept(subprotocol=subprotocol)
+        except ConnectionClosed:
+            self.log.info("connection {} from {}: the client left during the handshake", self.id, self.peer)
+            return None
+
+    async def _serve(self, ws: WebSocketConnection) -> None:
+        self.log.info("connection {} open from {}", self.id, self.peer)
         try:
             async with open_session(self.daemon, self.id, self.send, self._close) as session:
                 self.session = session
@@ -93,7 +152,7 @@ class Connection:
                 with self.reader_scope:
                     try:
                         while True:
-                            frame = await self.ws.get_message()
+                            frame = await ws.get_message()
                             await session.dispatch(frame)
                     except ConnectionClosed as closed:
                         self._client_gone(_close_text(closed))
@@ -102,7 +161,11 @@ class Connection:
             self.log.info("connection {} ended", self.id)
 
     async def _close(self) -> None:
-        if not self.gone:
+        if self.gone or self.ws is None:
+            return
+        if self.session is not None and self.session.failed:
+            await self.ws.aclose(CLOSE_INTERNAL_ERROR, self._failure_text())
+        else:
             reason = "server shutting down" if self.close_code == CLOSE_GOING_AWAY else ""
             await self.ws.aclose(self.close_code, reason)
 
@@ -125,12 +188,88 @@ class Connection:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one message; a dead client is detected once and ends this connection's work."""
-        if self.gone:
+        if self.gone or self.ws is None:
             return
         try:
             await self.ws.send_message(dump(message))
         except ConnectionClosed as closed:
             self._client_gone(f"send failed ({_close_text(closed)})")
+
+    # -- after a bug -----------------------------------------------------------------------
+
+    def _failure_text(self) -> str:
+        if self.error_id is None:
+            self.error_id = new_error_id()
+        return f"internal error, error id {self.error_id}"
+
+    async def close_after_failure(self) -> None:
+        """Close the WebSocket with 1011, or answer a pending handshake with 500 (bounded)."""
+        text = self._failure_text()
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            if self.ws is not None:
+                await self.ws.aclose(CLOSE_INTERNAL_ERROR, text)
+            elif self.request is not None and not self.answered:
+                self.answered = True
+                with contextlib.suppress(ConnectionClosed):
+                    await self.request.reject(500, body=text.encode())
+
+    def log_failure(self, failure: BaseExceptionGroup[Exception]) -> None:
+        """The one log event of a connection that failed, with its error id and traceback."""
+        if self.ws is not None:
+            ending = f"closed with {CLOSE_INTERNAL_ERROR}; its calls cancelled"
+        elif self.request is not None:
+            ending = "handshake answered 500"
+        else:
+            ending = "socket closed"
+        self.log.opt(exception=_innermost(failure)).error(
+            "connection {} from {} failed unexpectedly, {}: {}",
+            self.id,
+            self.peer,
+            self._failure_text().removeprefix("internal error, "),
+            ending,
+        )
+
+    def release_slot(self) -> None:
+        if self.slot_held:
+            self.slot_held = False
+            self.daemon.connection_slots.release_on_behalf_of(self)
+
+
+def _admit(daemon: Any, request: WebSocketRequest, connection: Connection) -> tuple[int, str] | None:
+    """Refuse the handshake (status, body), or take a connection slot for it.
+
+    Synchronous, so no other handshake can take the slot between the check and the taking.
+    """
+    path = request.path.split("?", 1)[0]
+    if path not in WS_PATHS:
+        return 404, f"no WebSocket endpoint at {path}; use / or /mcp"
+    token = daemon.settings.auth_token
+    if token is not None and not bearer_ok(request.headers, token.get_secret_value()):
+        return 401, "missing or wrong Authorization: Bearer token"
+    if daemon.draining:
+        return 503, "server shutting down"
+    try:
+        daemon.connection_slots.acquire_on_behalf_of_nowait(connection)
+    except trio.WouldBlock:
+        limit = daemon.settings.max_connections
+        return 503, f"too many connections: the daemon is at its limit (EXAI_MAX_CONNECTIONS={limit})"
+    connection.slot_held = True
+    return None
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:  # already disconnected
+        return "a client already gone"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _innermost(failure: BaseException) -> BaseException:
+    """The exception itself when a group holds just one, however deeply nested."""
+    while isinstance(failure, BaseExceptionGroup) and len(failure.exceptions) == 1:
+        failure = failure.exceptions[0]
+    return failure
 
 
 def _close_text(closed: ConnectionClosed) -> str:
@@ -138,29 +277,3 @@ def _close_text(closed: ConnectionClosed) -> str:
     if reason is None:
         return "no close frame"
     return f"code {reason.code}{' ' + reason.reason if reason.reason else ''}"
-
-
-async def serve_websockets(
-    daemon: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Accept WebSocket clients until cancelled; task_status gets the URL (real port).
-
-    Connection tasks run in `daemon.connection_nursery`, not here, so cancelling the accept
-    loop stops new clients while the connections drain.
-    """
-    settings = daemon.settings
-    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-    server = WebSocketServer(
-        lambda request: handle(daemon, request),
-        listeners,
-        handler_nursery=daemon.connection_nursery,
-        max_message_size=settings.max_message_bytes,
-        connect_timeout=HANDSHAKE_TIMEOUT_S,
-        disconnect_timeout=CLOSE_TIMEOUT_S,
-    )
-    async with trio.open_nursery() as accepting:
-        await accepting.start(server.run)
-        host = settings.host
-        shown = f"[{host}]" if ":" in host else host
-        task_status.started(f"ws://{shown}:{server.port}/")
-        await trio.sleep_forever()
