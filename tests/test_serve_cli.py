@@ -19,7 +19,7 @@ EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 
 def clean_env(tmp_path: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env.update(EXAI_STATE_DIR=str(tmp_path / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0")
+    env.update(EXAI_STATE_DIR=str(tmp_path / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0", EXAI_HTTP_PORT="0")
     env.update(extra)
     return env
 
