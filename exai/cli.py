@@ -135,3 +135,14 @@ def config(check: bool) -> None:
     from exai.config import run_config_command
 
     sys.exit(run_config_command(check=check))
+
+
+@main.command()
+@click.argument("client", type=click.Choice(
+    ["claude-code", "claude-code-stdio", "claude-desktop", "vscode", "cursor", "codex"]
+))
+def setup(client: str) -> None:
+    """Print the MCP configuration snippet for CLIENT, filled in for this daemon."""
+    from exai.clientsetup import run_setup
+
+    sys.exit(run_setup(client))
