@@ -598,3 +598,20 @@ def test_bearer_and_accept_parsing() -> None:
     assert accepts("application/json, text/event-stream", "text/event-stream")
     assert accepts("text/*;q=0.5", "text/event-stream") and accepts("*/*", "application/json")
     assert not accepts("text/html", "application/json")
+
+
+async def test_a_fault_in_one_session_ends_only_that_session(daemon: Any, log_lines: list[str]) -> None:
+    async with mcp_session(daemon.http_url) as broken, mcp_session(daemon.http_url) as healthy:
+        sessions = {s.send.__self__.secret: s for s in daemon.daemon.connections.active.values()}
+        session = sessions[broken.session_id]
+
+        async def explode(frame: bytes) -> None:
+            raise RuntimeError("dispatch broke")
+
+        session.dispatch = explode  # type: ignore[method-assign]
+        await broken.post(request(1, "ping"))
+        await eventually(lambda: len(daemon.daemon.connections) == 1, what="the broken session ended")
+        failures = [line for line in log_lines if "failed, error id" in line]
+        assert len(failures) == 1 and session.id in failures[0]
+        assert (await broken.post(request(2, "ping"))).status_code == 404
+        await valid_call_works(healthy)

@@ -606,21 +606,23 @@ class HttpTransport:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch, nursery.cancel_scope)
-                while True:
+                ended = False
+                while not ended:
                     events = stream.after(cursor)
-                    for event in events:
-                        await reply.body(event.encode(), more=True)
-                        cursor = event.seq
-                    if not events:
-                        if stream.done:
-                            break
+                    if not events and not stream.done:
                         await stream.changed()
+                        continue
+                    ended = stream.done  # a done stream gets no more events: this is the rest
+                    if events:
+                        cursor = events[-1].seq
+                    await reply.body(b"".join(event.encode() for event in events), more=not ended)
                 nursery.cancel_scope.cancel()
-            if gone:
-                if not stream.done:
-                    session.log.info("http session {}: stream {} dropped by the client; its work goes on", session.id, stream.number)
-            else:
-                await reply.body(b"")
+            if gone and not stream.done:
+                session.log.info(
+                    "http session {}: stream {} dropped by the client; its work goes on",
+                    session.id,
+                    stream.number,
+                )
         finally:
             stream.writers -= 1
             session.stream_closed()
