@@ -459,7 +459,7 @@ class HttpTransport:
             return
         new = isinstance(message, Request) and message.method == "initialize"
         if new and "mcp-session-id" not in headers:
-            await self._initialize(message, body, reply, json_ok, sse_ok)  # type: ignore[arg-type]
+            await self._initialize(message, body, reply, json_ok)  # type: ignore[arg-type]
             return
         session, why = self._session(headers)
         if session is None:
@@ -493,9 +493,7 @@ class HttpTransport:
             if not event.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _initialize(
-        self, message: Request, body: bytes, reply: Reply, json_ok: bool, sse_ok: bool
-    ) -> None:
+    async def _initialize(self, message: Request, body: bytes, reply: Reply, json_ok: bool) -> None:
         daemon = self.daemon
         if daemon.draining:
             await reply.refuse(503, "server shutting down", OVERLOADED, {"retry_after_s": 1})
