@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -615,3 +616,54 @@ async def test_a_fault_in_one_session_ends_only_that_session(daemon: Any, log_li
         assert len(failures) == 1 and session.id in failures[0]
         assert (await broken.post(request(2, "ping"))).status_code == 404
         await valid_call_works(healthy)
+
+
+# -- property: whatever arrives, a clear 4xx or an answer, never a 5xx; the session goes on ----
+# pytest-trio fixtures do not outlive one hypothesis example, so each example runs its own
+# daemon (demo mode: no provider needed) in its own trio.run.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from exai.server import serve  # noqa: E402
+
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=10,
+        ).map(json.dumps),
+    ),
+    method=st.sampled_from(["POST", "GET", "DELETE", "PUT"]),
+    accept=_header_text | st.just(ACCEPT_BOTH),
+    version=st.none() | _header_text | st.just("2025-11-25"),
+    last_event_id=st.none() | _header_text,
+)
+def test_any_request_gets_a_clear_answer_and_the_session_goes_on(
+    tmp_path: Any, body: Any, method: str, accept: str, version: str | None, last_event_id: str | None
+) -> None:
+    from conftest import test_settings
+
+    async def example() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve, test_settings(tmp_path, None), demo=True))
+            async with mcp_session(bound.http_url) as client:
+                headers = client.headers(Accept=accept)
+                if version is not None:
+                    headers["MCP-Protocol-Version"] = version
+                if last_event_id is not None:
+                    headers["Last-Event-ID"] = last_event_id
+                with trio.fail_after(5):
+                    response = await client.http.request(method, client.url, content=body, headers=headers)
+                assert response.status_code < 500, response.text
+                if method != "DELETE":
+                    assert (await client.rpc(request("after", "ping")))["result"] == {}
+            bound.daemon.request_shutdown()
+
+    trio.run(example)
