@@ -166,10 +166,12 @@ class HttpSession:
                 session.call_ended = self._call_ended
                 task_status.started()
                 with self.reader_scope:
-                    await self._read(session)
+                    try:
+                        await self._read(session)
+                    except Exception:
+                        self.end(f"ended by error {self._log_fault()}")
         except Exception:
-            error_id = uuid.uuid4().hex[:12]
-            self.log.exception("http session {} failed, error id {}", self.id, error_id)
+            self._log_fault()
         finally:
             self.ended = True
             self.transport.sessions.pop(self.secret, None)
@@ -178,6 +180,11 @@ class HttpSession:
             self.streams.clear()
             self.finished.set()
             self.log.info("http session {} ended", self.id)
+
+    def _log_fault(self) -> str:
+        error_id = uuid.uuid4().hex[:12]
+        self.log.exception("http session {} failed, error id {}", self.id, error_id)
+        return error_id
 
     async def _read(self, session: Session) -> None:
         idle = float(self.daemon.settings.http_session_idle_secs)
