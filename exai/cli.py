@@ -21,12 +21,17 @@ def main() -> None:
 @click.option("--host", default=None, help="bind address (EXAI_HOST)")
 @click.option("--port", type=int, default=None, help="WebSocket port, 0 = any free (EXAI_PORT)")
 @click.option("--monitor-port", type=int, default=None, help="monitor HTTP port (EXAI_MONITOR_PORT)")
+@click.option("--http-port", type=int, default=None, help="MCP Streamable HTTP port (EXAI_HTTP_PORT)")
 @click.option("--demo", is_flag=True, help="serve the built-in simulated model")
-def serve(host: str | None, port: int | None, monitor_port: int | None, demo: bool) -> None:
+def serve(
+    host: str | None, port: int | None, monitor_port: int | None, http_port: int | None, demo: bool
+) -> None:
     """Run the daemon in the foreground."""
     from exai.server import run_serve
 
-    sys.exit(run_serve(host=host, port=port, monitor_port=monitor_port, demo=demo))
+    sys.exit(
+        run_serve(host=host, port=port, monitor_port=monitor_port, http_port=http_port, demo=demo)
+    )
 
 
 @main.command()
@@ -151,3 +156,14 @@ def thread(thread_id: str, as_json: bool) -> None:
     from exai.threadscli import run_thread
 
     sys.exit(run_thread(thread_id, as_json=as_json))
+
+
+@main.command()
+@click.argument("client", type=click.Choice(
+    ["claude-code", "claude-code-stdio", "claude-desktop", "vscode", "cursor", "codex"]
+))
+def setup(client: str) -> None:
+    """Print the MCP configuration snippet for CLIENT, filled in for this daemon."""
+    from exai.clientsetup import run_setup
+
+    sys.exit(run_setup(client))

@@ -46,6 +46,8 @@ PROGRESS_TICK_SECS: Final = 0.5
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8079
 DEFAULT_MONITOR_PORT: Final = 8080
+DEFAULT_HTTP_PORT: Final = 8081
+DEFAULT_TOOL_TIMEOUT_SECS: Final = 180.0
 
 ERR_TIMEOUT: Final = -32001
 ERR_OVERLOADED: Final = -32000
@@ -63,6 +65,8 @@ class Endpoint:
     port: int
     monitor_port: int
     auth_token: str | None
+    http_port: int = DEFAULT_HTTP_PORT
+    tool_timeout_secs: float = DEFAULT_TOOL_TIMEOUT_SECS
 
 
 def _dotenv(path: Path = Path(".env")) -> dict[str, str]:
@@ -104,6 +108,8 @@ def load_endpoint() -> Endpoint:
             port=settings.port,
             monitor_port=settings.monitor_port,
             auth_token=secret.get_secret_value() if secret is not None else None,
+            http_port=settings.http_port,
+            tool_timeout_secs=settings.tool_timeout_secs,
         )
     except Exception as exc:  # an invalid configuration must not stop a client
         logger.debug("configuration not usable ({}); using the environment", type(exc).__name__)
@@ -113,6 +119,7 @@ def load_endpoint() -> Endpoint:
         port=_port(env.get("EXAI_PORT"), DEFAULT_PORT),
         monitor_port=_port(env.get("EXAI_MONITOR_PORT"), DEFAULT_MONITOR_PORT),
         auth_token=env.get("EXAI_AUTH_TOKEN") or None,
+        http_port=_port(env.get("EXAI_HTTP_PORT"), DEFAULT_HTTP_PORT),
     )
 
 

@@ -24,6 +24,8 @@ ENV_FILE: Final = ".env"
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8079
 DEFAULT_MONITOR_PORT: Final = 8080
+DEFAULT_HTTP_PORT: Final = 8081
+DEFAULT_HTTP_SESSION_IDLE_SECS: Final = 300.0
 DEFAULT_MAX_CONNECTIONS: Final = 1000
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_576
 DEFAULT_GLOBAL_MAX_INFLIGHT: Final = 24
@@ -59,7 +61,7 @@ UNSET: Final = "unset"
 
 # Field groups sharing one rule. The rule text is also used when pydantic itself rejects
 # the value (not an integer, not a number), so every message states the same rule.
-_PORTS: Final = ("port", "monitor_port")
+_PORTS: Final = ("port", "monitor_port", "http_port")
 _AT_LEAST_ONE: Final = (
     "max_connections",
     "max_message_bytes",
@@ -82,6 +84,7 @@ _POSITIVE_NUMBERS: Final = (
     "stream_idle_secs",
     "circuit_cooldown_secs",
     "conversation_ttl_hours",
+    "http_session_idle_secs",
 )
 # A grace of 0 means "cancel in-flight calls at once on SIGTERM".
 _NON_NEGATIVE_NUMBERS: Final = ("shutdown_grace_secs",)
@@ -151,6 +154,7 @@ class Settings(BaseSettings):
     host: str = Field(default=DEFAULT_HOST, validation_alias="EXAI_HOST")
     port: int = Field(default=DEFAULT_PORT, validation_alias="EXAI_PORT")
     monitor_port: int = Field(default=DEFAULT_MONITOR_PORT, validation_alias="EXAI_MONITOR_PORT")
+    http_port: int = Field(default=DEFAULT_HTTP_PORT, validation_alias="EXAI_HTTP_PORT")
     auth_token: SecretStr | None = Field(default=None, validation_alias="EXAI_AUTH_TOKEN")
     max_connections: int = Field(
         default=DEFAULT_MAX_CONNECTIONS, validation_alias="EXAI_MAX_CONNECTIONS"
@@ -229,6 +233,9 @@ class Settings(BaseSettings):
         default=DEFAULT_MAX_RESULT_TOKENS, validation_alias="EXAI_MAX_RESULT_TOKENS"
     )
     disabled_tools: list[str] | None = Field(default=None, validation_alias="EXAI_DISABLED_TOOLS")
+    http_session_idle_secs: float = Field(
+        default=DEFAULT_HTTP_SESSION_IDLE_SECS, validation_alias="EXAI_HTTP_SESSION_IDLE_SECS"
+    )
 
     # -- before: turn text from the environment into the field's shape ---------------------
 

@@ -25,6 +25,7 @@ class Bound:
     url: str
     monitor_url: str | None
     daemon: Daemon
+    http_url: str | None = None
 
 
 class Daemon:
@@ -130,14 +131,18 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
 
 async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: Any) -> None:
     """Accept clients until shutdown is requested; then stop accepting, drain, close."""
+    from exai.transports.http import serve_http
     from exai.transports.ws import serve_websockets
 
     async with trio.open_nursery() as connections:
         daemon.connection_nursery = connections
         async with trio.open_nursery() as accepting:
             url = await accepting.start(serve_websockets, daemon)
+            # HTTP keeps answering while the daemon drains (new sessions get 503), so calls
+            # finishing within the grace period still reach their clients; it stops last.
+            http_url = await connections.start(serve_http, daemon)
             daemon.ready = True
-            task_status.started(Bound(url, monitor_url, daemon))
+            task_status.started(Bound(url, monitor_url, daemon, http_url))
             await daemon.stopping.wait()
             daemon.ready = False
             daemon.draining = True
@@ -162,12 +167,20 @@ async def _drain(daemon: Daemon) -> None:
         await daemon.connections.wait_empty()
 
 
-def run_serve(*, host: str | None, port: int | None, monitor_port: int | None, demo: bool) -> int:
+def run_serve(
+    *,
+    host: str | None,
+    port: int | None,
+    monitor_port: int | None,
+    demo: bool,
+    http_port: int | None = None,
+) -> int:
     """`exai serve`: 0 after a clean shutdown, 2 on invalid configuration."""
     from exai.config import ConfigError, load_settings
     from exai.logs import setup_logging
 
-    overrides = {k: v for k, v in {"host": host, "port": port, "monitor_port": monitor_port}.items() if v is not None}
+    given = {"host": host, "port": port, "monitor_port": monitor_port, "http_port": http_port}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
@@ -181,6 +194,8 @@ def run_serve(*, host: str | None, port: int | None, monitor_port: int | None, d
             print(f"exai listening on {bound.url.rstrip('/')}", flush=True)
             if bound.monitor_url and settings.monitor_port == 0:
                 print(f"exai monitor on {bound.monitor_url}", flush=True)
+            if bound.http_url:
+                print(f"exai http on {bound.http_url}", flush=True)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     logger.info("received {}, shutting down", signal.Signals(signum).name)

@@ -24,6 +24,7 @@ from exai.protocol import (
     Message,
     Notification,
     Request,
+    RequestId,
     Response,
     RpcError,
     error_message,
@@ -63,6 +64,9 @@ class Session:
         # Set by the transport: stop taking messages, and end the transport once the calls
         # have ended (shutdown uses it after the grace period).
         self.end_transport: Callable[[], None] = lambda: None
+        # Set by a transport that must know when a call is over, answered or not (HTTP
+        # closes the call's stream even when no response is owed).
+        self.call_ended: Callable[[RequestId], None] = lambda request_id: None
         self.log = logger.bind(conn=session_id)
 
     def cancel_calls(self, reason: CancelReason) -> int:
@@ -197,6 +201,7 @@ class Session:
         finally:
             del self.calls[call.id]
             self.daemon.calls.remove((self.id, call.id))
+            self.call_ended(call.id)
 
 
 @asynccontextmanager

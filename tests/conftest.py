@@ -53,6 +53,7 @@ def test_settings(tmp_path: Any, sim_url: str | None, **overrides: Any) -> Setti
         "host": "127.0.0.1",
         "port": 0,
         "monitor_port": 0,
+        "http_port": 0,
         "state_dir": tmp_path / "state",
         "allowed_roots": [tmp_path],
         "shutdown_grace_secs": 1.0,

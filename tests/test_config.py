@@ -55,6 +55,7 @@ def problem_of() -> str:
 def test_defaults_are_the_contract(tmp_path: Path) -> None:
     s = load_settings()
     assert (s.host, s.port, s.monitor_port, s.auth_token) == ("127.0.0.1", 8079, 8080, None)
+    assert (s.http_port, s.http_session_idle_secs) == (8081, 300.0)
     assert (s.max_connections, s.max_message_bytes) == (1000, 1048576)
     assert (s.global_max_inflight, s.session_max_inflight) == (24, 8)
     assert (s.kimi_max_inflight, s.glm_max_inflight, s.max_queued) == (6, 4, 256)
@@ -85,7 +86,7 @@ def test_env_names_are_the_contract() -> None:
     for name, env in ENV_NAMES.items():
         if name not in plain:
             assert env == f"EXAI_{name.upper()}"
-    assert len(ENV_NAMES) == 39
+    assert len(ENV_NAMES) == 41
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -182,6 +183,8 @@ def test_env_example_lists_every_variable_with_its_default(
         ("EXAI_PORT", "abc", "must be an integer from 0 to 65535"),
         ("EXAI_PORT", "70000", "must be an integer from 0 to 65535"),
         ("EXAI_MONITOR_PORT", "-1", "must be an integer from 0 to 65535"),
+        ("EXAI_HTTP_PORT", "65536", "must be an integer from 0 to 65535"),
+        ("EXAI_HTTP_SESSION_IDLE_SECS", "0", "must be a number > 0"),
         ("EXAI_MAX_CONNECTIONS", "0", "must be an integer >= 1"),
         ("EXAI_GLOBAL_MAX_INFLIGHT", "-3", "must be an integer >= 1"),
         ("EXAI_MAX_MESSAGE_BYTES", "1.5", "must be an integer >= 1"),

@@ -19,7 +19,7 @@ EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 
 def clean_env(tmp_path: Any, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env.update(EXAI_STATE_DIR=str(tmp_path / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0")
+    env.update(EXAI_STATE_DIR=str(tmp_path / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0", EXAI_HTTP_PORT="0")
     env.update(extra)
     return env
 
@@ -56,12 +56,13 @@ async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) 
         assert proc.stdout is not None and proc.stderr is not None
         buffer = b""
         with trio.fail_after(20):
-            while b"exai monitor on" not in buffer:
+            while b"exai http on" not in buffer:
                 chunk = await proc.stdout.receive_some()
                 assert chunk, "serve exited early"
                 buffer += chunk
         match = re.search(rb"exai listening on (ws://127\.0\.0\.1:\d+)", buffer)
         assert match, buffer
+        assert re.search(rb"exai http on http://127\.0\.0\.1:\d+/mcp\n", buffer), buffer
         url = match.group(1).decode()
         answers: list[Any] = []
         async with connect(url) as client:

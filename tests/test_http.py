@@ -1,0 +1,667 @@
+"""MCP Streamable HTTP: the daemon's /mcp endpoint over real loopback HTTP, on the simulator.
+
+Rules: loopback only, port 0, real time with short, generous bounds (these tests cross
+real sockets). The official MCP SDK client runs on trio through anyio; the raw tests use
+httpx so every status and header is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from httpx_sse import aconnect_sse
+from support import eventually
+
+from exai.transports.http import REPLAY_MAX_EVENTS, accepts
+
+HANG = '#sim {"hang": true}'
+ACCEPT_BOTH = "application/json, text/event-stream"
+
+
+def sim_prompt(text: str, **behaviour: Any) -> str:
+    return f"{text}\n#sim {json.dumps(behaviour)}"
+
+
+def request(id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}}
+
+
+def call(id: Any, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    if meta:
+        params["_meta"] = meta
+    return request(id, "tools/call", params)
+
+
+def sse_messages(text: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """(event id, message or None for a priming event) of an SSE body."""
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in block.splitlines())
+        if "id" in fields:
+            data = fields.get("data", "")
+            found.append((fields["id"], json.loads(data) if data else None))
+    return found
+
+
+class McpHttp:
+    """A raw Streamable HTTP client session for tests."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str, token: str | None = None):
+        self.http = http
+        self.url = url
+        self.token = token
+        self.session_id: str | None = None
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        headers.update({k.replace("_", "-"): v for k, v in extra.items()})
+        return headers
+
+    async def post(self, message: Any, **headers: str) -> httpx.Response:
+        body = message if isinstance(message, str | bytes) else json.dumps(message)
+        return await self.http.post(self.url, content=body, headers=self.headers(**headers))
+
+    async def initialize(self, version: str = "2025-11-25") -> dict[str, Any]:
+        params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        response = await self.post(request(0, "initialize", params))
+        assert response.status_code == 200, response.text
+        self.session_id = response.headers["mcp-session-id"]
+        note = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert note.status_code == 202
+        return response.json()
+
+    async def rpc(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The response of one request, whether it comes as JSON or on an SSE stream."""
+        response = await self.post(message)
+        assert response.status_code == 200, response.text
+        if response.headers["content-type"].startswith("application/json"):
+            return response.json()
+        messages = [m for _, m in sse_messages(response.text) if m is not None]
+        return messages[-1]
+
+    async def call_tool(self, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+        return await self.rpc(call(f"c-{tool}-{trio.current_time()}", tool, arguments, **meta))
+
+    async def delete(self) -> httpx.Response:
+        return await self.http.delete(self.url, headers=self.headers())
+
+
+@asynccontextmanager
+async def mcp_session(url: str, token: str | None = None) -> AsyncIterator[McpHttp]:
+    async with httpx.AsyncClient(timeout=10) as http:
+        client = McpHttp(http, url, token)
+        await client.initialize()
+        yield client
+
+
+async def valid_call_works(client: McpHttp) -> None:
+    reply = await client.call_tool("chat", {"prompt": "still there?"})
+    assert reply["result"]["isError"] is False, reply
+
+
+# -- the official MCP SDK client ---------------------------------------------------------
+
+
+# The SDK leaves its SSE iterators for the garbage collector once a response is complete;
+# under trio that is a ResourceWarning from the client library, not from the server.
+@pytest.mark.filterwarnings("ignore:Async generator 'httpx2.:ResourceWarning")
+@pytest.mark.filterwarnings("ignore:Async generator 'httpcore2.:ResourceWarning")
+async def test_official_sdk_client_initialize_list_call_progress_cancel_end(daemon: Any, simulator: Any) -> None:
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async with streamable_http_client(daemon.http_url) as (read, write), ClientSession(read, write) as mcp:
+        init = await mcp.initialize()
+        assert init.server_info.name == "exai"
+        tools = {tool.name for tool in (await mcp.list_tools()).tools}
+        assert {"chat", "listmodels", "version", "status"} <= tools
+        prompt = sim_prompt("stream", chunks=6, chunk_delay_s=0.1)
+        result = await mcp.call_tool("chat", {"prompt": prompt}, progress_callback=on_progress)
+        assert result.is_error is False
+        assert len(progress) >= 2 and progress == sorted(set(progress))
+        status = json.loads((await mcp.call_tool("status", {})).content[0].text)
+        assert any(name.startswith("session:h") for name in status["limiters"])
+
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mcp.call_tool, "chat", {"prompt": f"x\n{HANG}"})
+                with trio.fail_after(2):
+                    await simulator.wait_until(lambda s: s.inflight == 1)
+                scope.cancel()
+        cancelled = trio.current_time()
+        with trio.fail_after(1):
+            await simulator.wait_until(lambda s: s.aborted == 1)
+        assert trio.current_time() - cancelled < 0.1
+        assert (await mcp.call_tool("version", {})).is_error is False
+        assert len(daemon.daemon.connections) == 1
+    # Leaving the client sends DELETE: the session ends.
+    await eventually(lambda: len(daemon.daemon.connections) == 0, what="the session ended")
+
+
+# -- headers: auth, origin, session ids, versions --------------------------------------------
+
+
+async def test_auth_token_required_on_every_request(daemons: Any) -> None:
+    bound = await daemons.start(auth_token="s3cret-token")
+    async with httpx.AsyncClient() as http:
+        anonymous = McpHttp(http, bound.http_url)
+        init = request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+        assert (await anonymous.post(init)).status_code == 401
+        wrong = await anonymous.post(init, Authorization="Bearer wrong")
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        assert (await anonymous.post(init, Authorization="Basic s3cret-token")).status_code == 401
+        client = McpHttp(http, bound.http_url, token="s3cret-token")
+        await client.initialize()
+        await valid_call_works(client)
+        # Every later request is checked too, session id or not.
+        stolen = McpHttp(http, bound.http_url)
+        stolen.session_id = client.session_id
+        assert (await stolen.post(request(1, "ping"))).status_code == 401
+        assert (await http.get(bound.http_url, headers={"Mcp-Session-Id": client.session_id or ""})).status_code == 401
+        assert (await stolen.delete()).status_code == 401
+        assert (await client.delete()).status_code == 204
+
+
+@pytest.mark.parametrize(
+    "origin, allowed",
+    [
+        ("http://evil.example", False),
+        ("http://127.0.0.1:1", False),
+        ("null", False),
+        ("http://127.0.0.1:{port}", True),
+        ("http://localhost:{port}", True),
+    ],
+)
+async def test_origin_must_be_this_server(daemon: Any, origin: str, allowed: bool) -> None:
+    port = httpx.URL(daemon.http_url).port
+    async with mcp_session(daemon.http_url) as client:
+        response = await client.post(request(1, "ping"), Origin=origin.format(port=port))
+        assert response.status_code == (200 if allowed else 403), response.text
+        if not allowed:
+            assert "Origin" in response.json()["error"]["message"]
+
+
+async def test_session_ids_missing_unknown_and_ended(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        session_id = client.session_id
+        assert session_id and all(0x21 <= ord(ch) <= 0x7E for ch in session_id)
+        assert len(session_id) >= 32
+        client.session_id = None
+        missing = await client.post(request(1, "ping"))
+        assert missing.status_code == 400 and "Mcp-Session-Id" in missing.json()["error"]["message"]
+        assert (await client.http.get(client.url, headers={"Accept": "text/event-stream"})).status_code == 400
+        assert (await client.delete()).status_code == 400
+        client.session_id = "no-such-session"
+        assert (await client.post(request(1, "ping"))).status_code == 404
+        assert (await client.delete()).status_code == 404
+        client.session_id = session_id
+        assert (await client.rpc(request(2, "ping")))["result"] == {}
+        assert (await client.delete()).status_code == 204
+        assert (await client.post(request(3, "ping"))).status_code == 404
+        assert (await client.post({"jsonrpc": "2.0", "method": "notifications/initialized"})).status_code == 404
+        assert (await client.delete()).status_code == 404
+
+
+async def test_two_sessions_have_distinct_ids_and_limiters(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as one, mcp_session(daemon.http_url) as two:
+        assert one.session_id != two.session_id
+        limiters = daemon.daemon.limits.statistics()
+        assert len([name for name in limiters if name.startswith("session:h")]) == 2
+        assert daemon.daemon.status()["connections"] == 2
+
+
+@pytest.mark.parametrize(
+    "header, status",
+    [("2025-11-25", 200), ("2025-06-18", 200), ("2025-03-26", 200), ("2024-11-05", 400), ("banana", 400)],
+)
+async def test_protocol_version_header(daemon: Any, header: str, status: int) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        response = await client.post(request(1, "ping"), MCP_Protocol_Version=header)
+        assert response.status_code == status, response.text
+        if status == 400:
+            assert "MCP-Protocol-Version" in response.json()["error"]["message"]
+
+
+async def test_accept_content_type_method_path_and_size(daemons: Any) -> None:
+    bound = await daemons.start(max_message_bytes=1024)
+    async with mcp_session(bound.http_url) as client:
+        assert (await client.post(request(1, "ping"), Accept="text/html")).status_code == 406
+        only_json = await client.post(call(2, "version", {}), Accept="application/json")
+        assert only_json.status_code == 200 and only_json.json()["result"]["isError"] is False
+        only_sse = await client.post(request(3, "ping"), Accept="text/event-stream")
+        assert only_sse.headers["content-type"].startswith("text/event-stream")
+        assert sse_messages(only_sse.text)[-1][1] == {"jsonrpc": "2.0", "id": 3, "result": {}}
+        assert (await client.post(request(4, "ping"), Content_Type="text/plain")).status_code == 415
+        big = await client.post(call(5, "chat", {"prompt": "x" * 2048}))
+        assert big.status_code == 413
+        put = await client.http.put(client.url, headers=client.headers())
+        assert put.status_code == 405 and "POST" in put.headers["allow"]
+        elsewhere = await client.http.post(client.url.replace("/mcp", "/other"), headers=client.headers())
+        assert elsewhere.status_code == 404
+        await valid_call_works(client)
+
+
+async def test_max_connections_counts_http_sessions(daemons: Any) -> None:
+    bound = await daemons.start(max_connections=1)
+    async with mcp_session(bound.http_url) as client:
+        async with httpx.AsyncClient() as http:
+            refused = await McpHttp(http, bound.http_url).post(
+                request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+            )
+        assert refused.status_code == 503
+        assert refused.json()["error"]["data"]["retry_after_s"] >= 1
+        assert (await client.delete()).status_code == 204
+    async with mcp_session(bound.http_url) as again:
+        await valid_call_works(again)
+
+
+# -- calls belong to the session, not to a response ---------------------------------------
+
+
+async def test_delete_aborts_the_sessions_provider_requests_at_once(daemon: Any, simulator: Any) -> None:
+    async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
+        for n in range(2):
+            nursery.start_soon(client.post, call(n, "chat", {"prompt": f"hold {n}\n{HANG}"}))
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.inflight == 2)
+        started = trio.current_time()
+        response = await client.delete()
+        with trio.fail_after(1):
+            await simulator.wait_until(lambda s: s.aborted == 2)
+        assert trio.current_time() - started < 0.1
+        assert response.status_code == 204
+        assert len(daemon.daemon.calls) == 0 and len(daemon.daemon.connections) == 0
+
+
+async def test_dropped_stream_does_not_cancel_and_last_event_id_gets_the_result(
+    daemon: Any, simulator: Any
+) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        prompt = sim_prompt("slow", chunks=4, chunk_delay_s=0.15)
+        message = call("resumable", "chat", {"prompt": prompt}, progressToken="tok")
+        # Raw socket: read the stream up to the first progress event, then drop the connection.
+        url = httpx.URL(client.url)
+        body = json.dumps(message).encode()
+        head = "".join(f"{k}: {v}\r\n" for k, v in client.headers().items())
+        raw = f"POST /mcp HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+        received = b""
+        async with await trio.open_tcp_stream(url.host, url.port) as sock:
+            await sock.send_all(raw.encode() + body)
+            with trio.fail_after(3):
+                while b"notifications/progress" not in received:
+                    received += await sock.receive_some()
+        assert b" 200 " in received.split(b"\r\n")[0]
+        seen = re.findall(r"^id: (\S+)$", received.decode(), re.MULTILINE)
+        assert simulator.stats.aborted == 0
+        assert len(daemon.daemon.calls) == 1, "a dropped stream must not cancel the call"
+        replay = await client.http.get(
+            client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID=seen[-1])
+        )
+        assert replay.status_code == 200
+        events = sse_messages(replay.text)
+        ids = [int(event_id.split("-")[1]) for event_id, _ in events]
+        assert ids == sorted(ids) and ids[0] > int(seen[-1].split("-")[1])
+        final = events[-1][1]
+        assert final is not None and final["id"] == "resumable"
+        assert final["result"]["isError"] is False
+        progress = [m["params"]["progress"] for _, m in events[:-1] if m is not None]
+        assert progress == sorted(set(progress))
+        assert simulator.stats.aborted == 0
+        # The same replay again, from the start: everything kept, the response last.
+        again = await client.http.get(
+            client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID=seen[0])
+        )
+        assert sse_messages(again.text)[-1][1] == final
+        unknown = await client.http.get(
+            client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID="999-1")
+        )
+        assert unknown.status_code == 400
+
+
+async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(http_session_idle_secs=0.5)
+    async with mcp_session(bound.http_url) as client:
+        # A request stream that the client drops: the call runs on, the session goes idle.
+        with trio.move_on_after(0.3):
+            await client.post(call("idle", "chat", {"prompt": f"x\n{HANG}"}))
+        assert simulator.stats.inflight == 1
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.aborted == 1)
+        assert (await client.post(request(1, "ping"))).status_code == 404
+        assert len(bound.daemon.connections) == 0
+
+
+async def test_open_get_stream_keeps_an_idle_session(daemons: Any) -> None:
+    bound = await daemons.start(http_session_idle_secs=0.3)
+    async with mcp_session(bound.http_url) as client:
+        with trio.move_on_after(0.8):
+            async with aconnect_sse(client.http, "GET", client.url, headers=client.headers()) as source:
+                assert source.response.status_code == 200
+                conflict = await client.http.get(client.url, headers=client.headers())
+                assert conflict.status_code == 409
+                async for _ in source.aiter_sse():
+                    pass
+        assert (await client.rpc(request(1, "ping")))["result"] == {}
+        await trio.sleep(0.6)
+        assert (await client.post(request(2, "ping"))).status_code == 404
+
+
+async def test_cancel_notification_ends_the_stream_without_a_response(daemon: Any, simulator: Any) -> None:
+    async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
+        replies: list[httpx.Response] = []
+
+        async def post_call() -> None:
+            replies.append(await client.post(call("to-cancel", "chat", {"prompt": f"x\n{HANG}"})))
+
+        nursery.start_soon(post_call)
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "to-cancel"}}
+        assert (await client.post(note)).status_code == 202
+        with trio.fail_after(1):
+            await simulator.wait_until(lambda s: s.aborted == 1)
+        await eventually(lambda: bool(replies), what="the call's stream ended")
+        assert all(message is None or "id" not in message for _, message in sse_messages(replies[0].text))
+        await valid_call_works(client)
+
+
+async def test_shutdown_refuses_new_sessions_and_lets_calls_finish(daemons: Any) -> None:
+    bound = await daemons.start(shutdown_grace_secs=2.0)
+    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
+        replies: list[dict[str, Any]] = []
+
+        async def slow_call() -> None:
+            replies.append(await client.call_tool("chat", {"prompt": sim_prompt("slow", latency_s=0.5)}))
+
+        nursery.start_soon(slow_call)
+        await eventually(lambda: len(bound.daemon.calls) == 1)
+        bound.daemon.request_shutdown()
+        await eventually(lambda: bound.daemon.draining)
+        async with httpx.AsyncClient() as http:
+            late = await McpHttp(http, bound.http_url).post(
+                request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
+            )
+        assert late.status_code == 503
+        await eventually(lambda: bool(replies), timeout=3, what="the call finished in the grace period")
+        assert replies[0]["result"]["isError"] is False
+        with trio.fail_after(5):
+            await bound.daemon.stopped.wait()
+
+
+async def test_shutdown_cancels_calls_past_the_grace_and_ends_streams(daemons: Any, simulator: Any) -> None:
+    bound = await daemons.start(shutdown_grace_secs=0.2)
+    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
+        replies: list[dict[str, Any]] = []
+
+        async def hanging_call() -> None:
+            replies.append(await client.call_tool("chat", {"prompt": f"x\n{HANG}"}))
+
+        nursery.start_soon(hanging_call)
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        bound.daemon.request_shutdown()
+        with trio.fail_after(5):
+            await bound.daemon.stopped.wait()
+        await eventually(lambda: bool(replies), what="the stream ended with an answer")
+        assert replies[0]["error"]["data"] == {"reason": "shutdown"}
+        assert simulator.stats.aborted == 1
+
+
+async def test_replay_kept_is_bounded_per_session(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        for n in range(3):
+            await client.rpc(call(n, "version", {}))
+        session = next(iter(daemon.daemon.connections.active.values()))
+        http_session = session.send.__self__
+        assert 0 < len(http_session.replay) <= REPLAY_MAX_EVENTS
+        assert 2 in http_session.streams  # the first call's stream, done, kept for replay
+        for _ in range(REPLAY_MAX_EVENTS):
+            http_session._push(http_session.open_stream(None, resumable=True), "x")
+        assert len(http_session.replay) == REPLAY_MAX_EVENTS
+        assert 2 not in http_session.streams  # its events evicted: the stream is gone
+        assert (await client.delete()).status_code == 204
+    await eventually(lambda: not http_session.replay and not http_session.streams, what="freed")
+
+
+# -- the contract's error table, every row, over HTTP --------------------------------------
+
+
+async def test_not_json_is_a_parse_error(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        response = await client.post("{not json")
+        assert response.status_code == 400
+        assert response.json()["id"] is None and response.json()["error"]["code"] == -32700
+        await valid_call_works(client)
+
+
+@pytest.mark.parametrize(
+    "frame, expected_id",
+    [
+        ('{"id": 7, "method": "ping"}', 7),
+        ('{"jsonrpc": "1.0", "id": 8, "method": "ping"}', 8),
+        ('[{"jsonrpc": "2.0", "id": 9, "method": "ping"}]', None),
+        ('{"jsonrpc": "2.0", "id": null, "method": "ping"}', None),
+        ('{"jsonrpc": "2.0", "id": 10, "method": 5}', 10),
+        ('"just a string"', None),
+        ('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', None),
+    ],
+)
+async def test_invalid_requests(daemon: Any, frame: str, expected_id: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        response = await client.post(frame)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == -32600
+        assert response.json()["id"] == expected_id
+        await valid_call_works(client)
+
+
+async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
+    async with httpx.AsyncClient() as http:
+        client = McpHttp(http, daemon.http_url)
+        # Without a session only initialize is possible; a failed initialize makes none.
+        bad = await client.post(request(0, "initialize", {"protocolVersion": 5}))
+        assert bad.json()["error"]["code"] == -32602 and "mcp-session-id" not in bad.headers
+        assert (await client.post(request(1, "tools/list"))).status_code == 400
+        await client.initialize("2025-06-18")
+        again = await client.rpc(request(2, "initialize", {"protocolVersion": "2025-11-25"}))
+        assert again["error"]["code"] == -32600
+        await valid_call_works(client)
+
+
+@pytest.mark.parametrize(
+    "requested, answered",
+    [("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"), ("2024-11-05", "2025-11-25")],
+)
+async def test_version_negotiation(daemon: Any, requested: str, answered: str) -> None:
+    async with httpx.AsyncClient() as http:
+        result = (await McpHttp(http, daemon.http_url).initialize(requested))["result"]
+        assert result["protocolVersion"] == answered
+        assert result["serverInfo"]["name"] == "exai"
+
+
+async def test_unknown_method(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        assert (await client.rpc(request(1, "resources/list")))["error"]["code"] == -32601
+        await valid_call_works(client)
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"name": "no-such-tool", "arguments": {}}, "Unknown tool"),
+        ({"arguments": {}}, "name"),
+        ({"name": "chat", "arguments": [1, 2]}, "arguments"),
+        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"exai/timeout": -1}}, "exai/timeout"),
+        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"progressToken": [1]}}, "progressToken"),
+    ],
+)
+async def test_bad_call_params(daemon: Any, params: dict[str, Any], fragment: str) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        reply = await client.rpc(request(1, "tools/call", params))
+        assert reply["error"]["code"] == -32602 and fragment in reply["error"]["message"]
+        await valid_call_works(client)
+
+
+async def test_tool_arguments_failing_the_schema_name_each_field(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        result = (await client.call_tool("chat", {"temperature": 9, "bogus": 1}))["result"]
+        assert result["isError"] is True
+        for field in ("prompt", "temperature", "bogus"):
+            assert field in result["content"][0]["text"]
+
+
+async def test_deadline_gives_32001_and_frees_everything(daemon: Any, simulator: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        started = trio.current_time()
+        reply = await client.call_tool("chat", {"prompt": f"slow\n{HANG}"}, **{"exai/timeout": 1})
+        assert 1.0 <= trio.current_time() - started <= 1.3
+        assert reply["error"] == {"code": -32001, "message": "Request timed out after 1 s", "data": {"timeout_s": 1}}
+        with trio.fail_after(1):
+            await simulator.wait_until(lambda s: s.aborted == 1 and s.inflight == 0)
+        await valid_call_works(client)
+
+
+async def test_overloaded_when_queue_full(daemons: Any) -> None:
+    bound = await daemons.start(global_max_inflight=1, session_max_inflight=1, max_queued=1)
+    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
+        for n in range(2):
+            nursery.start_soon(client.post, call(f"hold-{n}", "chat", {"prompt": f"hold\n{HANG}"}))
+        await eventually(lambda: bound.daemon.limits.queued == 1)
+        started = trio.current_time()
+        reply = await client.call_tool("chat", {"prompt": "one too many"})
+        assert trio.current_time() - started < 0.5
+        assert reply["error"]["code"] == -32000 and reply["error"]["message"] == "Server overloaded"
+        assert reply["error"]["data"]["retry_after_s"] >= 1
+        assert (await client.delete()).status_code == 204
+
+
+async def test_duplicate_inflight_id_is_refused_and_first_goes_on(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
+        first: list[dict[str, Any]] = []
+        message = call(42, "chat", {"prompt": sim_prompt("slow", latency_s=0.5)})
+
+        async def post_first() -> None:
+            first.append(await client.rpc(message))
+
+        nursery.start_soon(post_first)
+        await eventually(lambda: len(daemon.daemon.calls) == 1)
+        second = await client.rpc(message)
+        assert second["id"] == 42 and second["error"]["code"] == -32600
+        await eventually(lambda: bool(first))
+        assert first[0]["id"] == 42 and first[0]["result"]["isError"] is False
+
+
+async def test_unexpected_error_is_32603_with_logged_error_id(daemon: Any, log_lines: list[str]) -> None:
+    from test_daemon import Boom
+
+    daemon.daemon.services.tools["boom"] = Boom()
+    async with mcp_session(daemon.http_url) as client:
+        reply = await client.call_tool("boom", {})
+        assert reply["error"]["code"] == -32603 and reply["error"]["message"] == "Internal error"
+        assert "Traceback" not in json.dumps(reply)
+        assert any(reply["error"]["data"]["error_id"] in line for line in log_lines)
+        await valid_call_works(client)
+
+
+async def test_provider_failure_is_an_iserror_result_naming_the_provider(daemon: Any) -> None:
+    async with mcp_session(daemon.http_url) as client:
+        prompt = sim_prompt("x", status=400, error_body={"error": {"message": "bad thing", "type": "invalid_request_error"}})
+        result = (await client.call_tool("chat", {"prompt": prompt}))["result"]
+        assert result["isError"] is True and "kimi" in result["content"][0]["text"].lower()
+        await valid_call_works(client)
+
+
+# -- small pure parts ---------------------------------------------------------------------------
+
+
+def test_accept_parsing() -> None:
+    assert accepts("application/json, text/event-stream", "text/event-stream")
+    assert accepts("text/*;q=0.5", "text/event-stream") and accepts("*/*", "application/json")
+    assert not accepts("text/html", "application/json")
+
+
+async def test_a_fault_in_one_session_ends_only_that_session(daemon: Any, log_lines: list[str]) -> None:
+    async with mcp_session(daemon.http_url) as broken, mcp_session(daemon.http_url) as healthy:
+        sessions = {s.send.__self__.secret: s for s in daemon.daemon.connections.active.values()}
+        session = sessions[broken.session_id]
+
+        async def explode(frame: bytes) -> None:
+            raise RuntimeError("dispatch broke")
+
+        session.dispatch = explode  # type: ignore[method-assign]
+        await broken.post(request(1, "ping"))
+        await eventually(lambda: len(daemon.daemon.connections) == 1, what="the broken session ended")
+        failures = [line for line in log_lines if "failed, error id" in line]
+        assert len(failures) == 1 and session.id in failures[0]
+        assert (await broken.post(request(2, "ping"))).status_code == 404
+        await valid_call_works(healthy)
+
+
+# -- property: whatever arrives, a clear 4xx or an answer, never a 5xx; the session goes on ----
+# pytest-trio fixtures do not outlive one hypothesis example, so each example runs its own
+# daemon (demo mode: no provider needed) in its own trio.run.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from exai.server import serve  # noqa: E402
+
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=10,
+        ).map(json.dumps),
+    ),
+    method=st.sampled_from(["POST", "GET", "DELETE", "PUT"]),
+    accept=_header_text | st.just(ACCEPT_BOTH),
+    version=st.none() | _header_text | st.just("2025-11-25"),
+    last_event_id=st.none() | _header_text,
+)
+def test_any_request_gets_a_clear_answer_and_the_session_goes_on(
+    tmp_path: Any, body: Any, method: str, accept: str, version: str | None, last_event_id: str | None
+) -> None:
+    from conftest import test_settings
+
+    async def example() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(partial(serve, test_settings(tmp_path, None), demo=True))
+            async with mcp_session(bound.http_url) as client:
+                headers = client.headers(Accept=accept)
+                if version is not None:
+                    headers["MCP-Protocol-Version"] = version
+                if last_event_id is not None:
+                    headers["Last-Event-ID"] = last_event_id
+                # A GET may open the server stream, which stays open: read the status only.
+                with trio.fail_after(5):
+                    async with client.http.stream(method, client.url, content=body, headers=headers) as response:
+                        assert response.status_code < 500, response.status_code
+                if method != "DELETE":
+                    assert (await client.rpc(request("after", "ping")))["result"] == {}
+            bound.daemon.request_shutdown()
+
+    trio.run(example)
