@@ -47,6 +47,11 @@ class CircuitBreaker:
             return HALF_OPEN
         return OPEN
 
+    @property
+    def probes_inflight(self) -> int:
+        """Half-open probe requests running now: 0 or 1."""
+        return int(self._probe_inflight)
+
     def admits(self) -> bool:
         """Would a request be let through now (without taking the probe slot)?"""
         state = self.state

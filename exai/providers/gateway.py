@@ -391,7 +391,9 @@ class ModelGateway:
         return out
 
     def statistics(self) -> dict[str, dict[str, Any]]:
-        """Per provider: circuit state, open requests, attempts, failed attempts, tokens."""
+        """Per provider: circuit state, open requests, attempts, failed attempts, tokens, and
+        what is waiting on it: callers sleeping for their request-rate turn, half-open probes
+        in flight, pooled sockets busy with a request."""
         return {
             name: {
                 "circuit": route.state,
@@ -400,6 +402,9 @@ class ModelGateway:
                 "errors_total": route.stats.errors_total,
                 "prompt_tokens": route.stats.prompt_tokens,
                 "completion_tokens": route.stats.completion_tokens,
+                "rate_waiting": route.rate.waiting if route.rate is not None else 0,
+                "probes_inflight": route.circuit.probes_inflight,
+                "busy_connections": _busy_connections(route),
             }
             for name, route in self.routes.items()
         }
@@ -412,15 +417,27 @@ class ModelGateway:
     @property
     def busy_connections(self) -> int:
         """Provider sockets carrying a request or response right now (idle pooled ones excluded)."""
-        total = 0
-        for route in self.routes.values():
-            if route.http is not None and isinstance(route.http.transport, TrioH11Transport):
-                total += route.http.transport.statistics()["active"]
-        return total
+        return sum(_busy_connections(route) for route in self.routes.values())
+
+    @property
+    def rate_waiting(self) -> int:
+        """Callers sleeping until their request-rate turn, across providers."""
+        return sum(route.rate.waiting for route in self.routes.values() if route.rate is not None)
+
+    @property
+    def probes_inflight(self) -> int:
+        """Half-open circuit probes in flight, across providers."""
+        return sum(route.circuit.probes_inflight for route in self.routes.values())
 
     def allowed_models(self) -> list[str]:
         """Names a call may use (besides "auto")."""
         return self._allowed_names()
+
+
+def _busy_connections(route: Route) -> int:
+    if route.http is not None and isinstance(route.http.transport, TrioH11Transport):
+        return int(route.http.transport.statistics()["active"])
+    return 0
 
 
 def _final(exc: AttemptError, attempts: int) -> ProviderError:
