@@ -141,7 +141,9 @@ class Soak:
     fuzz_codes: Counter[str] = field(default_factory=Counter)
     internal_errors: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    recent_inputs: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    # fuzz client -> its last bad inputs (after a fatal one, a client may send more while the daemon dies)
+    last_inputs: dict[int, deque[str]] = field(default_factory=dict)
+    load: trio.CancelScope | None = None  # the clients' scope: cancelled when the daemon dies
     checks: dict[str, Check] = field(default_factory=dict)
     samples: int = 0
     max_seen: Counter[str] = field(default_factory=Counter)
@@ -152,6 +154,9 @@ class Soak:
 
     def check(self, name: str) -> Check:
         return self.checks.setdefault(name, Check(name))
+
+    def note_input(self, client: int, what: str) -> None:
+        self.last_inputs.setdefault(client, deque(maxlen=3)).append(what)
 
     def record(self, action: str, outcome: str) -> None:
         self.outcomes[outcome] += 1
@@ -453,7 +458,7 @@ async def fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
     rng = soak.rng
     while trio.current_time() < stop_at and soak.daemon_died is None:
         if rng.random() < 0.1:
-            await bad_handshake(soak)
+            await bad_handshake(soak, number)
             continue
         try:
             async with open_websocket(soak.url, token=TOKEN) as ws:
@@ -465,7 +470,7 @@ async def fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
                         break
                     kind, frame = fuzz_frame(rng, soak.args.avoid_known_crashers)
                     soak.fuzz[kind] += 1
-                    soak.recent_inputs.append(f"{kind}: {frame[:80]!r}{'...' if len(frame) > 80 else ''}")
+                    soak.note_input(number, f"{kind}: {frame[:60]!r}{'...' if len(frame) > 60 else ''}")
                     await trio.sleep(rng.uniform(0, 0.05))  # leave the daemon's CPU to the callers
                     await ws.send_message(frame)
                     if kind == "oversized":
@@ -488,7 +493,7 @@ async def fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
             soak.fuzz_codes["cannot_connect"] += 1
             await trio.sleep(0.2)
         except trio.TooSlowError:
-            soak.unexpected.append(f"fuzz client {number}: no answer to a ping within 10 s after {soak.recent_inputs[-1]}")
+            soak.unexpected.append(f"fuzz client {number}: no answer to a ping within 10 s after {list(soak.last_inputs[number])[-1:]}")
 
 
 def note_fuzz_answer(soak: Soak, kind: str, message: Any) -> None:
@@ -521,7 +526,7 @@ async def expect_closed(soak: Soak, ws: Any, code: int) -> None:
         soak.unexpected.append(f"oversized frame: connection not closed within 5 s (expected {code})")
 
 
-async def bad_handshake(soak: Soak) -> None:
+async def bad_handshake(soak: Soak, number: int) -> None:
     """A wrong token (or, without --avoid-known-crashers, a non-ASCII one or a half handshake)."""
     host, port = soak.url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
     kinds = ["wrong_token", "no_token"]
@@ -529,7 +534,7 @@ async def bad_handshake(soak: Soak) -> None:
         kinds += ["non_ascii_token", "half_handshake"]
     kind = soak.rng.choice(kinds)
     soak.fuzz[f"handshake_{kind}"] += 1
-    soak.recent_inputs.append(f"handshake_{kind}")
+    soak.note_input(number, f"handshake_{kind}")
     auth = {
         "wrong_token": f"Authorization: Bearer {TOKEN[:-1]}x\r\n".encode(),
         "no_token": b"",
@@ -590,8 +595,11 @@ def daemon_alive(soak: Soak) -> bool:
     if soak.daemon_died is None:
         soak.daemon_died = f"exit code {soak.daemon.returncode}"
         soak.check("daemon alive").fail(
-            f"the daemon died ({soak.daemon_died}); last inputs sent: " + " | ".join(soak.recent_inputs)
+            f"the daemon died ({soak.daemon_died}); each fuzz client's last inputs: "
+            + " | ".join(" < ".join(reversed(inputs)) for inputs in soak.last_inputs.values())
         )
+        if soak.load is not None:
+            soak.load.cancel()  # what follows a death is no news
     return False
 
 
@@ -750,6 +758,7 @@ async def run(soak: Soak, workdir: str, log: Any) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(monitor, soak, stop_at, started)
             async with trio.open_nursery() as clients:
+                soak.load = clients.cancel_scope
                 for number in range(args.clients):
                     clients.start_soon(well_behaved_client, soak, number, stop_at)
                 for number in range(args.fuzz_clients):
@@ -785,9 +794,8 @@ def log_checks(soak: Soak, log_path: str) -> None:
     tracebacks = text.count("Traceback")
     check = soak.check("no traceback in the daemon's log")
     if tracebacks:
-        first = text.index("Traceback")
-        line_start = text.rfind("\n", 0, first) + 1
-        check.fail(f"{tracebacks} traceback(s); first: {text[line_start:first + 600]!r}")
+        raised = re.findall(r"^[\s|]*((?:[\w.]+Error|[\w.]+Exception|[\w.]*Closed)\b.*)$", text, re.MULTILINE)
+        check.fail(f"{tracebacks} traceback(s); raised: {sorted(set(raised))[:4]}")
     if TOKEN in text or "soak-dummy-kimi" in text or "soak-dummy-glm" in text:
         soak.check("no secret in the daemon's log").fail("the token or an API key appears in the log")
     soak.check("no secret in the daemon's log")
@@ -831,10 +839,10 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     for item in soak.internal_errors[:1]:
         internal.fail(f"{len(soak.internal_errors)} time(s); first: {item}")
     unexpected = soak.check("no unexpected answer or dropped connection")
-    for item in soak.unexpected[:1]:
+    for item in soak.unexpected[:1] if soak.daemon_died is None else []:
         unexpected.fail(f"{len(soak.unexpected)} time(s); first: {item}")
     odd = {k: v for k, v in soak.outcomes.items() if k.startswith("rpc_") or k in ("connection_lost", "cannot_connect")}
-    if odd:
+    if odd and soak.daemon_died is None:
         soak.check("well-behaved calls get contract answers").fail(str(odd))
     soak.check("well-behaved calls get contract answers")
     print("invariants:")
