@@ -626,12 +626,17 @@ async def sample(soak: Soak, http: httpx.AsyncClient) -> None:
     """One round of the every-second checks.
 
     A simulator request the daemon does not count is a leak. Counted here without a race:
-    of the requests open at the first simulator read, those still open at the second (read
-    SIM_RESAMPLE_S after the daemon's status) were open while the daemon's status was taken,
-    and the daemon counts a request from before it is sent until it is closed.
+    the simulator's open requests at its first read minus those that ended before its second
+    (SIM_RESAMPLE_S after the daemon's status) is a lower bound on the requests open at the
+    simulator all along, so while the daemon's status was taken. The daemon counts a request
+    from before it is sent until it has closed it, and the simulator sees an abort within
+    milliseconds; so that bound must never exceed the daemon's count.
     """
     before = await sim_stats(soak, http)
+    asked = trio.current_time()
     status = await daemon_status(soak, http)
+    took_ms = round((trio.current_time() - asked) * 1000)
+    soak.max_seen["status_ms"] = max(soak.max_seen["status_ms"], took_ms)
     await trio.sleep(SIM_RESAMPLE_S)
     after = await sim_stats(soak, http)
     soak.samples += 1
@@ -722,12 +727,13 @@ def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], fl
 # -- main ----------------------------------------------------------------------------------------
 
 
-async def run(soak: Soak, workdir: str, log: Any) -> dict[str, Any]:
-    """Start both processes, run the load and the checks, stop both; the daemon's stderr goes to `log`."""
+async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any]:
+    """Start both processes, run the load and the checks, stop both. The daemon's stderr
+    goes to `log`, the simulator's to `sim_log`."""
     args = soak.args
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
     sim_proc = await trio.lowlevel.open_process(
-        [*EXAI, "mock-provider", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=workdir
+        [*EXAI, "mock-provider", "--port", "0"], stdout=subprocess.PIPE, stderr=sim_log, env=env, cwd=workdir
     )
     try:
         assert sim_proc.stdout is not None
@@ -873,13 +879,17 @@ def main() -> int:
     soak = Soak(args, random.Random(args.seed))
     workdir = tempfile.mkdtemp(prefix="exai-soak-")
     started = time.monotonic()
-    with open(os.path.join(workdir, "daemon.log"), "wb") as log:
-        final = trio.run(run, soak, workdir, log)
+    with open(os.path.join(workdir, "daemon.log"), "wb") as log, open(os.path.join(workdir, "sim.log"), "wb") as sim_log:
+        try:
+            final = trio.run(run, soak, workdir, log, sim_log)
+        except Exception as exc:  # the report still says what was seen up to here
+            soak.check("the soak itself ran to its end").fail(f"{type(exc).__name__}: {exc}")
+            final = {}
     ok = report(soak, final, time.monotonic() - started)
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        print(f"kept for inspection: {workdir} (daemon.log)")
+        print(f"kept for inspection: {workdir} (daemon.log, sim.log)")
     return 0 if ok else 1
 
 
