@@ -637,6 +637,10 @@ async def sample(soak: Soak, http: httpx.AsyncClient) -> None:
     status = await daemon_status(soak, http)
     took_ms = round((trio.current_time() - asked) * 1000)
     soak.max_seen["status_ms"] = max(soak.max_seen["status_ms"], took_ms)
+    health = await http.get(soak.monitor_url + "/healthz")
+    if health.status_code != 200:
+        soak.check("/healthz 200 (the daemon's loop responsive)").fail(f"{health.status_code} {health.text[:100]}")
+    soak.check("/healthz 200 (the daemon's loop responsive)")
     await trio.sleep(SIM_RESAMPLE_S)
     after = await sim_stats(soak, http)
     soak.samples += 1
