@@ -30,8 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -672,6 +673,9 @@ async def monitor(soak: Soak, stop_at: float, started: float) -> None:
             except httpx.HTTPError as exc:
                 if daemon_alive(soak):
                     soak.check("monitor answers").fail(f"/api/status or /_sim/stats failed: {exc!r}")
+            except Exception as exc:  # a bug of the soak's own: reported, the sampling goes on
+                traceback.print_exception(exc)
+                soak.check("the soak's own sampling raised nothing").fail(repr(exc)[:300])
             await trio.sleep_until(next_tick)
 
 
@@ -728,6 +732,18 @@ def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], fl
     return out
 
 
+async def guarded(soak: Soak, client: Callable[[Soak, int, float], Awaitable[None]], number: int, stop_at: float) -> None:
+    """Run one client; an error of the soak's own (not the daemon's) ends only that client,
+    shown in the report and, with its traceback, on stderr."""
+    try:
+        await client(soak, number, stop_at)
+    except Exception as exc:
+        traceback.print_exception(exc)
+        soak.check("the soak's own clients raised nothing").fail(
+            f"{client.__name__} {number}: {''.join(traceback.format_exception_only(exc)).strip()[-300:]}"
+        )
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -770,9 +786,9 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
             async with trio.open_nursery() as clients:
                 soak.load = clients.cancel_scope
                 for number in range(args.clients):
-                    clients.start_soon(well_behaved_client, soak, number, stop_at)
+                    clients.start_soon(guarded, soak, well_behaved_client, number, stop_at)
                 for number in range(args.fuzz_clients):
-                    clients.start_soon(fuzz_client, soak, number, stop_at)
+                    clients.start_soon(guarded, soak, fuzz_client, number, stop_at)
                 # Clients stop starting work at stop_at; whatever is still running gets 15 s.
                 await trio.sleep_until(stop_at)
                 clients.cancel_scope.deadline = stop_at + 15
@@ -887,7 +903,8 @@ def main() -> int:
         try:
             final = trio.run(run, soak, workdir, log, sim_log)
         except Exception as exc:  # the report still says what was seen up to here
-            soak.check("the soak itself ran to its end").fail(f"{type(exc).__name__}: {exc}")
+            traceback.print_exception(exc)
+            soak.check("the soak itself ran to its end").fail(f"{type(exc).__name__}: {exc} (traceback on stderr)")
             final = {}
     ok = report(soak, final, time.monotonic() - started)
     if ok:
