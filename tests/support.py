@@ -41,11 +41,12 @@ def status_leaks(status: dict[str, Any]) -> list[str]:
     return found
 
 
-async def assert_quiet_status(monitor_url: str, grace: float = QUIET_GRACE_S) -> None:
+async def assert_quiet_status(monitor_url: str, *, token: str | None = None, grace: float = QUIET_GRACE_S) -> None:
     """For a daemon in a subprocess, before it is stopped: its /api/status settles, within
     `grace` seconds, to nothing borrowed, queued, open or alive (see `status_leaks`)."""
     problems = [f"no answer from {monitor_url}/api/status within {grace} s"]
-    async with httpx.AsyncClient(base_url=monitor_url, timeout=grace) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=monitor_url, timeout=grace, headers=headers) as http:
         with trio.move_on_after(grace):
             while True:
                 response = await http.get("/api/status")
