@@ -156,6 +156,12 @@ class Soak:
     def check(self, name: str) -> Check:
         return self.checks.setdefault(name, Check(name))
 
+    def verify(self, name: str, holds: bool, detail: str) -> None:
+        """Count the check `name`, failed with `detail` unless `holds`."""
+        check = self.check(name)
+        if not holds:
+            check.fail(detail)
+
     def note_input(self, client: int, what: str) -> None:
         self.last_inputs.setdefault(client, deque(maxlen=3)).append(what)
 
@@ -610,13 +616,9 @@ def check_bounds(soak: Soak, status: dict[str, Any]) -> None:
     for name, stats in status["limiters"].items():
         if not 0 <= stats["borrowed"] <= stats["total"]:
             bounds.fail(f"{name}: borrowed {stats['borrowed']} of {stats['total']}")
-    if status["inflight"] > limit:
-        soak.check(f"inflight <= {limit}").fail(f"inflight {status['inflight']}")
-    soak.check(f"inflight <= {limit}")
+    soak.verify(f"inflight <= {limit}", status["inflight"] <= limit, f"inflight {status['inflight']}")
     queued_max = LIMITS["EXAI_MAX_QUEUED"]
-    if not 0 <= status["queued"] <= queued_max:
-        soak.check(f"queued <= {queued_max}").fail(f"queued {status['queued']}")
-    soak.check(f"queued <= {queued_max}")
+    soak.verify(f"queued <= {queued_max}", 0 <= status["queued"] <= queued_max, f"queued {status['queued']}")
     for key in ("inflight", "queued", "connections"):
         soak.max_seen[key] = max(soak.max_seen[key], status[key])
     provider_inflight = sum(p["inflight"] for p in status["providers"].values())
@@ -639,9 +641,7 @@ async def sample(soak: Soak, http: httpx.AsyncClient) -> None:
     took_ms = round((trio.current_time() - asked) * 1000)
     soak.max_seen["status_ms"] = max(soak.max_seen["status_ms"], took_ms)
     health = await http.get(soak.monitor_url + "/healthz")
-    if health.status_code != 200:
-        soak.check("/healthz 200 (the daemon's loop responsive)").fail(f"{health.status_code} {health.text[:100]}")
-    soak.check("/healthz 200 (the daemon's loop responsive)")
+    soak.verify("/healthz 200 (the daemon's loop responsive)", health.status_code == 200, f"{health.status_code} {health.text[:100]}")
     await trio.sleep(SIM_RESAMPLE_S)
     after = await sim_stats(soak, http)
     soak.samples += 1
@@ -691,15 +691,15 @@ async def final_checks(soak: Soak) -> dict[str, Any]:
         status = await daemon_status(soak, http)
         sim = await sim_stats(soak, http)
         problems = rest_problems(status, sim)
+        suffix = ""
         if problems:
             settled = False
             with trio.move_on_after(SETTLE_S):
                 while rest_problems(await daemon_status(soak, http), await sim_stats(soak, http)):  # noqa: ASYNC110 - another process's state
                     await trio.sleep(0.1)
                 settled = True
-            suffix = f" ({'settled' if settled else 'still so'} {SETTLE_S:g} s later)"
-            soak.check("at rest after a quiet second").fail("; ".join(problems) + suffix)
-        soak.check("at rest after a quiet second")
+            suffix = f" (settled within {SETTLE_S:g} s)" if settled else f" (still so {SETTLE_S:g} s later)"
+        soak.verify("at rest after a quiet second", not problems, "; ".join(problems) + suffix)
         metrics_text = (await http.get(soak.monitor_url + "/metrics", headers=soak.headers)).text
     return {"status": status, "sim": sim, "metrics": metrics_text}
 
@@ -797,9 +797,7 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
         final = await final_checks(soak)
         if daemon_alive(soak):
             code = await stop_process(soak.daemon)
-            if code != 0:
-                soak.check("daemon exits 0 on SIGTERM").fail(f"exit code {code}")
-            soak.check("daemon exits 0 on SIGTERM")
+            soak.verify("daemon exits 0 on SIGTERM", code == 0, f"exit code {code}")
         return final
     finally:
         with trio.CancelScope(shield=True):
@@ -822,9 +820,8 @@ def log_checks(soak: Soak, log_path: str) -> None:
     if tracebacks:
         raised = re.findall(r"^[\s|]*((?:[\w.]+Error|[\w.]+Exception|[\w.]*Closed)\b.*)$", text, re.MULTILINE)
         check.fail(f"{tracebacks} traceback(s); raised: {sorted(set(raised))[:4]}")
-    if TOKEN in text or "soak-dummy-kimi" in text or "soak-dummy-glm" in text:
-        soak.check("no secret in the daemon's log").fail("the token or an API key appears in the log")
-    soak.check("no secret in the daemon's log")
+    leaked = [secret for secret in (TOKEN, "soak-dummy-kimi", "soak-dummy-glm") if secret in text]
+    soak.verify("no secret in the daemon's log", not leaked, f"{leaked} appear in the log")
 
 
 def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
@@ -868,9 +865,7 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     for item in soak.unexpected[:1] if soak.daemon_died is None else []:
         unexpected.fail(f"{len(soak.unexpected)} time(s); first: {item}")
     odd = {k: v for k, v in soak.outcomes.items() if k.startswith("rpc_") or k in ("connection_lost", "cannot_connect")}
-    if odd and soak.daemon_died is None:
-        soak.check("well-behaved calls get contract answers").fail(str(odd))
-    soak.check("well-behaved calls get contract answers")
+    soak.verify("well-behaved calls get contract answers", not odd or soak.daemon_died is not None, str(odd))
     print("invariants:")
     ok = True
     for check in soak.checks.values():
