@@ -7,14 +7,18 @@ stalled, cut and malformed streams, malformed bodies, latency); they cancel call
 deadlines, burst past the queue and drop their TCP connection mid-call. Fuzz clients send
 frames that are not JSON, of the wrong shape or with wrong types, and bad handshakes.
 
-Every second: borrowed <= total for every limiter, inflight <= the global limit, queued <=
-EXAI_MAX_QUEUED, and no simulator request open that the daemon does not count. At the end,
+Every second: /healthz answers 200, borrowed <= total for every limiter, inflight <= the global
+limit, queued <= EXAI_MAX_QUEUED, and no simulator request open that the daemon does not count
+(see `sample`). At the end,
 after a quiet second: nothing borrowed, queued, alive or open; RSS growth under 10% between
 the 25% and 100% marks; no -32603; no traceback in the daemon's log; the daemon alive and
 exiting 0 on SIGTERM. Prints a one-screen report; exits 1 on any violation.
 
     python scripts/soak.py --duration 60 --clients 16          # CI
     python scripts/soak.py --duration 600                      # the long run
+
+Without --avoid-known-crashers the fuzz clients also send the inputs known to kill today's
+daemon (issue 6): a violation until they are fixed, and the report says which input it was.
 """
 
 from __future__ import annotations
