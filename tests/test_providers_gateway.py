@@ -175,6 +175,9 @@ async def test_a_call_returns_the_completion_and_accounts_for_it() -> None:
         "errors_total": 0,
         "prompt_tokens": 12,
         "completion_tokens": 4,
+        "rpm_waiting": 0,
+        "probes_inflight": 0,
+        "busy_connections": 0,
     }.items()
     assert metric("kimi", KIMI, "ok") == before + 1
 
@@ -593,6 +596,43 @@ async def test_the_request_rate_ceiling_spaces_calls_within_their_deadline(autoj
     assert exc.kind == "rate_limited"
     assert "EXAI_KIMI_RPM" in str(exc) and "only 4.0 s were left" in str(exc)
     assert len(fake.seen) == 2
+
+
+async def test_statistics_count_callers_waiting_for_their_rate_turn(autojump_clock: trio.abc.Clock) -> None:
+    fake = FakeProvider(scripted(ok(), ok()))
+    gw = gateway(fake, kimi_rpm=6)  # one request every 10 s
+    await call(gw)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, gw)
+        await trio.sleep(1)
+        assert gw.statistics()["kimi"]["rpm_waiting"] == gw.rpm_waiting == 1
+    assert gw.statistics()["kimi"]["rpm_waiting"] == gw.rpm_waiting == 0
+    assert len(fake.seen) == 2
+
+
+async def test_statistics_count_a_half_open_probe_in_flight(autojump_clock: trio.abc.Clock) -> None:
+    release = trio.Event()
+
+    async def respond(request: httpx.Request, n: int) -> httpx.Response:
+        if n == 1:
+            return error(503, "down")
+        await release.wait()
+        return ok("back")
+
+    fake = FakeProvider(respond)
+    gw = gateway(fake, circuit_failures=1, circuit_cooldown_secs=5.0, provider_max_retries=0)
+    await refused(gw)
+    await trio.sleep(5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call, gw)
+        await trio.sleep(1)
+        kimi = gw.statistics()["kimi"]
+        assert (kimi["circuit"], kimi["probes_inflight"], kimi["inflight"]) == ("half_open", 1, 1)
+        assert gw.probes_inflight == 1
+        release.set()
+    kimi = gw.statistics()["kimi"]
+    assert (kimi["circuit"], kimi["probes_inflight"], kimi["inflight"]) == ("closed", 0, 0)
+    assert gw.probes_inflight == 0
 
 
 async def test_errors_are_counted_per_provider_and_in_metrics(autojump_clock: trio.abc.Clock) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import assert_quiet_status
 
 from exai.client import connect
 
@@ -61,7 +62,8 @@ async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) 
                 assert chunk, "serve exited early"
                 buffer += chunk
         match = re.search(rb"exai listening on (ws://127\.0\.0\.1:\d+)", buffer)
-        assert match, buffer
+        monitor = re.search(rb"exai monitor on (http://127\.0\.0\.1:\d+)", buffer)
+        assert match and monitor, buffer
         assert re.search(rb"exai http on http://127\.0\.0\.1:\d+/mcp\n", buffer), buffer
         url = match.group(1).decode()
         answers: list[Any] = []
@@ -70,6 +72,8 @@ async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) 
             assert not result.is_error and result.text
             version = await client.call_tool("version", {})
             assert version.structured["demo"] is True
+        await assert_quiet_status(monitor.group(1).decode())
+        async with connect(url) as client:
 
             async def hanging() -> None:
                 try:

@@ -53,6 +53,11 @@ class CircuitBreaker:
             return None
         return round(max(0.0, self._opened_at + self.cooldown_s - trio.current_time()), 3)
 
+    @property
+    def probes_inflight(self) -> int:
+        """Half-open probe requests running now: 0 or 1."""
+        return int(self._probe_inflight)
+
     def admits(self) -> bool:
         """Would a request be let through now (without taking the probe slot)?"""
         state = self.state

@@ -401,7 +401,7 @@ class ModelGateway:
     def statistics(self) -> dict[str, dict[str, Any]]:
         """Per provider: circuit state (and seconds until an open one lets a probe through),
         open requests, attempts, failed attempts by kind, recent attempt latency, tokens, the
-        RPM ceiling and how many wait for it. Safe from the monitor's thread (copies first)."""
+        RPM ceiling and how many wait for it, half-open probes in flight, pooled sockets busy Safe from the monitor's thread (copies first)."""
         out = {}
         for name, route in self.routes.items():
             stats = route.stats
@@ -419,6 +419,8 @@ class ModelGateway:
                 "completion_tokens": stats.completion_tokens,
                 "rpm": route.rate.rpm if route.rate is not None else None,
                 "rpm_waiting": route.rate.waiting if route.rate is not None else 0,
+                "probes_inflight": route.circuit.probes_inflight,
+                "busy_connections": _busy_connections(route),
             }
         return out
 
@@ -430,15 +432,27 @@ class ModelGateway:
     @property
     def busy_connections(self) -> int:
         """Provider sockets carrying a request or response right now (idle pooled ones excluded)."""
-        total = 0
-        for route in self.routes.values():
-            if route.http is not None and isinstance(route.http.transport, TrioH11Transport):
-                total += route.http.transport.statistics()["active"]
-        return total
+        return sum(_busy_connections(route) for route in self.routes.values())
+
+    @property
+    def rpm_waiting(self) -> int:
+        """Callers sleeping until their request-rate turn, across providers."""
+        return sum(route.rate.waiting for route in self.routes.values() if route.rate is not None)
+
+    @property
+    def probes_inflight(self) -> int:
+        """Half-open circuit probes in flight, across providers."""
+        return sum(route.circuit.probes_inflight for route in self.routes.values())
 
     def allowed_models(self) -> list[str]:
         """Names a call may use (besides "auto")."""
         return self._allowed_names()
+
+
+def _busy_connections(route: Route) -> int:
+    if route.http is not None and isinstance(route.http.transport, TrioH11Transport):
+        return int(route.http.transport.statistics()["active"])
+    return 0
 
 
 def _final(exc: AttemptError, attempts: int) -> ProviderError:

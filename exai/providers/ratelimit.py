@@ -25,7 +25,7 @@ class RequestRateLimiter:
         self.interval_s = 60.0 / rpm
         self.burst = max(1, rpm // 60)
         self._next_free = -math.inf  # theoretical arrival time of the next request
-        self.waiting = 0
+        self.waiting = 0  # callers sleeping until their booked turn
 
     async def wait_turn(self, deadline: float) -> None:
         """Sleep until this request may be sent.
