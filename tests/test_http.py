@@ -104,7 +104,14 @@ async def mcp_session(url: str, token: str | None = None) -> AsyncIterator[McpHt
     async with httpx.AsyncClient(timeout=10) as http:
         client = McpHttp(http, url, token)
         await client.initialize()
-        yield client
+        try:
+            yield client
+        finally:  # end the session as a well-behaved client does (it may be gone already)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await client.delete()
+                except httpx.HTTPError:
+                    pass
 
 
 async def valid_call_works(client: McpHttp) -> None:
@@ -484,6 +491,7 @@ async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
         again = await client.rpc(request(2, "initialize", {"protocolVersion": "2025-11-25"}))
         assert again["error"]["code"] == -32600
         await valid_call_works(client)
+        assert (await client.delete()).status_code == 204
 
 
 @pytest.mark.parametrize(
@@ -492,9 +500,11 @@ async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
 )
 async def test_version_negotiation(daemon: Any, requested: str, answered: str) -> None:
     async with httpx.AsyncClient() as http:
-        result = (await McpHttp(http, daemon.http_url).initialize(requested))["result"]
+        client = McpHttp(http, daemon.http_url)
+        result = (await client.initialize(requested))["result"]
         assert result["protocolVersion"] == answered
         assert result["serverInfo"]["name"] == "exai"
+        assert (await client.delete()).status_code == 204
 
 
 async def test_unknown_method(daemon: Any) -> None:
