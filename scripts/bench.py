@@ -43,7 +43,7 @@ from exai.client import ExaiClient, RpcError, connect
 from exai.providers.transport import TrioH11Transport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from h11sim import H11Sim  # noqa: E402
+from h11sim import H11Sim
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
@@ -767,7 +767,7 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
     used, calls = cpu_seconds(pid) - cpu, bench.calls - calls
     profiler.send_signal(signal.SIGINT)
     await profiler.wait()
-    shares = categorise(Path(path).read_text())
+    shares = categorise(await trio.Path(path).read_text())
     per_call = used * 1000 / max(calls, 1)
     return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(per_call, 3),
             "breakdown": {name: {"share": share, "ms_per_call": round(share * per_call, 3)} for name, share in shares.items()}}
