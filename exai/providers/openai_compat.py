@@ -83,6 +83,13 @@ class AttemptError(ProviderError):
         self.retry_after = retry_after
 
 
+def _request_headers(stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if stream:
+        headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+    return headers
+
+
 def make_client(api_key: str, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     """The provider's one shared client, over `transport`."""
     return httpx.AsyncClient(
@@ -120,6 +127,10 @@ class OpenAICompatProvider:
         )
         self.client = make_client(api_key, self.transport)
         self.open_requests = 0
+        # What the client would add to every request, worked out once: the URL, and the
+        # headers of a JSON and of a streaming request (the client's, then the request's own).
+        self._url = httpx.URL(self.url)
+        self._headers = {stream: self._prepared_headers(stream) for stream in (False, True)}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -174,19 +185,41 @@ class OpenAICompatProvider:
             retryable=True,
         )
 
+    def _prepared_headers(self, stream: bool) -> httpx.Headers:
+        headers = self.client.build_request("POST", self.url, headers=_request_headers(stream)).headers
+        del headers["Content-Length"]  # httpx's "0" for a POST without a body; each body sets its own
+        return headers
+
     def _build_request(self, body: dict[str, Any], timeout: httpx.Timeout) -> httpx.Request:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if body["stream"]:
-            headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        """The request `client.build_request` would make, from the headers prepared once."""
         # bytes content makes an httpx.ByteStream: sent with the head in one write, and
         # replayable, so the transport may retry it on a fresh connection if a pooled one was stale.
-        return self.client.build_request("POST", self.url, content=data, headers=headers, timeout=timeout)
+        return httpx.Request(
+            "POST",
+            self._url,
+            headers=self._headers[body["stream"]],
+            content=json.dumps(body).encode(),
+            extensions={"timeout": timeout.as_dict()},
+        )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The response head; the body streams. The client's own per-request steps (auth,
+        redirects, cookies, event hooks) are not used by a provider, so the request goes
+        straight to the client's transport."""
+        if self.client.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
 
     async def _request(
         self, body: dict[str, Any], model: ModelInfo, messages: list[dict[str, Any]], timeout: httpx.Timeout
     ) -> Completion:
-        response = await self.client.send(self._build_request(body, timeout))
+        response = await self._send(self._build_request(body, timeout))
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
         if response.status_code != 200:
             raise self._error_from_response(response, model, messages)
         try:
@@ -214,7 +247,7 @@ class OpenAICompatProvider:
         state = _StreamState()
         # One scope whose deadline moves forward with every event: headers and chunks alike.
         with trio.CancelScope(deadline=trio.current_time() + idle_s) as idle:
-            response = await self.client.send(self._build_request(body, timeout), stream=True)
+            response = await self._send(self._build_request(body, timeout))
             try:
                 if response.status_code != 200:
                     await response.aread()
