@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import httpx
 import trio
-from httpx_sse import EventSource, SSEError
+from httpx_sse import SSEError
 
 from exai.providers.base import Completion, OnText, ProviderError, Usage
 from exai.providers.catalog import PROVIDER_INFO, ModelInfo, ProviderInfo, estimate_tokens
@@ -252,9 +253,9 @@ class OpenAICompatProvider:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._error_from_response(response, model, messages)
-                async with _finishing(EventSource(response).aiter_sse()) as events:
-                    async for event in events:
-                        if self._take_event(event.data, state):
+                async with _finishing(_SSEData(_body_chunks(response))) as events:
+                    async for data in events:
+                        if self._take_event(data, state):
                             # The caller's time (a slow client, say) is not provider silence.
                             idle.deadline = math.inf
                             await on_text("".join(state.parts), state.tokens)
@@ -471,8 +472,68 @@ class _StreamState:
     last_report: float = -math.inf
 
 
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive: straight from the transport's stream unless the
+    provider compressed it, when httpx decodes it."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise SSEError(f"Expected response header Content-Type to contain 'text/event-stream', got {content_type!r}")
+    if response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return response.stream.__aiter__()
+    return response.aiter_bytes()
+
+
+class _SSEData:
+    """The `data` of each server-sent event in a byte stream, as text (WHATWG event-stream
+    format: lines end with CRLF, LF or CR; a blank line ends an event; `data` lines join with
+    newlines; comments and the other fields are not used here; an event without data is not
+    one). An event the stream does not finish with a blank line is dropped, as the format says."""
+
+    __slots__ = ("_buffer", "_chunks", "_data", "_ready")
+
+    def __init__(self, chunks: AsyncIterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+        self._data: list[str] = []
+        self._ready: deque[str] = deque()
+
+    def __aiter__(self) -> _SSEData:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ready:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                if self._buffer:  # a last line ending in CR, kept in case LF followed
+                    self._feed(b"", final=True)
+                if self._ready:
+                    break
+                raise
+            self._feed(chunk)
+        return self._ready.popleft()
+
+    def _feed(self, chunk: bytes, final: bool = False) -> None:
+        lines = (self._buffer + chunk).splitlines(keepends=True)
+        self._buffer = b""
+        # An unfinished last line waits for more; so does one ending in CR (LF may follow).
+        if lines and not final and lines[-1][-1:] != b"\n":
+            self._buffer = lines.pop()
+        for raw in lines:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if self._data:
+                    self._ready.append("\n".join(self._data))
+                    self._data = []
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                self._data.append((value[1:] if value[:1] == b" " else value).decode("utf-8", "replace"))
+
+
 @asynccontextmanager
-async def _finishing(events: AsyncGenerator[T, None]) -> AsyncIterator[AsyncGenerator[T, None]]:
+async def _finishing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
     """Yield `events`; on exit, make sure it and the generators under it have ended.
 
     httpx's streaming iterators are async generators nested in one another, and `aclose()`
