@@ -82,11 +82,15 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14 and 15)
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
@@ -710,27 +714,28 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
 
 # --- profiling ----------------------------------------------------------------------------
 
-# Innermost frame first: the first category whose pattern matches a frame's file (or
-# function) takes the sample. Order matters: more specific before more general.
+# A sample belongs to the innermost frame of the running task whose file matches a category
+# (trio's own frames inside a task count for the code that called them); samples with no
+# task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
 CATEGORIES: list[tuple[str, str]] = [
-    ("logging (loguru)", r"/loguru/"),
-    ("metrics (prometheus_client)", r"/prometheus_client/"),
-    ("store (SQLite)", r"exai/store\.py|sqlite3"),
-    ("JSON encode/decode", r"/json/|orjson"),
-    ("validation (pydantic)", r"/pydantic|exai/tools/base\.py"),
-    ("SSE parsing", r"/httpx_sse/|_take_event|_parse_chunk|_parse_choice|_sse"),
-    ("provider request build (httpx models)", r"/httpx/_(models|urls|urlparse|content|headers|config)\.py|_build_request"),
-    ("httpx client machinery", r"/httpx/_client\.py|/httpx/_decoders\.py|/httpx/_utils\.py"),
-    ("provider transport (h11, sockets)", r"exai/providers/transport\.py|/h11/"),
-    ("provider retries/circuit/limits", r"exai/providers/(gateway|circuit|ratelimit|retry|base)\.py|openai_compat\.py"),
-    ("WebSocket frames (wsproto, trio-websocket)", r"/wsproto/|/trio_websocket/"),
+    ("logging (loguru)", r"^loguru/|exai/logs\.py"),
+    ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
+    ("store (SQLite)", r"exai/store\.py|^sqlite3/"),
+    ("JSON encode/decode", r"^json/|orjson"),
+    ("validation (pydantic)", r"^pydantic|exai/tools/base\.py"),
+    ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),
+    ("provider request build (httpx models)", r"^httpx/_(models|urls|urlparse|content|headers|config|utils)\.py|_build_request"),
+    ("httpx client machinery", r"^httpx/_(client|decoders)\.py"),
+    ("provider transport (h11, sockets)", r"exai/providers/transport\.py|^h11/"),
+    ("provider retries/circuit/limits", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
+    ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
-    ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py|trio/_sync\.py"),
+    ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
     ("tools", r"exai/tools/"),
     ("server (session, dispatch)", r"exai/server\.py"),
-    ("monitor thread", r"exai/monitor\.py|/hypercorn/"),
-    ("trio scheduler and I/O", r"/trio/"),
 ]
+SCHEDULER = "trio scheduler and I/O wait (no task running)"
+MONITOR = "monitor thread (/healthz, /api/status)"
 
 
 def categorise(raw: str) -> dict[str, float]:
@@ -741,36 +746,50 @@ def categorise(raw: str) -> dict[str, float]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = stack.split(";")
+        frames = [frame.rpartition("(")[2] for frame in stack.split(";")]
         where = "other"
-        for frame in reversed(frames):
-            hit = next((name for name, pattern in compiled if pattern.search(frame)), None)
-            if hit:
-                where = hit
-                break
+        if any("exai/monitor.py" in frame for frame in frames):
+            where = MONITOR
+        else:
+            roots = [i for i, frame in enumerate(frames) if frame.startswith("trio/_core/_run.py") and "unrolled_run" in stack.split(";")[i]]
+            task = frames[roots[-1] + 1 :] if roots else frames
+            where = SCHEDULER if roots else "other"
+            for frame in reversed(task):
+                hit = next((name for name, pattern in compiled if pattern.search(frame)), None)
+                if hit:
+                    where = hit
+                    break
         totals[where] = totals.get(where, 0) + int(count)
     whole = sum(totals.values()) or 1
     return {name: round(n / whole, 4) for name, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> dict[str, Any]:
-    """py-spy on the daemon during a closed-loop load: shares per category, CPU per call."""
+    """py-spy on the daemon during 64 calls in flight: CPU per call, split by category.
+
+    Kernel time (sockets, epoll) comes from /proc's stime; the user time is split by the
+    samples py-spy takes while a thread holds the GIL (`--gil`: a thread waiting for the CPU
+    inside a system call is not counting Python work, which on a shared machine it often is).
+    """
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     profiler = await trio.lowlevel.open_process(
-        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking", "-o", path],
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking", "--gil", "-o", path],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     await trio.sleep(1.0)
-    calls, cpu = bench.calls, cpu_seconds(pid)
     await bench.sim_config()
+    calls, (user, system) = bench.calls, cpu_times(pid)
     await bench.closed_loop(64, seconds, 8)
-    used, calls = cpu_seconds(pid) - cpu, bench.calls - calls
+    calls = bench.calls - calls
+    user, system = (now - before for now, before in zip(cpu_times(pid), (user, system), strict=True))
     profiler.send_signal(signal.SIGINT)
     await profiler.wait()
     shares = categorise(await trio.Path(path).read_text())
-    per_call = used * 1000 / max(calls, 1)
-    return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(per_call, 3),
-            "breakdown": {name: {"share": share, "ms_per_call": round(share * per_call, 3)} for name, share in shares.items()}}
+    user_ms, system_ms = user * 1000 / max(calls, 1), system * 1000 / max(calls, 1)
+    breakdown = {name: {"share_of_user": share, "ms_per_call": round(share * user_ms, 3)} for name, share in shares.items()}
+    breakdown["kernel: socket syscalls, epoll (/proc stime)"] = {"share_of_user": None, "ms_per_call": round(system_ms, 3)}
+    return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
+            "user_ms_per_call": round(user_ms, 3), "system_ms_per_call": round(system_ms, 3), "breakdown": breakdown}
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -900,7 +919,7 @@ def _bound(runs: list[dict[str, Any]], load: str, profile: dict[str, Any] | None
     if cpu:
         text += f"; the daemon spends {cpu[0]:.2f} ms of CPU per call, so one core caps it near {1000 / cpu[0]:.0f} calls/s"
     if profile:
-        top = list(profile["breakdown"].items())[:3]
+        top = sorted(profile["breakdown"].items(), key=lambda kv: -kv[1]["ms_per_call"])[:3]
         text += "; the profile's largest shares: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
     return text + "."
 
@@ -961,13 +980,15 @@ def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str
 
 def _profile_section(profile: dict[str, Any]) -> list[str]:
     lines = ["## Where a call's daemon CPU goes", "",
-             f"py-spy (`record --format raw --nonblocking`, 200 Hz) on the daemon during 64 calls in flight against a "
-             f"zero-latency provider: {profile['calls']} calls, {profile['daemon_cpu_ms_per_call']:.2f} ms of daemon CPU "
-             "per call (from /proc). Each sample goes to the innermost frame that matches a category; the share times "
-             "CPU per call gives milliseconds per call. Stacks: `" + profile["file"] + "`.", "",
-             "| part of the path | share of daemon CPU | ms per call |", "|---|---|---|"]
+             f"Daemon under 64 calls in flight against a zero-latency provider: {profile['calls']} calls, "
+             f"{profile['daemon_cpu_ms_per_call']:.3f} ms of daemon CPU per call ({profile['user_ms_per_call']:.3f} ms user, "
+             f"{profile['system_ms_per_call']:.3f} ms kernel, from /proc). The user time is split by py-spy samples "
+             "(`record --format raw --nonblocking --gil`, 200 Hz): each sample goes to the innermost frame of the running "
+             "task that matches a category (trio's frames count for their caller). Stacks: `" + profile["file"] + "`.", "",
+             "| part of the path | share of user CPU | ms per call |", "|---|---|---|"]
     for name, value in profile["breakdown"].items():
-        lines.append(f"| {name} | {value['share'] * 100:.1f}% | {value['ms_per_call']:.3f} |")
+        share = value["share_of_user"]
+        lines.append(f"| {name} | {'-' if share is None else f'{share * 100:.1f}%'} | {value['ms_per_call']:.3f} |")
     return [*lines, ""]
 
 

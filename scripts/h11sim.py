@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -241,10 +242,15 @@ async def _send(conn: h11.Connection, stream: trio.SocketStream, status: int, he
 
 
 async def _main(host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM."""
     sim = H11Sim()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sim.serve, host, port)
-        print(f"h11sim on {sim.url}", flush=True)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sim.serve, host, port)
+            print(f"h11sim on {sim.url}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 if __name__ == "__main__":
@@ -252,7 +258,4 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     opts = parser.parse_args()
-    try:
-        trio.run(_main, opts.host, opts.port)
-    except KeyboardInterrupt:
-        pass
+    trio.run(_main, opts.host, opts.port)
