@@ -3,7 +3,7 @@
 CPU time (not wall time) per call is what the daemon pays for the provider path; it is
 robust to other processes sharing the machine. Streams by default (the daemon's hot path).
 
-    python scripts/bench_provider.py [--calls 3000] [--concurrency 1] [--json] [--cprofile out.prof]
+    python scripts/bench_provider.py [--calls 3000] [--concurrency 1] [--chunks 5] [--cprofile out.prof]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import trio
 
 from exai.config import load_settings
@@ -26,13 +27,15 @@ from exai.providers.gateway import ModelGateway
 H11SIM = [sys.executable, str(Path(__file__).resolve().parent / "h11sim.py"), "--port", "0"]
 
 
-async def run(calls: int, concurrency: int, stream: bool, profile: str | None) -> dict[str, float]:
+async def run(calls: int, concurrency: int, stream: bool, profile: str | None, chunks: int) -> dict[str, float]:
     sim = await trio.lowlevel.open_process(H11SIM, stdout=subprocess.PIPE)
     try:
         line = b""
         while b"/v1" not in line:
             line += await sim.stdout.receive_some()
         url = line.split()[-1].decode()
+        async with httpx.AsyncClient() as admin:
+            (await admin.post(url.rsplit("/v1", 1)[0] + "/_sim/config", json={"chunks": chunks})).raise_for_status()
         settings = load_settings(kimi_api_key="bench", kimi_base_url=url, glm_api_key=None)
         limiters = {"kimi": trio.CapacityLimiter(1000), "glm": trio.CapacityLimiter(4)}
         setup_logging(settings)  # as the daemon does: INFO to stderr
@@ -68,7 +71,7 @@ async def run(calls: int, concurrency: int, stream: bool, profile: str | None) -
                 profiler.disable()
                 profiler.dump_stats(profile)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        return {"calls": calls, "concurrency": concurrency, "stream": stream,
+        return {"calls": calls, "concurrency": concurrency, "stream": stream, "chunks": chunks,
                 "cpu_ms_per_call": round(cpu * 1000 / calls, 4), "wall_ms_per_call": round(wall * 1000 / calls, 4)}
     finally:
         sim.kill()
@@ -80,9 +83,10 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--cprofile")
+    parser.add_argument("--chunks", type=int, default=5, help="content chunks per streamed answer")
     parser.add_argument("--repeat", type=int, default=3, help="report the median of this many rounds")
     opts = parser.parse_args()
     os.environ.setdefault("EXAI_LOG_LEVEL", "INFO")
-    results = [trio.run(run, opts.calls, opts.concurrency, not opts.no_stream, opts.cprofile) for _ in range(opts.repeat)]
+    results = [trio.run(run, opts.calls, opts.concurrency, not opts.no_stream, opts.cprofile, opts.chunks) for _ in range(opts.repeat)]
     results.sort(key=lambda r: r["cpu_ms_per_call"])
     print(results[len(results) // 2], "all cpu ms:", [r["cpu_ms_per_call"] for r in results])
