@@ -7,7 +7,6 @@ budgets are the gateway's; this module makes exactly one request per `attempt()`
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import httpx
+import orjson
 import trio
 from httpx_sse import SSEError
 
@@ -199,7 +199,7 @@ class OpenAICompatProvider:
             "POST",
             self._url,
             headers=self._headers[body["stream"]],
-            content=json.dumps(body).encode(),
+            content=orjson.dumps(body),
             extensions={"timeout": timeout.as_dict()},
         )
 
@@ -224,7 +224,7 @@ class OpenAICompatProvider:
         if response.status_code != 200:
             raise self._error_from_response(response, model, messages)
         try:
-            payload = response.json()
+            payload = orjson.loads(response.content)
             choice = payload["choices"][0]
             text = choice["message"]["content"] or ""
             finish = choice.get("finish_reason")
@@ -295,7 +295,7 @@ class OpenAICompatProvider:
             return False
         chunk = self._parse_chunk(data)
         if "error" in chunk:
-            message, _ = _error_detail(json.dumps(chunk), self._api_key)
+            message, _ = _error_detail(orjson.dumps(chunk).decode(), self._api_key)
             raise AttemptError(
                 self.name,
                 "unavailable",
@@ -320,7 +320,7 @@ class OpenAICompatProvider:
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
-            chunk = json.loads(data)
+            chunk = orjson.loads(data)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
@@ -570,13 +570,13 @@ def _error_detail(text: str, api_key: str) -> tuple[str, str]:
     """The provider's error message and code from an error body, secrets scrubbed, shortened."""
     message, code = text.strip(), ""
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)
     except ValueError:
         data = None
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):
-            message = str(error.get("message") or error.get("msg") or json.dumps(error))
+            message = str(error.get("message") or error.get("msg") or orjson.dumps(error).decode())
             code = str(error.get("code") or error.get("type") or "")
         elif error is not None:
             message = str(error)
