@@ -255,11 +255,13 @@ class OpenAICompatProvider:
                     raise self._error_from_response(response, model, messages)
                 async with _finishing(_SSEData(_body_chunks(response))) as events:
                     async for data in events:
-                        if self._take_event(data, state):
+                        now = trio.current_time()
+                        if self._take_event(data, state, now):
                             # The caller's time (a slow client, say) is not provider silence.
                             idle.deadline = math.inf
                             await on_text("".join(state.parts), state.tokens)
-                        idle.deadline = trio.current_time() + idle_s
+                            now = trio.current_time()
+                        idle.deadline = now + idle_s
             finally:
                 await response.aclose()
         if idle.cancelled_caught:
@@ -286,8 +288,9 @@ class OpenAICompatProvider:
             text="".join(state.parts), model=model.name, provider=self.name, usage=usage, finish_reason=state.finish
         )
 
-    def _take_event(self, data: str, state: _StreamState) -> bool:
-        """Take in one SSE event; True when progress is due (at most every PROGRESS_INTERVAL_S)."""
+    def _take_event(self, data: str, state: _StreamState, now: float) -> bool:
+        """Take in one SSE event arrived at `now`; True when progress is due (at most every
+        PROGRESS_INTERVAL_S)."""
         if state.done:
             return False  # read on to the end of the body, so the connection can be reused
         if data.strip() == "[DONE]":
@@ -312,7 +315,6 @@ class OpenAICompatProvider:
         elif not delta.get("reasoning_content"):
             return False
         state.tokens += 1
-        now = trio.current_time()
         if now - state.last_report < PROGRESS_INTERVAL_S:
             return False
         state.last_report = now
