@@ -181,6 +181,7 @@ class Bench:
         self.local_sim = local_sim
         self.transport = transport
         self.calls = 0  # daemon calls that completed, for CPU per call
+        self.sim_pid = 0
         self.fresh_daemon: Callable[[], Any] = lambda: None
         # The direct baseline uses the daemon's own transport, so the difference is the daemon.
         self.http = httpx.AsyncClient(
@@ -225,6 +226,22 @@ class Bench:
             raise RuntimeError(result.text)
         self.calls += 1
         return trio.current_time() - started
+
+    async def simulator_cost(self, rates: list[float], seconds: float) -> dict[str, Any]:
+        """The simulator alone, driven directly at each rate (open loop, streaming): its CPU share."""
+        await self.sim_config()
+        out = {}
+        for rate in rates:
+            n = int(rate * seconds)
+            before, started = cpu_seconds(self.sim_pid), time.monotonic()
+            async with trio.open_nursery() as nursery:
+                start = trio.current_time()
+                for i in range(n):
+                    await trio.sleep_until(start + i / rate)
+                    nursery.start_soon(self.direct_call)
+            share = (cpu_seconds(self.sim_pid) - before) / (time.monotonic() - started)
+            out[f"simulator_cpu_share_at_{rate:g}_per_s"] = round(share, 3)
+        return out
 
     async def sequential(self, n: int) -> dict[str, Any]:
         """One call at a time: daemon latency minus direct latency, interleaved."""
@@ -674,10 +691,12 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
             denv = daemon_env(env, sim_url, local_sim.url)
             async with daemon_process(denv, opts.transport) as daemon:
                 bench = Bench(sim_url, daemon, local_sim, opts.transport)
+                bench.sim_pid = sim.pid
                 bench.fresh_daemon = lambda: daemon_process(denv)
                 meter = CpuMeter({"daemon": daemon["pid"], "simulator": sim.pid, "driver": os.getpid()}, bench)
                 scale = 0.2 if opts.quick else 1.0
                 loads: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                    "simulator_cost": lambda: bench.simulator_cost([300, 1000], 2 * scale),
                     "sequential": lambda: bench.sequential(int(300 * scale)),
                     "open_loop_300_per_s": lambda: bench.open_loop(300, 3 * scale, 0.2, 8),
                     "throughput": lambda: bench.throughput(64, 3 * scale, 8),
@@ -796,6 +815,8 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
 
 # (load, key, label, target text, test: value -> met)
 TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
+    ("simulator_cost", "simulator_cpu_share_at_300_per_s", "the simulator alone at 300 calls/s (CPU share of a core)", "< 0.33", lambda v: v < 0.33),
+    ("simulator_cost", "simulator_cpu_share_at_1000_per_s", "the simulator alone at 1,000 calls/s (CPU share of a core)", "< 0.33", lambda v: v < 0.33),
     ("sequential", "added_p50_ms", "one call at a time, added latency p50 (ms)", "<= 1", lambda v: v <= 1),
     ("sequential", "added_p99_ms", "one call at a time, added latency p99 (ms)", "-", None),
     ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)", "<= 2", lambda v: v <= 2),

@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import signal
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -227,12 +228,15 @@ class H11Sim:
 
 
 async def _watch(stream: trio.SocketStream, scope: trio.CancelScope) -> None:
-    """The request was read in full; anything readable now is the client leaving."""
+    """Cancel `scope` when the client closes its connection. Peeks, never reads: bytes that
+    arrive are the client's next request (sent as soon as it had this answer), not a goodbye."""
+    await trio.lowlevel.wait_readable(stream.socket)
     try:
-        await stream.receive_some(RECEIVE_BYTES)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    scope.cancel()
+        gone = not await stream.socket.recv(1, socket.MSG_PEEK)
+    except OSError:
+        gone = True
+    if gone:
+        scope.cancel()
 
 
 async def _send(conn: h11.Connection, stream: trio.SocketStream, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
