@@ -27,15 +27,20 @@ from exai.providers.gateway import ModelGateway
 H11SIM = [sys.executable, str(Path(__file__).resolve().parent / "h11sim.py"), "--port", "0"]
 
 
-async def run(calls: int, concurrency: int, stream: bool, profile: str | None, chunks: int) -> dict[str, float]:
+async def run(
+    calls: int, concurrency: int, stream: bool, profile: str | None, chunks: int, chunk_delay: float
+) -> dict[str, float]:
     sim = await trio.lowlevel.open_process(H11SIM, stdout=subprocess.PIPE)
     try:
         line = b""
         while b"/v1" not in line:
-            line += await sim.stdout.receive_some()
+            more = await sim.stdout.receive_some()
+            if not more:
+                raise RuntimeError(f"the simulator exited: {line!r}")
+            line += more
         url = line.split()[-1].decode()
         async with httpx.AsyncClient() as admin:
-            (await admin.post(url.rsplit("/v1", 1)[0] + "/_sim/config", json={"chunks": chunks})).raise_for_status()
+            (await admin.post(url.rsplit("/v1", 1)[0] + "/_sim/config", json={"chunks": chunks, "chunk_delay_s": chunk_delay})).raise_for_status()
         settings = load_settings(kimi_api_key="bench", kimi_base_url=url, glm_api_key=None)
         limiters = {"kimi": trio.CapacityLimiter(1000), "glm": trio.CapacityLimiter(4)}
         setup_logging(settings)  # as the daemon does: INFO to stderr
@@ -84,9 +89,10 @@ if __name__ == "__main__":
     parser.add_argument("--no-stream", action="store_true")
     parser.add_argument("--cprofile")
     parser.add_argument("--chunks", type=int, default=5, help="content chunks per streamed answer")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks (each its own read)")
     parser.add_argument("--repeat", type=int, default=3, help="report the median of this many rounds")
     opts = parser.parse_args()
     os.environ.setdefault("EXAI_LOG_LEVEL", "INFO")
-    results = [trio.run(run, opts.calls, opts.concurrency, not opts.no_stream, opts.cprofile, opts.chunks) for _ in range(opts.repeat)]
+    results = [trio.run(run, opts.calls, opts.concurrency, not opts.no_stream, opts.cprofile, opts.chunks, opts.chunk_delay) for _ in range(opts.repeat)]
     results.sort(key=lambda r: r["cpu_ms_per_call"])
     print(results[len(results) // 2], "all cpu ms:", [r["cpu_ms_per_call"] for r in results])
