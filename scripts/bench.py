@@ -569,9 +569,10 @@ class Peer:
         finally:
             await stop(process, signal.SIGTERM, grace=5)
 
-    async def loads(self, bench: Bench, scale: float, meter: Callable[..., Any]) -> dict[str, Any]:
-        """Sequential, open loop and closed loop through the peer, beside the direct path."""
+    async def loads(self, bench: Bench, scale: float) -> dict[str, Any]:
+        """One call at a time and 64 in flight through the peer, beside the direct path."""
         async with self.running() as url:
+            meter = CpuMeter({"peer": self.pid, "simulator": bench.sim_pid, "driver": os.getpid()}, bench)
             peer = httpx.AsyncClient(transport=TrioH11Transport(max_keepalive=1024), base_url=url,
                                      headers={"Authorization": "Bearer bench"}, timeout=30)
 
@@ -720,7 +721,7 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                     out["profile"] = await profile_daemon(bench, daemon["pid"], opts.profile, 6 * scale)
                 if opts.peer:
                     if shutil.which(opts.peer):
-                        out["peer"] = await Peer(opts.peer, sim_url).loads(bench, scale, meter)
+                        out["peer"] = await Peer(opts.peer, sim_url).loads(bench, scale)
                     else:
                         out["peer"] = {"not_run": f"`{opts.peer}` is not on PATH"}
                 await bench.http.aclose()
@@ -746,7 +747,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("provider request build (httpx models)", r"^httpx/_(models|urls|urlparse|content|headers|config|utils)\.py|_build_request"),
     ("httpx client machinery", r"^httpx/_(client|decoders)\.py"),
     ("provider transport (h11, sockets)", r"exai/providers/transport\.py|^h11/"),
-    ("provider retries/circuit/limits", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
+    ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
     ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
     ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
@@ -765,16 +766,17 @@ def categorise(raw: str) -> dict[str, float]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [frame.rpartition("(")[2] for frame in stack.split(";")]
+        # "function (path:line)" -> (function, path)
+        frames = [(func.strip(), path) for func, _, path in (frame.rpartition("(") for frame in stack.split(";"))]
         where = "other"
-        if any("exai/monitor.py" in frame for frame in frames):
+        if any("exai/monitor.py" in path for _, path in frames):
             where = MONITOR
         else:
-            roots = [i for i, frame in enumerate(frames) if frame.startswith("trio/_core/_run.py") and "unrolled_run" in stack.split(";")[i]]
+            roots = [i for i, (func, path) in enumerate(frames) if func == "unrolled_run" and path.startswith("trio/")]
             task = frames[roots[-1] + 1 :] if roots else frames
             where = SCHEDULER if roots else "other"
-            for frame in reversed(task):
-                hit = next((name for name, pattern in compiled if pattern.search(frame)), None)
+            for func, path in reversed(task):
+                hit = next((name for name, pattern in compiled if pattern.search(path) or pattern.search(func)), None)
                 if hit:
                     where = hit
                     break
@@ -935,13 +937,17 @@ def _cpu_model() -> str:
 def _bound(runs: list[dict[str, Any]], load: str, profile: dict[str, Any] | None) -> str:
     shares = {who: (median_of(runs, load, "cpu_share", who) or (0.0,))[0] for who in ("daemon", "simulator", "driver")}
     cpu = median_of(runs, load, "daemon_cpu_ms_per_call")
-    text = (f"daemon {shares['daemon']:.2f} core, simulator {shares['simulator']:.2f}, load generator "
-            f"{shares['driver']:.2f} (of 2 cores shared with other work)")
-    if cpu:
-        text += f"; the daemon spends {cpu[0]:.2f} ms of CPU per call, so one core caps it near {1000 / cpu[0]:.0f} calls/s"
+    rate = median_of(runs, load, "rate_per_s") or median_of(runs, load, "calls_per_s")
+    text = (f"CPU. The daemon had {shares['daemon']:.2f} of a core, the simulator {shares['simulator']:.2f} and the load "
+            f"generator {shares['driver']:.2f}; the rest of the 2 cores went to other work on the shared machine")
+    if cpu and rate:
+        text += (f". At {cpu[0]:.2f} ms of daemon CPU per call, {rate[0]:g} calls/s need {rate[0] * cpu[0] / 1000:.2f} "
+                 f"of a core, and one whole core would carry about {1000 / cpu[0]:.0f} calls/s")
+    elif cpu:
+        text += f". The daemon spent {cpu[0]:.2f} ms of CPU per call"
     if profile:
         top = sorted(profile["breakdown"].items(), key=lambda kv: -kv[1]["ms_per_call"])[:3]
-        text += "; the profile's largest shares: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
+        text += "; the profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
     return text + "."
 
 
@@ -999,13 +1005,20 @@ def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str
             f"max {max(samples):.2f} ms.", ""]
 
 
+def _shown_path(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def _profile_section(profile: dict[str, Any]) -> list[str]:
     lines = ["## Where a call's daemon CPU goes", "",
              f"Daemon under 64 calls in flight against a zero-latency provider: {profile['calls']} calls, "
              f"{profile['daemon_cpu_ms_per_call']:.3f} ms of daemon CPU per call ({profile['user_ms_per_call']:.3f} ms user, "
              f"{profile['system_ms_per_call']:.3f} ms kernel, from /proc). The user time is split by py-spy samples "
              "(`record --format raw --nonblocking --gil`, 200 Hz): each sample goes to the innermost frame of the running "
-             "task that matches a category (trio's frames count for their caller). Stacks: `" + profile["file"] + "`.", "",
+             "task that matches a category (trio's frames count for their caller). Stacks: `" + _shown_path(profile["file"]) + "`.", "",
              "| part of the path | share of user CPU | ms per call |", "|---|---|---|"]
     for name, value in profile["breakdown"].items():
         share = value["share_of_user"]
@@ -1022,14 +1035,27 @@ if __name__ == "__main__":
     parser.add_argument("--report", action="store_true", help="5 runs and a profile; write docs/performance.md and plots")
     parser.add_argument("--simulator", choices=["h11", "exai"], default="h11", help="h11: scripts/h11sim.py; exai: exai mock-provider")
     parser.add_argument("--transport", choices=["ws", "http"], default="ws", help="how the load reaches the daemon")
+    parser.add_argument("--render", help="write docs/performance.md again from a saved docs/perf/results.json")
     parser.add_argument("--peer", help="also run the loads through this OpenAI-compatible gateway command (litellm)")
     opts = parser.parse_args()
     if opts.report:
         opts.runs = max(opts.runs, 5)
         opts.profile = opts.profile or str(ROOT / "docs" / "perf" / "daemon-profile.txt")
         (ROOT / "docs" / "perf").mkdir(parents=True, exist_ok=True)
+    if opts.render:
+        saved = json.loads(Path(opts.render).read_text())
+        if saved.get("profile"):  # re-split the saved stacks, in case the categories changed
+            profile = saved["profile"]
+            shares = categorise(Path(profile["file"]).read_text())
+            user_ms = profile["user_ms_per_call"]
+            kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
+            profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
+        print(write_report(saved, saved["command"], ROOT / "docs"))
+        sys.exit(0)
     result = trio.run(main, opts)
     if opts.report:
-        print(write_report(result, "python " + " ".join(sys.argv), ROOT / "docs"))
+        result["command"] = "python " + " ".join(sys.argv)
+        (ROOT / "docs" / "perf" / "results.json").write_text(json.dumps(result, indent=1))
+        print(write_report(result, result["command"], ROOT / "docs"))
     else:
         print(json.dumps(result if opts.runs > 1 else result["runs"][0] | {k: v for k, v in result.items() if k != "runs"}, indent=2))
