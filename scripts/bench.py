@@ -390,7 +390,7 @@ class Bench:
         return {"calls": n, **compared(direct, through, added="overhead")}
 
     async def deadline(self, calls: int, timeout: float) -> dict[str, Any]:
-        """A hanging provider: how long after `exai/timeout` the -32001 arrives."""
+        """A hanging provider: how long after `exai/timeout` the -32001 arrives (calls 10 ms apart)."""
         await self.sim_config(hang=True)
         overshoot: list[float] = []
         codes: list[int] = []
@@ -404,8 +404,9 @@ class Bench:
             overshoot.append(trio.current_time() - started - timeout)
 
         async with self.client() as client, trio.open_nursery() as nursery:
-            for i in range(calls):
+            for i in range(calls):  # 10 ms apart, so that the deadlines do not all fall at once
                 nursery.start_soon(doomed, client, i)
+                await trio.sleep(0.01)
         await self.sim_config()
         return {"calls": calls, "timeout_s": timeout, "timeouts_32001": codes.count(-32001),
                 "overshoot_p50_ms": ms(pct(overshoot, 0.5)), "overshoot_max_ms": ms(max(overshoot))}
@@ -868,8 +869,11 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
         "## Machine",
         "",
         f"- {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs: {_cpu_model()}",
-        f"- load average at the end of the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
-        "(the machine is shared; wall-clock figures carry that noise, CPU ms per call much less)",
+        f"- load average at the start of the run {out.get('loadavg_start', '?')}, at the end "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: the machine is shared (2 cores, other sessions at work), "
+        "so the wall-clock figures carry that noise and the CPU shares show how little of a core the daemon got; "
+        "daemon CPU ms per call is the figure contention moves least. Run it again on a quiet machine for "
+        "representative latencies.",
         "- three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio), the daemon "
         "(`exai serve`, WebSocket) and the load generator (this script). Daemon calls ask for progress, so the "
         "daemon streams from the provider; the direct baseline streams over the daemon's own HTTP transport.",
@@ -1052,9 +1056,11 @@ if __name__ == "__main__":
             profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
         print(write_report(saved, saved["command"], ROOT / "docs"))
         sys.exit(0)
+    loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     result = trio.run(main, opts)
     if opts.report:
         result["command"] = "python " + " ".join(sys.argv)
+        result["loadavg_start"] = loadavg_start
         (ROOT / "docs" / "perf" / "results.json").write_text(json.dumps(result, indent=1))
         print(write_report(result, result["command"], ROOT / "docs"))
     else:

@@ -508,7 +508,7 @@ class _SSEData:
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
-                if self._buffer:  # a last line ending in CR, kept in case LF followed
+                if self._buffer:  # the last line, held back in case more of it followed
                     self._feed(b"", final=True)
                 if self._ready:
                     break
