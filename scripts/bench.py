@@ -758,6 +758,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("server (session, dispatch)", r"exai/server\.py"),
 ]
 SCHEDULER = "trio scheduler and I/O wait (no task running)"
+UNATTRIBUTED = "unattributed (a sample with trio's socket and lock frames only)"
 MONITOR = "monitor thread (/healthz, /api/status)"
 
 
@@ -771,13 +772,13 @@ def categorise(raw: str) -> dict[str, float]:
             continue
         # "function (path:line)" -> (function, path)
         frames = [(func.strip(), path) for func, _, path in (frame.rpartition("(") for frame in stack.split(";"))]
-        where = "other"
+        where = UNATTRIBUTED
         if any("exai/monitor.py" in path for _, path in frames):
             where = MONITOR
         else:
             roots = [i for i, (func, path) in enumerate(frames) if func == "unrolled_run" and path.startswith("trio/")]
             task = frames[roots[-1] + 1 :] if roots else frames
-            where = SCHEDULER if roots else "other"
+            where = SCHEDULER if roots else UNATTRIBUTED
             for func, path in reversed(task):
                 hit = next((name for name, pattern in compiled if pattern.search(path) or pattern.search(func)), None)
                 if hit:
@@ -872,7 +873,7 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
         "",
         f"- {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs: {_cpu_model()}",
         f"- load average at the start of the run {out.get('loadavg_start', '?')}, at the end "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}: the machine is shared (2 cores, other sessions at work), "
+        f"{out.get('loadavg_end', '?')}: the machine is shared (2 cores, other sessions at work), "
         "so the wall-clock figures carry that noise and the CPU shares show how little of a core the daemon got; "
         "daemon CPU ms per call is the figure contention moves least. Run it again on a quiet machine for "
         "representative latencies.",
@@ -1063,6 +1064,7 @@ if __name__ == "__main__":
     if opts.report:
         result["command"] = "python " + " ".join(sys.argv)
         result["loadavg_start"] = loadavg_start
+        result["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         (ROOT / "docs" / "perf" / "results.json").write_text(json.dumps(result, indent=1))
         print(write_report(result, result["command"], ROOT / "docs"))
     else:
