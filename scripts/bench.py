@@ -1,13 +1,21 @@
-"""exai benchmark: prints one JSON object of numbers (no pass/fail; targets live in issue notes).
+"""exai benchmark: prints one JSON object of numbers, or writes docs/performance.md (--report).
 
-Three processes on loopback: the simulator (`exai mock-provider`), the daemon (`exai serve`),
-and this driver. A second simulator runs inside this driver, behind the GLM provider, so that
-disconnect-to-abort is timed on one clock.
+Three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio,
+canned answers; `--simulator exai` uses `exai mock-provider` instead), the daemon
+(`exai serve`), and this driver (the load generator). A second h11sim runs inside this
+driver, behind the GLM provider, so that disconnect-to-abort is timed on one clock.
+Every figure comes with each process's CPU share over its run (from /proc/<pid>/stat), and
+daemon CPU milliseconds per call, which stays meaningful when the machine is shared.
 
-    python scripts/bench.py            # full run, about a minute
-    python scripts/bench.py --quick    # a smoke run, a few seconds
-    python scripts/bench.py --workflow # the workflow tools: the seed replayed, consensus, tools/list
-    python scripts/bench.py --monitor  # only the monitor: answer times, a dashboard's CPU
+Daemon calls ask for progress, so the daemon streams from the provider (its hot path); the
+direct baseline streams too, over the daemon's own transport, so the difference is the daemon.
+
+    python scripts/bench.py                 # one run of every load, about a minute
+    python scripts/bench.py --quick         # a smoke run, a few seconds
+    python scripts/bench.py --report        # 5 runs + a profile -> docs/performance.md and plots
+    python scripts/bench.py --only sequential throughput --profile daemon.txt
+    python scripts/bench.py --workflow      # the workflow tools: the seed replayed, consensus, tools/list
+    python scripts/bench.py --monitor       # only the monitor: answer times, a dashboard's CPU
 """
 
 from __future__ import annotations
@@ -15,12 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,8 +47,15 @@ from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
 from exai.store import read_thread
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from h11sim import H11Sim
+
+ROOT = Path(__file__).resolve().parent.parent
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
+H11SIM = [sys.executable, str(ROOT / "scripts" / "h11sim.py")]
 MESSAGES = [{"role": "user", "content": "benchmark"}]
+CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -66,6 +87,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime (fields 14 and 15)
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
 async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
     buffer = b""
     while True:
@@ -78,48 +110,149 @@ async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
         buffer += chunk
 
 
-class Bench:
-    monitor_url: str
-    fresh_daemon: Callable[[], Any]
+async def _ignore_progress(params: dict[str, Any]) -> None:
+    pass
 
-    def __init__(self, sim_url: str, daemon_url: str, local_sim: Simulator, daemon_pid: int):
+
+class HttpMcpClient:
+    """The few calls the benchmark makes, over MCP Streamable HTTP (CONTRACT §3b): POST /mcp."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient):
+        self.url = url
+        self.http = http
+        self.session = ""
+        self._ids = 0
+
+    async def _post(self, message: dict[str, Any], on_progress: Any = None) -> dict[str, Any]:
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        if self.session:
+            headers["Mcp-Session-Id"] = self.session
+        async with aconnect_sse(self.http, "POST", self.url, json=message, headers=headers) as source:
+            response = source.response
+            response.raise_for_status()
+            self.session = response.headers.get("mcp-session-id", self.session)
+            if "id" not in message:
+                return {}
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                return json.loads(await response.aread())
+            async for event in source.aiter_sse():
+                payload = json.loads(event.data)
+                if payload.get("id") == message["id"]:
+                    return payload
+                if payload.get("method") == "notifications/progress" and on_progress is not None:
+                    await on_progress(payload["params"])
+        raise RuntimeError("the SSE stream ended without the response")
+
+    async def request(self, method: str, params: dict[str, Any], on_progress: Any = None) -> dict[str, Any]:
+        self._ids += 1
+        message = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
+        answer = await self._post(message, on_progress)
+        if "error" in answer:
+            raise RpcError(answer["error"]["code"], answer["error"]["message"], answer["error"].get("data"))
+        return answer["result"]
+
+    async def open(self) -> None:
+        await self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                          "clientInfo": {"name": "exai-bench", "version": "0"}})
+        await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float | None = None,
+                        on_progress: Any = None) -> Any:
+        meta: dict[str, Any] = {}
+        if on_progress is not None:
+            meta["progressToken"] = f"p{self._ids + 1}"
+        if timeout is not None:
+            meta["exai/timeout"] = timeout
+        result = await self.request("tools/call", {"name": name, "arguments": arguments, "_meta": meta}, on_progress)
+        return _HttpResult(result)
+
+    async def close_abruptly(self) -> None:
+        raise NotImplementedError("disconnect-to-abort is a WebSocket measure")
+
+
+class _HttpResult:
+    def __init__(self, result: dict[str, Any]):
+        self.is_error = bool(result.get("isError"))
+        self.text = "".join(part.get("text", "") for part in result.get("content", []))
+
+
+class Bench:
+    def __init__(self, sim_url: str, daemon: dict[str, Any], local_sim: H11Sim, transport: str):
         self.sim_url = sim_url
-        self.daemon_url = daemon_url
+        self.daemon_url = daemon["url"]
+        self.monitor_url = daemon["monitor"]
+        self.http_url = daemon.get("http")
+        self.daemon_pid = daemon["pid"]
         self.local_sim = local_sim
-        self.daemon_pid = daemon_pid
+        self.transport = transport
+        self.calls = 0  # daemon calls that completed, for CPU per call
+        self.sim_pid = 0
+        self.fresh_daemon: Callable[[], Any] = lambda: None
         # The direct baseline uses the daemon's own transport, so the difference is the daemon.
         self.http = httpx.AsyncClient(
-            transport=TrioH11Transport(max_keepalive=256),
+            transport=TrioH11Transport(max_keepalive=1024),
             base_url=sim_url,
             headers={"Authorization": "Bearer bench"},
             timeout=30,
         )
 
+    @asynccontextmanager
+    async def client(self, url: str | None = None) -> AsyncIterator[Any]:
+        """A daemon connection: a WebSocket, or a Streamable HTTP session (--transport http)."""
+        if self.transport == "ws" or url is not None:
+            async with connect(url or self.daemon_url) as client:
+                yield client
+            return
+        if not self.http_url:
+            raise RuntimeError("the daemon printed no 'exai http on' line: no Streamable HTTP transport")
+        async with httpx.AsyncClient(transport=TrioH11Transport(max_keepalive=64), timeout=60) as http:
+            mcp = HttpMcpClient(self.http_url, http)
+            await mcp.open()
+            yield mcp
+
     async def sim_config(self, **behaviour: Any) -> None:
         admin = self.sim_url.rsplit("/v1", 1)[0]
-        response = await self.http.post(f"{admin}/_sim/config", json=behaviour)
+        defaults = {"latency_s": 0.0, "chunks": 5, "chunk_delay_s": 0.0, "hang": False}
+        response = await self.http.post(f"{admin}/_sim/config", json=defaults | behaviour)
         response.raise_for_status()
 
     async def direct_call(self) -> float:
         started = trio.current_time()
-        body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES}
-        response = await self.http.post("/chat/completions", json=body)
-        response.raise_for_status()
-        response.json()
+        body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES, "stream": True}
+        async with self.http.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            await response.aread()
         return trio.current_time() - started
 
-    async def daemon_call(self, client: ExaiClient) -> float:
+    async def daemon_call(self, client: Any) -> float:
         started = trio.current_time()
-        result = await client.call_tool("chat", {"prompt": "benchmark"})
+        result = await client.call_tool("chat", {"prompt": "benchmark"}, on_progress=_ignore_progress)
         if result.is_error:
             raise RuntimeError(result.text)
+        self.calls += 1
         return trio.current_time() - started
+
+    async def simulator_cost(self, rates: list[float], seconds: float) -> dict[str, Any]:
+        """The simulator alone, driven directly at each rate (open loop, streaming): its CPU share."""
+        await self.sim_config()
+        out = {}
+        for rate in rates:
+            n = int(rate * seconds)
+            before, started = cpu_seconds(self.sim_pid), time.monotonic()
+            async with trio.open_nursery() as nursery:
+                start = trio.current_time()
+                for i in range(n):
+                    await trio.sleep_until(start + i / rate)
+                    nursery.start_soon(self.direct_call)
+            share = (cpu_seconds(self.sim_pid) - before) / (time.monotonic() - started)
+            out[f"simulator_cpu_share_at_{rate:g}_per_s"] = round(share, 3)
+        return out
 
     async def sequential(self, n: int) -> dict[str, Any]:
         """One call at a time: daemon latency minus direct latency, interleaved."""
-        await self.sim_config(latency_s=0)
+        await self.sim_config()
         direct, through = [], []
-        async with connect(self.daemon_url) as client:
+        async with self.client() as client:
             for _ in range(20):  # warm up both paths
                 await self.direct_call()
                 await self.daemon_call(client)
@@ -147,13 +280,19 @@ class Bench:
             return out
 
         direct = await schedule(lambda i: self.direct_call())
+        async with self.clients(connections) as clients:
+            through = await schedule(lambda i: self.daemon_call(clients[i % connections]))
+        return {"rate_per_s": rate, "calls": n, "provider_latency_ms": ms(latency), **compared(direct, through)}
+
+    @asynccontextmanager
+    async def clients(self, connections: int) -> AsyncIterator[list[Any]]:
         async with trio.open_nursery() as opener:
-            clients: list[ExaiClient] = []
+            clients: list[Any] = []
             ready = trio.Event()
             done = trio.Event()
 
             async def hold() -> None:
-                async with connect(self.daemon_url) as client:
+                async with self.client() as client:
                     clients.append(client)
                     if len(clients) == connections:
                         ready.set()
@@ -162,62 +301,80 @@ class Bench:
             for _ in range(connections):
                 opener.start_soon(hold)
             await ready.wait()
-            through = await schedule(lambda i: self.daemon_call(clients[i % connections]))
-            done.set()
-        return {
-            "rate_per_s": rate,
-            "calls": n,
-            "provider_latency_ms": ms(latency),
-            **compared(direct, through),
-        }
+            try:
+                yield clients
+            finally:
+                done.set()
 
-    async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
-        """Closed loop against a zero-latency simulator; the monitor is polled meanwhile."""
-        await self.sim_config(latency_s=0)
-        count = 0
-        errors = 0
-        monitor_latency: list[float] = []
-        async with trio.open_nursery() as nursery:
-            deadline = trio.current_time() + seconds
+    async def closed_loop(self, inflight: int, seconds: float, connections: int, warmup: float = 0.0) -> tuple[list[float], int, int]:
+        """`inflight` calls at all times for `seconds` after `warmup`: (latencies of the calls that
+        started in that window, calls that finished in it, errors)."""
+        latencies: list[float] = []
+        finished = errors = 0
+        async with self.clients(connections) as clients:
+            start = trio.current_time()
+            measure_from, deadline = start + warmup, start + warmup + seconds
 
-            async def poll_monitor() -> None:
-                async with httpx.AsyncClient(transport=TrioH11Transport()) as http:
-                    await trio.sleep(0.5)
-                    while trio.current_time() < deadline:
-                        started = trio.current_time()
-                        (await http.get(f"{self.monitor_url}/api/status")).raise_for_status()
-                        monitor_latency.append(trio.current_time() - started)
-                        await trio.sleep(0.1)
-
-            nursery.start_soon(poll_monitor)
-
-            async def worker(client: ExaiClient) -> None:
-                nonlocal count, errors
+            async def worker(client: Any) -> None:
+                nonlocal errors, finished
                 while trio.current_time() < deadline:
+                    began = trio.current_time()
                     try:
-                        await self.daemon_call(client)
-                        count += 1
+                        took = await self.daemon_call(client)
                     except Exception:
                         errors += 1
+                        continue
+                    if began >= measure_from:
+                        latencies.append(took)
+                    finished += measure_from <= trio.current_time() <= deadline
 
-            async def conn(workers: int) -> None:
-                async with connect(self.daemon_url) as client, trio.open_nursery() as inner:
-                    for _ in range(workers):
-                        inner.start_soon(worker, client)
+            async with trio.open_nursery() as nursery:
+                for i in range(inflight):
+                    nursery.start_soon(worker, clients[i % connections])
+        return latencies, finished, errors
 
-            for i in range(connections):
-                nursery.start_soon(conn, inflight // connections + (1 if i < inflight % connections else 0))
-        return {"inflight": inflight, "seconds": seconds, "calls": count, "errors": errors,
-                "calls_per_s": round(count / seconds, 1),
-                "monitor_status_p50_ms": ms(pct(monitor_latency, 0.5)),
-                "monitor_status_max_ms": ms(max(monitor_latency))}
+    async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
+        """Closed loop against a zero-latency simulator; /healthz and /api/status polled meanwhile."""
+        await self.sim_config()
+        polled: dict[str, list[float]] = {"healthz": [], "api_status": []}
 
-    async def first_chunk(self, n: int) -> dict[str, Any]:
+        async def poll_monitor(path: str, into: list[float]) -> None:
+            async with httpx.AsyncClient(transport=TrioH11Transport(), timeout=10) as http:
+                await trio.sleep(0.5)
+                while trio.current_time() < stop_at:
+                    started = trio.current_time()
+                    (await http.get(f"{self.monitor_url}{path}")).raise_for_status()
+                    into.append(trio.current_time() - started)
+                    await trio.sleep(0.05)
+
+        stop_at = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll_monitor, "/healthz", polled["healthz"])
+            nursery.start_soon(poll_monitor, "/api/status", polled["api_status"])
+            _, finished, errors = await self.closed_loop(inflight, seconds, connections)
+        out = {"inflight": inflight, "seconds": seconds, "calls": finished, "errors": errors,
+               "calls_per_s": round(finished / seconds, 1)}
+        for name, values in polled.items():
+            out[f"{name}_p50_ms"] = ms(pct(values, 0.5))
+            out[f"{name}_max_ms"] = ms(max(values))
+        return out
+
+    async def concurrency(self, levels: list[int], seconds: float) -> dict[str, Any]:
+        """Latency p50/p99 and calls/s, closed loop, zero-latency provider, per concurrency level."""
+        await self.sim_config()
+        points = []
+        for level in levels:
+            latencies, finished, errors = await self.closed_loop(level, seconds, min(level, 16), warmup=0.3)
+            points.append({"concurrency": level, "p50_ms": ms(pct(latencies, 0.5)), "p99_ms": ms(pct(latencies, 0.99)),
+                           "calls_per_s": round(finished / seconds, 1), "errors": errors})
+        return {"provider_latency_ms": 0, "seconds_per_level": seconds, "points": points}
+
+    async def first_progress(self, n: int) -> dict[str, Any]:
         """Streaming: first progress notification through the daemon vs first SSE chunk direct."""
-        await self.sim_config(latency_s=0, chunks=5, chunk_delay_s=0.02)
+        await self.sim_config(chunks=3, chunk_delay_s=0.01)
         direct, through = [], []
         body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES, "stream": True}
-        async with connect(self.daemon_url) as client:
+        async with self.client() as client:
             for i in range(n + 10):
                 started = trio.current_time()
                 async with aconnect_sse(self.http, "POST", "/chat/completions", json=body) as source:
@@ -233,14 +390,36 @@ class Bench:
                         seen.append(trio.current_time() - started)
 
                 await client.call_tool("chat", {"prompt": f"stream {i}"}, on_progress=on_progress)
+                self.calls += 1
                 through.append(seen[0])
         direct, through = direct[10:], through[10:]
-        await self.sim_config(latency_s=0)
         # direct: the first SSE chunk; daemon: the first progress notification.
         return {"calls": n, **compared(direct, through, added="overhead")}
 
+    async def deadline(self, calls: int, timeout: float) -> dict[str, Any]:
+        """A hanging provider: how long after `exai/timeout` the -32001 arrives (calls 10 ms apart)."""
+        await self.sim_config(hang=True)
+        overshoot: list[float] = []
+        codes: list[int] = []
+
+        async def doomed(client: Any, i: int) -> None:
+            started = trio.current_time()
+            try:
+                await client.call_tool("chat", {"prompt": f"deadline {i}"}, timeout=timeout)
+            except RpcError as exc:
+                codes.append(exc.code)
+            overshoot.append(trio.current_time() - started - timeout)
+
+        async with self.client() as client, trio.open_nursery() as nursery:
+            for i in range(calls):  # 10 ms apart, so that the deadlines do not all fall at once
+                nursery.start_soon(doomed, client, i)
+                await trio.sleep(0.01)
+        await self.sim_config()
+        return {"calls": calls, "timeout_s": timeout, "timeouts_32001": codes.count(-32001),
+                "overshoot_p50_ms": ms(pct(overshoot, 0.5)), "overshoot_max_ms": ms(max(overshoot))}
+
     async def storm(self, inflight: int, seconds: float, timeout: float) -> dict[str, Any]:
-        """The simulator refuses half the attempts with 429 + Retry-After: 1."""
+        """The exai simulator refuses half the attempts with 429 + Retry-After: 1 (--simulator exai)."""
         await self.sim_config(status=429, fail_ratio=0.5, retry_after="1")
         ok = tool_errors = timeouts = other = 0
         overrun = 0.0
@@ -264,7 +443,8 @@ class Bench:
         async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
             for w in range(inflight):
                 nursery.start_soon(worker, client, w)
-        await self.sim_config(latency_s=0)
+        admin = self.sim_url.rsplit("/v1", 1)[0]
+        (await self.http.post(f"{admin}/_sim/reset")).raise_for_status()
         return {
             "inflight": inflight, "seconds": seconds, "call_timeout_s": timeout,
             "ok_per_s": round(ok / seconds, 1), "ok": ok, "tool_errors": tool_errors,
@@ -275,6 +455,7 @@ class Bench:
     async def disconnect_to_abort(self, n: int) -> dict[str, Any]:
         """A call hangs at the (in-process) provider; the client drops; time until the abort."""
         sim = self.local_sim
+        sim.configure(hang=True)
         gaps = []
         for i in range(n):
             aborted = sim.stats.aborted
@@ -282,24 +463,25 @@ class Bench:
 
                 async def doomed(i: int = i) -> None:
                     try:
-                        await client.call_tool("chat", {"prompt": f'{i}\n#sim {{"hang": true}}', "model": "glm-4.5-flash"})
+                        await client.call_tool("chat", {"prompt": f"abort {i}", "model": "glm-4.5-flash"})
                     except Exception:
                         pass
 
                 nursery.start_soon(doomed)
                 with trio.fail_after(5):
-                    await sim.wait_until(lambda s, target=aborted: s.inflight == 1)
+                    await sim.wait_until(lambda s: s.inflight == 1)
                 dropped = trio.current_time()
                 await client.close_abruptly()
                 with trio.fail_after(5):
                     await sim.wait_until(lambda s, target=aborted: s.aborted > target)
-                assert sim.stats.last_abort_at is not None
                 gaps.append(sim.stats.last_abort_at - dropped)
-        return {"runs": n, "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps))}
+        return {"runs": n, "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps)),
+                "samples_ms": [ms(gap) for gap in gaps]}
 
     async def memory(self, idle: int, inflight: int) -> dict[str, Any]:
         """RSS growth per idle connection and per in-flight call, each on a fresh daemon."""
-        async with self.fresh_daemon() as (url, _monitor, pid):
+        async with self.fresh_daemon() as daemon:
+            pid = daemon["pid"]
             base = rss_kib(pid)
             async with trio.open_nursery() as nursery:
                 done = trio.Event()
@@ -308,7 +490,7 @@ class Bench:
 
                 async def hold() -> None:
                     nonlocal opened
-                    async with connect(url):
+                    async with connect(daemon["url"]):
                         opened += 1
                         if opened == idle:
                             all_open.set()
@@ -321,15 +503,16 @@ class Bench:
                 with_idle = rss_kib(pid)
                 done.set()
         await self.sim_config(hang=True)
-        async with self.fresh_daemon() as (url, _monitor, pid):
-            async with connect(url) as client:
+        async with self.fresh_daemon() as daemon:
+            pid = daemon["pid"]
+            async with connect(daemon["url"]) as client:
                 await client.call_tool("version", {})
                 base_calls = rss_kib(pid)
                 async with trio.open_nursery() as nursery:
 
                     async def hanging(i: int) -> None:
                         try:
-                            await client.call_tool("chat", {"prompt": f"hold {i}"})
+                            await client.call_tool("chat", {"prompt": f"hold {i}"}, on_progress=_ignore_progress)
                         except Exception:
                             pass
 
@@ -344,7 +527,7 @@ class Bench:
                     await trio.sleep(0.5)
                     with_calls = rss_kib(pid)
                     nursery.cancel_scope.cancel()
-        await self.sim_config(latency_s=0)
+        await self.sim_config()
         return {
             "idle_connections": idle,
             "rss_per_idle_connection_kib": round((with_idle - base) / idle, 2),
@@ -353,13 +536,6 @@ class Bench:
             "rss_with_inflight_mib": round(with_calls / 1024, 1),
             "rss_per_inflight_call_kib": round((with_calls - base_calls) / inflight, 2),
         }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def full_history_ms() -> dict[str, float]:
@@ -466,14 +642,95 @@ async def monitor_bench(bench: Bench, scale: float) -> dict[str, Any]:
         "dashboard_cpu_share_pct": round(100 * (with_dashboard - quiet) / window, 2),
     }
 
+class Peer:
+    """An OpenAI-compatible gateway (`litellm`) in front of the same simulator, run on the same loads."""
+
+    def __init__(self, name: str, sim_url: str):
+        self.name = name
+        self.sim_url = sim_url
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = Path(tempfile.mkdtemp()) / "litellm.yaml"
+        config.write_text(
+            "model_list:\n  - model_name: kimi-k2-0905-preview\n    litellm_params:\n"
+            f"      model: openai/kimi-k2-0905-preview\n      api_base: {self.sim_url}\n      api_key: bench\n"
+        )
+        process = await trio.lowlevel.open_process(
+            [self.name, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/v1"
+            async with httpx.AsyncClient(timeout=2) as http:
+                with trio.fail_after(60):
+                    while True:
+                        try:
+                            if (await http.get(f"http://127.0.0.1:{port}/health/liveliness")).status_code == 200:
+                                break
+                        except httpx.HTTPError:
+                            pass
+                        await trio.sleep(0.5)
+            self.pid = process.pid
+            yield url
+        finally:
+            await stop(process, signal.SIGTERM, grace=5)
+
+    async def loads(self, bench: Bench, scale: float) -> dict[str, Any]:
+        """One call at a time and 64 in flight through the peer, beside the direct path."""
+        async with self.running() as url:
+            meter = CpuMeter({"peer": self.pid, "simulator": bench.sim_pid, "driver": os.getpid()}, bench)
+            peer = httpx.AsyncClient(transport=TrioH11Transport(max_keepalive=1024), base_url=url,
+                                     headers={"Authorization": "Bearer bench"}, timeout=30)
+
+            async def via_peer() -> float:
+                started = trio.current_time()
+                body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES, "stream": True}
+                async with peer.stream("POST", "/chat/completions", json=body) as response:
+                    response.raise_for_status()
+                    await response.aread()
+                return trio.current_time() - started
+
+            out: dict[str, Any] = {}
+            await bench.sim_config()
+            direct, through = [], []
+            with meter(out, "sequential"):
+                for _ in range(int(200 * scale)):
+                    direct.append(await bench.direct_call())
+                    through.append(await via_peer())
+            out["sequential"] |= compared(direct, through)
+            count = 0
+            with meter(out, "throughput"):
+                stop_at = trio.current_time() + 5 * scale
+                async with trio.open_nursery() as nursery:
+                    async def worker() -> None:
+                        nonlocal count
+                        while trio.current_time() < stop_at:
+                            await via_peer()
+                            count += 1
+                    for _ in range(64):
+                        nursery.start_soon(worker)
+            out["throughput"]["calls_per_s"] = round(count / (5 * scale), 1)
+            await peer.aclose()
+            return out
+
 
 @asynccontextmanager
-async def daemon_process(env: dict[str, str]) -> AsyncIterator[tuple[str, str, int]]:
-    """`exai serve` in a child process: (ws url, monitor url, pid); SIGTERM on exit."""
+async def daemon_process(env: dict[str, str], transport: str = "ws") -> AsyncIterator[dict[str, Any]]:
+    """`exai serve` in a child process: its urls and pid; SIGTERM on exit."""
     daemon = await trio.lowlevel.open_process([*EXAI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         found = await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)")
-        yield found.group(1).decode(), found.group(2).decode(), daemon.pid
+        info: dict[str, Any] = {"url": found.group(1).decode(), "monitor": found.group(2).decode(), "pid": daemon.pid}
+        if transport == "http":
+            with trio.move_on_after(5):
+                info["http"] = (await read_line_matching(daemon.stdout, rb"exai http on (http://\S+)")).group(1).decode()
+        yield info
     finally:
         await stop(daemon, signal.SIGTERM, grace=15)
 
@@ -487,58 +744,101 @@ async def stop(process: trio.Process, signum: int, *, grace: float) -> None:
         process.kill()
 
 
-async def main(quick: bool, only: list[str], profile: str | None) -> dict[str, Any]:
+class CpuMeter:
+    """CPU share (of one core) of each process over a block, and daemon CPU per completed call."""
+
+    def __init__(self, pids: dict[str, int], bench: Bench):
+        self.pids = pids
+        self.bench = bench
+
+    def __call__(self, into: dict[str, Any], name: str) -> Any:
+        meter = self
+
+        class _Block:
+            def __enter__(self) -> None:
+                self.wall = time.monotonic()
+                self.cpu = {who: cpu_seconds(pid) for who, pid in meter.pids.items()}
+                self.calls = meter.bench.calls
+
+            def __exit__(self, *exc: object) -> None:
+                wall = time.monotonic() - self.wall
+                used = {who: cpu_seconds(pid) - self.cpu[who] for who, pid in meter.pids.items()}
+                entry = into.setdefault(name, {})
+                entry["cpu_share"] = {who: round(u / wall, 3) for who, u in used.items()}
+                calls = meter.bench.calls - self.calls
+                if calls and "daemon" in used:
+                    entry["daemon_cpu_ms_per_call"] = round(used["daemon"] * 1000 / calls, 3)
+
+        return _Block()
+
+
+def daemon_env(env: dict[str, str], sim_url: str, local_url: str) -> dict[str, str]:
+    limit = "2000"
+    return {
+        **env,
+        "KIMI_API_KEY": "bench", "KIMI_BASE_URL": sim_url,
+        "GLM_API_KEY": "bench", "GLM_BASE_URL": local_url,
+        "EXAI_DEFAULT_MODEL": "kimi-k2-0905-preview",
+        "EXAI_PORT": "0", "EXAI_MONITOR_PORT": "0", "EXAI_HTTP_PORT": "0",
+        "EXAI_GLOBAL_MAX_INFLIGHT": limit, "EXAI_SESSION_MAX_INFLIGHT": limit,
+        "EXAI_KIMI_MAX_INFLIGHT": limit, "EXAI_GLM_MAX_INFLIGHT": "64",
+        "EXAI_MAX_CONNECTIONS": "5000", "EXAI_MAX_QUEUED": "5000",
+        "EXAI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
+        "EXAI_STATE_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), f"exai-bench-{os.getpid()}"),
+    }
+
+
+async def main(opts: argparse.Namespace) -> dict[str, Any]:
+    """Start the processes, run the loads `opts.runs` times; {"runs": [...], "profile": ..., ...}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
     async with trio.open_nursery() as nursery:
-        local_sim: Simulator = await nursery.start(serve_simulator, "127.0.0.1", 0)
-        sim = await trio.lowlevel.open_process(
-            [*EXAI, "mock-provider", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        local_sim: H11Sim = await nursery.start(H11Sim().serve)
+        if opts.simulator == "h11":
+            sim = await trio.lowlevel.open_process([*H11SIM, "--port", "0"], env=env, stdout=subprocess.PIPE)
+        else:
+            sim = await trio.lowlevel.open_process(
+                [*EXAI, "mock-provider", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            )
         try:
             sim_url = (await read_line_matching(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
-            limit = "2000"
-            daemon_env = {
-                **env,
-                "KIMI_API_KEY": "bench", "KIMI_BASE_URL": sim_url,
-                "GLM_API_KEY": "bench", "GLM_BASE_URL": local_sim.url,
-                "EXAI_DEFAULT_MODEL": "kimi-k2-0905-preview",
-                "EXAI_PORT": "0", "EXAI_MONITOR_PORT": "0",
-                "EXAI_GLOBAL_MAX_INFLIGHT": limit, "EXAI_SESSION_MAX_INFLIGHT": limit,
-                "EXAI_KIMI_MAX_INFLIGHT": limit, "EXAI_GLM_MAX_INFLIGHT": "64",
-                "EXAI_MAX_CONNECTIONS": "5000", "EXAI_MAX_QUEUED": "5000",
-                "EXAI_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "INFO"),
-                "EXAI_STATE_DIR": os.path.join(os.environ.get("TMPDIR", "/tmp"), f"exai-bench-{os.getpid()}"),
-            }
-            async with daemon_process(daemon_env) as (url, monitor_url, pid):
-                bench = Bench(sim_url, url, local_sim, pid)
-                bench.monitor_url = monitor_url
-                bench.fresh_daemon = lambda: daemon_process(daemon_env)
-                scale = 0.2 if quick else 1.0
-                runs: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-                    "sequential": lambda: bench.sequential(int(500 * scale)),
-                    "open_loop_300_per_s": lambda: bench.open_loop(300, 5 * scale, 0.2, 8),
-                    "throughput": lambda: bench.throughput(64, 5 * scale, 8),
-                    "streaming_first_chunk": lambda: bench.first_chunk(int(200 * scale)),
-                    "storm_429_half": lambda: bench.storm(32, 8 * scale, 3.0),
-                    "disconnect_to_abort": lambda: bench.disconnect_to_abort(int(100 * scale)),
+            denv = daemon_env(env, sim_url, local_sim.url)
+            async with daemon_process(denv, opts.transport) as daemon:
+                bench = Bench(sim_url, daemon, local_sim, opts.transport)
+                bench.sim_pid = sim.pid
+                bench.fresh_daemon = lambda: daemon_process(denv)
+                meter = CpuMeter({"daemon": daemon["pid"], "simulator": sim.pid, "driver": os.getpid()}, bench)
+                scale = 0.2 if opts.quick else 1.0
+                loads: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                    "simulator_cost": lambda: bench.simulator_cost([300, 1000], 2 * scale),
+                    "sequential": lambda: bench.sequential(int(300 * scale)),
+                    "open_loop_300_per_s": lambda: bench.open_loop(300, 3 * scale, 0.2, 8),
+                    "throughput": lambda: bench.throughput(64, 3 * scale, 8),
+                    "first_progress": lambda: bench.first_progress(int(60 * scale)),
+                    "deadline": lambda: bench.deadline(int(50 * scale), 0.5),
+                    "disconnect_to_abort": lambda: bench.disconnect_to_abort(int(50 * scale)),
                     "memory": lambda: bench.memory(int(1000 * scale), int(1000 * scale)),
                     "monitor": lambda: monitor_bench(bench, scale),
+                    "concurrency": lambda: bench.concurrency(CONCURRENCY if not opts.quick else [1, 8, 64], 1.5 * scale),
                 }
-                profiler = None
-                if profile:
-                    profiler = await trio.lowlevel.open_process(
-                        ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", profile],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )
-                results: dict[str, Any] = {}
-                for name, run in runs.items():
-                    if not only or name in only:
-                        results[name] = await run()
-                if profiler is not None:
-                    profiler.send_signal(signal.SIGINT)
-                    await profiler.wait()
+                if opts.simulator == "exai":
+                    loads["storm_429_half"] = lambda: bench.storm(32, 8 * scale, 3.0)
+                out: dict[str, Any] = {"runs": []}
+                for _ in range(opts.runs):
+                    results: dict[str, Any] = {}
+                    for name, load in loads.items():
+                        if not opts.only or name in opts.only:
+                            with meter(results, name):
+                                results[name] = await load()
+                    out["runs"].append(results)
+                if opts.profile:
+                    out["profile"] = await profile_daemon(bench, daemon["pid"], opts.profile, 6 * scale)
+                if opts.peer:
+                    if shutil.which(opts.peer):
+                        out["peer"] = await Peer(opts.peer, sim_url).loads(bench, scale)
+                    else:
+                        out["peer"] = {"not_run": f"`{opts.peer}` is not on PATH"}
                 await bench.http.aclose()
-                return results
+                return out
         finally:
             await stop(sim, signal.SIGINT, grace=5)
             nursery.cancel_scope.cancel()
@@ -606,19 +906,345 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
         },
         "tools_list_bytes": tools_list_bytes,
     }
+# --- profiling ----------------------------------------------------------------------------
+
+# A sample belongs to the innermost frame of the running task whose file matches a category
+# (trio's own frames inside a task count for the code that called them); samples with no
+# task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
+CATEGORIES: list[tuple[str, str]] = [
+    ("logging (loguru)", r"^loguru/|exai/logs\.py"),
+    ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
+    ("store (SQLite)", r"exai/store\.py|^sqlite3/"),
+    ("JSON encode/decode", r"^json/|orjson"),
+    ("validation (pydantic)", r"^pydantic|exai/tools/base\.py"),
+    ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),
+    ("provider request build (httpx models)", r"^httpx/_(models|urls|urlparse|content|headers|config|utils)\.py|_build_request"),
+    ("httpx client machinery", r"^httpx/_(client|decoders)\.py"),
+    ("provider transport (h11, sockets)", r"exai/providers/transport\.py|^h11/"),
+    ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
+    ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
+    ("JSON-RPC protocol", r"exai/protocol\.py"),
+    ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
+    ("tools", r"exai/tools/"),
+    ("server (session, dispatch)", r"exai/server\.py"),
+]
+SCHEDULER = "trio scheduler and I/O wait (no task running)"
+UNATTRIBUTED = "unattributed (a sample with trio's socket and lock frames only)"
+MONITOR = "monitor thread (/healthz, /api/status)"
+
+
+def categorise(raw: str) -> dict[str, float]:
+    """py-spy raw (collapsed) stacks -> share of samples per category."""
+    compiled = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
+    totals: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        # "function (path:line)" -> (function, path)
+        frames = [(func.strip(), path) for func, _, path in (frame.rpartition("(") for frame in stack.split(";"))]
+        where = UNATTRIBUTED
+        if any("exai/monitor.py" in path for _, path in frames):
+            where = MONITOR
+        else:
+            roots = [i for i, (func, path) in enumerate(frames) if func == "unrolled_run" and path.startswith("trio/")]
+            task = frames[roots[-1] + 1 :] if roots else frames
+            where = SCHEDULER if roots else UNATTRIBUTED
+            for func, path in reversed(task):
+                hit = next((name for name, pattern in compiled if pattern.search(path) or pattern.search(func)), None)
+                if hit:
+                    where = hit
+                    break
+        totals[where] = totals.get(where, 0) + int(count)
+    whole = sum(totals.values()) or 1
+    return {name: round(n / whole, 4) for name, n in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> dict[str, Any]:
+    """py-spy on the daemon during 64 calls in flight: CPU per call, split by category.
+
+    Kernel time (sockets, epoll) comes from /proc's stime; the user time is split by the
+    samples py-spy takes while a thread holds the GIL (`--gil`: a thread waiting for the CPU
+    inside a system call is not counting Python work, which on a shared machine it often is).
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    profiler = await trio.lowlevel.open_process(
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--nonblocking", "--gil", "-o", path],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    await trio.sleep(1.0)
+    await bench.sim_config()
+    calls, (user, system) = bench.calls, cpu_times(pid)
+    await bench.closed_loop(64, seconds, 8)
+    calls = bench.calls - calls
+    user, system = (now - before for now, before in zip(cpu_times(pid), (user, system), strict=True))
+    profiler.send_signal(signal.SIGINT)
+    await profiler.wait()
+    shares = categorise(await trio.Path(path).read_text())
+    user_ms, system_ms = user * 1000 / max(calls, 1), system * 1000 / max(calls, 1)
+    breakdown = {name: {"share_of_user": share, "ms_per_call": round(share * user_ms, 3)} for name, share in shares.items()}
+    breakdown["kernel: socket syscalls, epoll (/proc stime)"] = {"share_of_user": None, "ms_per_call": round(system_ms, 3)}
+    return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
+            "user_ms_per_call": round(user_ms, 3), "system_ms_per_call": round(system_ms, 3), "breakdown": breakdown}
+
+
+# --- the report ---------------------------------------------------------------------------
+
+# (load, key, label, target text, test: value -> met)
+TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
+    ("simulator_cost", "simulator_cpu_share_at_300_per_s", "the simulator alone at 300 calls/s (CPU share of a core)", "< 0.33", lambda v: v < 0.33),
+    ("simulator_cost", "simulator_cpu_share_at_1000_per_s", "the simulator alone at 1,000 calls/s (CPU share of a core)", "< 0.33", lambda v: v < 0.33),
+    ("sequential", "added_p50_ms", "one call at a time, added latency p50 (ms)", "<= 1", lambda v: v <= 1),
+    ("sequential", "added_p99_ms", "one call at a time, added latency p99 (ms)", "-", None),
+    ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)", "<= 2", lambda v: v <= 2),
+    ("open_loop_300_per_s", "added_p99_ms", "300 calls/s open loop, 200 ms provider, added p99 (ms)", "<= 5", lambda v: v <= 5),
+    ("throughput", "calls_per_s", "64 in flight, zero-latency provider (calls/s)", ">= 1000", lambda v: v >= 1000),
+    ("throughput", "healthz_p50_ms", "/healthz under saturation, p50 (ms)", "< 100", lambda v: v < 100),
+    ("throughput", "healthz_max_ms", "/healthz under saturation, max (ms)", "< 100", lambda v: v < 100),
+    ("throughput", "api_status_p50_ms", "/api/status under saturation, p50 (ms)", "< 100", lambda v: v < 100),
+    ("first_progress", "overhead_p50_ms", "time to first progress, added p50 (ms)", "<= 2", lambda v: v <= 2),
+    ("first_progress", "overhead_p99_ms", "time to first progress, added p99 (ms)", "-", None),
+    ("deadline", "overshoot_p50_ms", "deadline overshoot p50 (ms)", "-", None),
+    ("deadline", "overshoot_max_ms", "deadline overshoot max (ms)", "<= 50", lambda v: v <= 50),
+    ("disconnect_to_abort", "p50_ms", "client vanishes -> provider request aborted, p50 (ms)", "-", None),
+    ("disconnect_to_abort", "p99_ms", "client vanishes -> provider request aborted, p99 (ms)", "<= 5", lambda v: v <= 5),
+    ("memory", "rss_with_inflight_mib", "RSS with 1,000 calls in flight (MiB)", "< 150", lambda v: v < 150),
+    ("memory", "rss_per_inflight_call_kib", "RSS per in-flight call (KiB)", "-", None),
+    ("memory", "rss_per_idle_connection_kib", "RSS per idle connection (KiB)", "-", None),
+]
+
+
+def median_of(runs: list[dict[str, Any]], load: str, *keys: str) -> tuple[float, float, float] | None:
+    values = []
+    for run in runs:
+        value: Any = run.get(load, {})
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            values.append(float(value))
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = out["runs"]
+    (docs / "perf").mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# exai performance",
+        "",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "## Machine",
+        "",
+        f"- {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} CPUs: {_cpu_model()}",
+        f"- load average at the start of the run {out.get('loadavg_start', '?')}, at the end "
+        f"{out.get('loadavg_end', '?')}: the machine is shared (2 cores, other sessions at work), "
+        "so the wall-clock figures carry that noise and the CPU shares show how little of a core the daemon got; "
+        "daemon CPU ms per call is the figure contention moves least. Run it again on a quiet machine for "
+        "representative latencies.",
+        "- three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio), the daemon "
+        "(`exai serve`, WebSocket) and the load generator (this script). Daemon calls ask for progress, so the "
+        "daemon streams from the provider; the direct baseline streams over the daemon's own HTTP transport.",
+        "",
+        f"## Figures (median of {len(runs)} runs, min-max in brackets)",
+        "",
+        "CPU share = CPU seconds / wall seconds over that load, per process (1.0 = one core of the two).",
+        "",
+        "| figure | target | median [min-max] | met | daemon CPU ms/call | CPU share daemon / simulator / driver |",
+        "|---|---|---|---|---|---|",
+    ]
+    missed = []
+    for load, key, label, target, test in TARGETS:
+        got = median_of(runs, load, key)
+        if got is None:
+            continue
+        med, low, high = got
+        met = "" if test is None else ("yes" if test(med) else "**no**")
+        if test is not None and not test(med):
+            missed.append((label, load))
+        cpu = median_of(runs, load, "daemon_cpu_ms_per_call")
+        shares = [median_of(runs, load, "cpu_share", who) for who in ("daemon", "simulator", "driver")]
+        share_text = " / ".join(f"{s[0]:.2f}" if s else "-" for s in shares)
+        lines.append(f"| {label} | {target} | {med:g} [{low:g}-{high:g}] | {met} | "
+                     f"{f'{cpu[0]:.2f}' if cpu else '-'} | {share_text} |")
+    lines += ["", *_concurrency_section(runs, docs, plt), *_abort_section(runs, docs, plt)]
+    profile = out.get("profile")
+    if profile:
+        lines += _profile_section(profile)
+    if missed:
+        lines += ["## What bounds the missed targets", ""]
+        for label, load in missed:
+            lines.append(f"- **{label}**: {_bound(runs, load, profile)}")
+        lines.append("")
+    peer = out.get("peer")
+    lines += ["## Peer gateway", ""]
+    if not peer:
+        lines.append("Not run (`--peer litellm` was not given).")
+    elif "not_run" in peer:
+        lines.append(f"Not run: {peer['not_run']}. The code path exists (`--peer litellm`).")
+    else:
+        lines.append("```json\n" + json.dumps(peer, indent=2) + "\n```")
+    lines.append("")
+    path = docs / "performance.md"
+    path.write_text("\n".join(lines) + _appendix(docs))
+    return path
+
+
+def _appendix(docs: Path) -> str:
+    """Hand-written notes (per-change before/after tables) kept in docs/perf/changes.md."""
+    notes = docs / "perf" / "changes.md"
+    return "\n" + notes.read_text() if notes.exists() else ""
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _bound(runs: list[dict[str, Any]], load: str, profile: dict[str, Any] | None) -> str:
+    shares = {who: (median_of(runs, load, "cpu_share", who) or (0.0,))[0] for who in ("daemon", "simulator", "driver")}
+    cpu = median_of(runs, load, "daemon_cpu_ms_per_call")
+    rate = median_of(runs, load, "rate_per_s") or median_of(runs, load, "calls_per_s")
+    text = (f"CPU. The daemon had {shares['daemon']:.2f} of a core, the simulator {shares['simulator']:.2f} and the load "
+            f"generator {shares['driver']:.2f}; the rest of the 2 cores went to other work on the shared machine")
+    if cpu and rate:
+        text += (f". At {cpu[0]:.2f} ms of daemon CPU per call, {rate[0]:g} calls/s need {rate[0] * cpu[0] / 1000:.2f} "
+                 f"of a core, and one whole core would carry about {1000 / cpu[0]:.0f} calls/s")
+    elif cpu:
+        text += f". The daemon spent {cpu[0]:.2f} ms of CPU per call"
+    if profile:
+        top = sorted(profile["breakdown"].items(), key=lambda kv: -kv[1]["ms_per_call"])[:3]
+        text += "; the profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
+    return text + "."
+
+
+def _concurrency_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
+    per_level: dict[int, dict[str, list[float]]] = {}
+    for run in runs:
+        for point in run.get("concurrency", {}).get("points", []):
+            entry = per_level.setdefault(point["concurrency"], {"p50_ms": [], "p99_ms": [], "calls_per_s": []})
+            for key in entry:
+                entry[key].append(point[key])
+    if not per_level:
+        return []
+    levels = sorted(per_level)
+    med = {key: [statistics.median(per_level[c][key]) for c in levels] for key in ("p50_ms", "p99_ms", "calls_per_s")}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(levels, med["p50_ms"], "o-", label="p50")
+    ax.plot(levels, med["p99_ms"], "s--", label="p99")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("calls in flight (closed loop, zero-latency provider)")
+    ax.set_ylabel("call latency (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    twin = ax.twinx()
+    twin.plot(levels, med["calls_per_s"], "^:", color="gray", label="calls/s")
+    twin.set_ylabel("calls/s")
+    fig.legend(loc="lower right", bbox_to_anchor=(0.86, 0.2))
+    fig.tight_layout()
+    fig.savefig(docs / "perf" / "latency_vs_concurrency.png", dpi=110)
+    plt.close(fig)
+    lines = ["## Latency against concurrency (WebSocket)", "",
+             "![latency against concurrency](perf/latency_vs_concurrency.png)", "",
+             "With a zero-latency provider the whole latency is exai plus the simulator and the load generator; "
+             "at 1 in flight it is the one-call-at-a-time latency, past saturation it grows as in-flight / calls/s. "
+             "Streamable HTTP: not measured here yet (`--transport http` exists; the HTTP transport lands with another change).",
+             "", "| in flight | p50 ms | p99 ms | calls/s |", "|---|---|---|---|"]
+    lines += [f"| {c} | {a:g} | {b:g} | {r:g} |" for c, a, b, r in zip(levels, med["p50_ms"], med["p99_ms"], med["calls_per_s"], strict=True)]
+    return [*lines, ""]
+
+
+def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
+    samples = [s for run in runs for s in run.get("disconnect_to_abort", {}).get("samples_ms", [])]
+    if not samples:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(samples, bins=40)
+    ax.axvline(5, color="red", linestyle="--", label="target p99 5 ms")
+    ax.set_xlabel("client gone -> provider request aborted (ms)")
+    ax.set_ylabel("calls")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(docs / "perf" / "abort_latency.png", dpi=110)
+    plt.close(fig)
+    return ["## Disconnect-to-abort distribution", "", "![abort latency](perf/abort_latency.png)", "",
+            f"{len(samples)} samples over all runs: p50 {pct(samples, 0.5):.2f} ms, p99 {pct(samples, 0.99):.2f} ms, "
+            f"max {max(samples):.2f} ms.", ""]
+
+
+def _shown_path(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
+def _profile_section(profile: dict[str, Any]) -> list[str]:
+    lines = ["## Where a call's daemon CPU goes", "",
+             f"Daemon under 64 calls in flight against a zero-latency provider: {profile['calls']} calls, "
+             f"{profile['daemon_cpu_ms_per_call']:.3f} ms of daemon CPU per call ({profile['user_ms_per_call']:.3f} ms user, "
+             f"{profile['system_ms_per_call']:.3f} ms kernel, from /proc). The user time is split by py-spy samples "
+             "(`record --format raw --nonblocking --gil`, 200 Hz): each sample goes to the innermost frame of the running "
+             "task that matches a category (trio's frames count for their caller). Stacks: `" + _shown_path(profile["file"]) + "`.", "",
+             "| part of the path | share of user CPU | ms per call |", "|---|---|---|"]
+    for name, value in profile["breakdown"].items():
+        share = value["share_of_user"]
+        lines.append(f"| {name} | {'-' if share is None else f'{share * 100:.1f}%'} | {value['ms_per_call']:.3f} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
-    parser.add_argument("--only", nargs="*", default=[], help="run only these (names as printed)")
-    parser.add_argument("--profile", help="record the daemon with py-spy (raw format) into this file")
+    parser.add_argument("--only", nargs="*", default=[], help="run only these loads (names as printed)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the loads this many times (--report: 5)")
+    parser.add_argument("--profile", help="after the loads, profile the daemon with py-spy into this file (raw stacks)")
+    parser.add_argument("--report", action="store_true", help="5 runs and a profile; write docs/performance.md and plots")
+    parser.add_argument("--simulator", choices=["h11", "exai"], default="h11", help="h11: scripts/h11sim.py; exai: exai mock-provider")
+    parser.add_argument("--transport", choices=["ws", "http"], default="ws", help="how the load reaches the daemon")
+    parser.add_argument("--render", help="write docs/performance.md again from a saved docs/perf/results.json")
+    parser.add_argument("--peer", help="also run the loads through this OpenAI-compatible gateway command (litellm)")
     parser.add_argument("--workflow", action="store_true", help="only the workflow tools' numbers")
     parser.add_argument("--monitor", action="store_true", help="only the monitor's benchmark (same as --only monitor)")
     opts = parser.parse_args()
     if opts.workflow:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
         print(json.dumps(trio.run(workflow, clean), indent=2))
+        sys.exit(0)
+    if opts.monitor:
+        opts.only = [*opts.only, "monitor"]
+    if opts.report:
+        opts.runs = max(opts.runs, 5)
+        opts.profile = opts.profile or str(ROOT / "docs" / "perf" / "daemon-profile.txt")
+        (ROOT / "docs" / "perf").mkdir(parents=True, exist_ok=True)
+    if opts.render:
+        saved = json.loads(Path(opts.render).read_text())
+        if saved.get("profile"):  # re-split the saved stacks, in case the categories changed
+            profile = saved["profile"]
+            shares = categorise(Path(profile["file"]).read_text())
+            user_ms = profile["user_ms_per_call"]
+            kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
+            profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
+        print(write_report(saved, saved["command"], ROOT / "docs"))
+        sys.exit(0)
+    loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    result = trio.run(main, opts)
+    if opts.report:
+        result["command"] = "python " + " ".join(sys.argv)
+        result["loadavg_start"] = loadavg_start
+        result["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        (ROOT / "docs" / "perf" / "results.json").write_text(json.dumps(result, indent=1))
+        print(write_report(result, result["command"], ROOT / "docs"))
     else:
-        only = [*opts.only, "monitor"] if opts.monitor else opts.only
-        print(json.dumps(trio.run(main, opts.quick, only, opts.profile), indent=2))
+        print(json.dumps(result if opts.runs > 1 else result["runs"][0] | {k: v for k, v in result.items() if k != "runs"}, indent=2))

@@ -458,7 +458,8 @@ def fuzz_frame(rng: random.Random, avoid_crashers: bool) -> tuple[str, str | byt
         lambda: ("duplicate_id", req("tools/call", {"name": "chat", "arguments": {"prompt": "dup\n#sim {\"latency_s\": 0.3}"}}, id="dup")),
     ]
     if not avoid_crashers:
-        choices.append(lambda: ("bracket_flood", "[" * 100_000))
+        # Deep enough to overflow a recursive parser, yet under EXAI_MAX_MESSAGE_BYTES (64 KiB here).
+        choices.append(lambda: ("bracket_flood", "[" * rng.randint(10_000, 60_000)))
         # Found by this soak: a lone surrogate in an id is echoed, and encoding the answer fails.
         choices.append(lambda: ("lone_surrogate_id", '{"jsonrpc": "2.0", "id": "\\ud800", "method": "ping"}'))
     choices.append(lambda: ("lone_surrogate_param", '{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"s": "\\udc00"}}'))

@@ -391,3 +391,60 @@ async def test_a_streaming_request_answered_with_json_is_a_bad_response() -> Non
 
 async def _ignore(text: str, tokens: int) -> None:
     pass
+
+
+# -- the event-stream format, however the bytes arrive -------------------------------------
+
+
+def _raw_stream(pieces: list[bytes], headers: dict[str, str] | None = None) -> httpx.Response:
+    async def body() -> Any:
+        for piece in pieces:
+            yield piece
+
+    return httpx.Response(200, headers=headers or {"content-type": "text/event-stream"}, content=body())
+
+
+def _split_everywhere(data: bytes) -> list[list[bytes]]:
+    """The body whole, byte by byte, and cut at every position into two pieces."""
+    return [[data], [data[i : i + 1] for i in range(len(data))]] + [[data[:i], data[i:]] for i in range(1, len(data))]
+
+
+_FORMATTED = (
+    ": a comment first\r\n"
+    "event: message\r\n"
+    f"data: {chunk('one ')}\r\n\r\n"
+    "id: 7\n"
+    "retry: 1000\n"
+    "event: ping\n\n"  # an event without data is not one
+    f"data:{chunk('two ')}\r\r"  # no space after the colon; CR line ends
+    'data: {"choices": [{"index": 0,\n'  # one event's data over two lines
+    'data:  "delta": {"content": "three"}, "finish_reason": "stop"}]}\n\n'
+    "data: [DONE]\n\n"
+    f"data: {chunk('never finished')}"  # no blank line before the end: dropped
+)
+
+
+async def test_server_sent_events_are_read_by_the_format_wherever_the_bytes_are_cut() -> None:
+    for pieces in _split_everywhere(_FORMATTED.encode()):
+        reports: list[str] = []
+
+        async def on_text(text: str, tokens: int, reports: list[str] = reports) -> None:
+            reports.append(text)
+
+        result = await attempt(provider(answering(lambda pieces=pieces: _raw_stream(pieces))), on_text=on_text)
+        assert (result.text, result.finish_reason, reports[0]) == ("one two three", "stop", "one "), pieces
+
+
+async def test_a_compressed_stream_is_decoded() -> None:
+    import gzip
+
+    body = "".join(f"data: {item}\n\n" for item in [chunk("zipped "), chunk("answer", "stop"), "[DONE]"])
+    packed = gzip.compress(body.encode())
+    headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    result = await attempt(provider(answering(lambda: _raw_stream([packed[:10], packed[10:]], headers))), on_text=_ignore)
+    assert result.text == "zipped answer"
+
+
+async def test_a_stream_of_undecodable_bytes_is_a_bad_response_not_a_crash() -> None:
+    exc = await failure(provider(answering(lambda: _raw_stream([b"data: \xff\xfe{\n\n"]))), on_text=_ignore)
+    assert exc.kind == "bad_response"

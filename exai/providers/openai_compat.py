@@ -7,16 +7,17 @@ budgets are the gateway's; this module makes exactly one request per `attempt()`
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import httpx
+import orjson
 import trio
-from httpx_sse import EventSource, SSEError
+from httpx_sse import SSEError
 
 from exai.providers.base import Completion, OnText, ProviderError, Usage
 from exai.providers.catalog import PROVIDER_INFO, ModelInfo, ProviderInfo, estimate_tokens
@@ -83,6 +84,13 @@ class AttemptError(ProviderError):
         self.retry_after = retry_after
 
 
+def _request_headers(stream: bool) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if stream:
+        headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+    return headers
+
+
 def make_client(api_key: str, transport: httpx.AsyncBaseTransport) -> httpx.AsyncClient:
     """The provider's one shared client, over `transport`."""
     return httpx.AsyncClient(
@@ -120,6 +128,10 @@ class OpenAICompatProvider:
         )
         self.client = make_client(api_key, self.transport)
         self.open_requests = 0
+        # What the client would add to every request, worked out once: the URL, and the
+        # headers of a JSON and of a streaming request (the client's, then the request's own).
+        self._url = httpx.URL(self.url)
+        self._headers = {stream: self._prepared_headers(stream) for stream in (False, True)}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -174,23 +186,45 @@ class OpenAICompatProvider:
             retryable=True,
         )
 
+    def _prepared_headers(self, stream: bool) -> httpx.Headers:
+        headers = self.client.build_request("POST", self.url, headers=_request_headers(stream)).headers
+        del headers["Content-Length"]  # httpx's "0" for a POST without a body; each body sets its own
+        return headers
+
     def _build_request(self, body: dict[str, Any], timeout: httpx.Timeout) -> httpx.Request:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if body["stream"]:
-            headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        """The request `client.build_request` would make, from the headers prepared once."""
         # bytes content makes an httpx.ByteStream: sent with the head in one write, and
         # replayable, so the transport may retry it on a fresh connection if a pooled one was stale.
-        return self.client.build_request("POST", self.url, content=data, headers=headers, timeout=timeout)
+        return httpx.Request(
+            "POST",
+            self._url,
+            headers=self._headers[body["stream"]],
+            content=orjson.dumps(body),
+            extensions={"timeout": timeout.as_dict()},
+        )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The response head; the body streams. The client's own per-request steps (auth,
+        redirects, cookies, event hooks) are not used by a provider, so the request goes
+        straight to the client's transport."""
+        if self.client.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
 
     async def _request(
         self, body: dict[str, Any], model: ModelInfo, messages: list[dict[str, Any]], timeout: httpx.Timeout
     ) -> Completion:
-        response = await self.client.send(self._build_request(body, timeout))
+        response = await self._send(self._build_request(body, timeout))
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
         if response.status_code != 200:
             raise self._error_from_response(response, model, messages)
         try:
-            payload = response.json()
+            payload = orjson.loads(response.content)
             choice = payload["choices"][0]
             text = choice["message"]["content"] or ""
             finish = choice.get("finish_reason")
@@ -214,18 +248,20 @@ class OpenAICompatProvider:
         state = _StreamState()
         # One scope whose deadline moves forward with every event: headers and chunks alike.
         with trio.CancelScope(deadline=trio.current_time() + idle_s) as idle:
-            response = await self.client.send(self._build_request(body, timeout), stream=True)
+            response = await self._send(self._build_request(body, timeout))
             try:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._error_from_response(response, model, messages)
-                async with _finishing(EventSource(response).aiter_sse()) as events:
-                    async for event in events:
-                        if self._take_event(event.data, state):
+                async with _finishing(_SSEData(_body_chunks(response))) as events:
+                    async for data in events:
+                        now = trio.current_time()
+                        if self._take_event(data, state, now):
                             # The caller's time (a slow client, say) is not provider silence.
                             idle.deadline = math.inf
                             await on_text("".join(state.parts), state.tokens)
-                        idle.deadline = trio.current_time() + idle_s
+                            now = trio.current_time()
+                        idle.deadline = now + idle_s
             finally:
                 await response.aclose()
         if idle.cancelled_caught:
@@ -252,8 +288,9 @@ class OpenAICompatProvider:
             text="".join(state.parts), model=model.name, provider=self.name, usage=usage, finish_reason=state.finish
         )
 
-    def _take_event(self, data: str, state: _StreamState) -> bool:
-        """Take in one SSE event; True when progress is due (at most every PROGRESS_INTERVAL_S)."""
+    def _take_event(self, data: str, state: _StreamState, now: float) -> bool:
+        """Take in one SSE event arrived at `now`; True when progress is due (at most every
+        PROGRESS_INTERVAL_S)."""
         if state.done:
             return False  # read on to the end of the body, so the connection can be reused
         if data.strip() == "[DONE]":
@@ -261,7 +298,7 @@ class OpenAICompatProvider:
             return False
         chunk = self._parse_chunk(data)
         if "error" in chunk:
-            message, _ = _error_detail(json.dumps(chunk), self._api_key)
+            message, _ = _error_detail(orjson.dumps(chunk).decode(), self._api_key)
             raise AttemptError(
                 self.name,
                 "unavailable",
@@ -278,7 +315,6 @@ class OpenAICompatProvider:
         elif not delta.get("reasoning_content"):
             return False
         state.tokens += 1
-        now = trio.current_time()
         if now - state.last_report < PROGRESS_INTERVAL_S:
             return False
         state.last_report = now
@@ -286,7 +322,7 @@ class OpenAICompatProvider:
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
-            chunk = json.loads(data)
+            chunk = orjson.loads(data)
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
@@ -438,8 +474,68 @@ class _StreamState:
     last_report: float = -math.inf
 
 
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive: straight from the transport's stream unless the
+    provider compressed it, when httpx decodes it."""
+    content_type = response.headers.get("content-type", "")
+    if "text/event-stream" not in content_type:
+        raise SSEError(f"Expected response header Content-Type to contain 'text/event-stream', got {content_type!r}")
+    if response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity"):
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return response.stream.__aiter__()
+    return response.aiter_bytes()
+
+
+class _SSEData:
+    """The `data` of each server-sent event in a byte stream, as text (WHATWG event-stream
+    format: lines end with CRLF, LF or CR; a blank line ends an event; `data` lines join with
+    newlines; comments and the other fields are not used here; an event without data is not
+    one). An event the stream does not finish with a blank line is dropped, as the format says."""
+
+    __slots__ = ("_buffer", "_chunks", "_data", "_ready")
+
+    def __init__(self, chunks: AsyncIterator[bytes]):
+        self._chunks = chunks
+        self._buffer = b""
+        self._data: list[str] = []
+        self._ready: deque[str] = deque()
+
+    def __aiter__(self) -> _SSEData:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._ready:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                if self._buffer:  # the last line, held back in case more of it followed
+                    self._feed(b"", final=True)
+                if self._ready:
+                    break
+                raise
+            self._feed(chunk)
+        return self._ready.popleft()
+
+    def _feed(self, chunk: bytes, final: bool = False) -> None:
+        lines = (self._buffer + chunk).splitlines(keepends=True)
+        self._buffer = b""
+        # An unfinished last line waits for more; so does one ending in CR (LF may follow).
+        if lines and not final and lines[-1][-1:] != b"\n":
+            self._buffer = lines.pop()
+        for raw in lines:
+            line = raw.rstrip(b"\r\n")
+            if not line:
+                if self._data:
+                    self._ready.append("\n".join(self._data))
+                    self._data = []
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                self._data.append((value[1:] if value[:1] == b" " else value).decode("utf-8", "replace"))
+
+
 @asynccontextmanager
-async def _finishing(events: AsyncGenerator[T, None]) -> AsyncIterator[AsyncGenerator[T, None]]:
+async def _finishing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
     """Yield `events`; on exit, make sure it and the generators under it have ended.
 
     httpx's streaming iterators are async generators nested in one another, and `aclose()`
@@ -476,13 +572,13 @@ def _error_detail(text: str, api_key: str) -> tuple[str, str]:
     """The provider's error message and code from an error body, secrets scrubbed, shortened."""
     message, code = text.strip(), ""
     try:
-        data = json.loads(text)
+        data = orjson.loads(text)
     except ValueError:
         data = None
     if isinstance(data, dict):
         error = data.get("error", data)
         if isinstance(error, dict):
-            message = str(error.get("message") or error.get("msg") or json.dumps(error))
+            message = str(error.get("message") or error.get("msg") or orjson.dumps(error).decode())
             code = str(error.get("code") or error.get("type") or "")
         elif error is not None:
             message = str(error)
