@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
+
+EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 
 QUIET_GRACE_S = 2.0
 
@@ -61,15 +70,15 @@ def status_leaks(status: dict[str, Any]) -> list[str]:
     waiting = {n: s["waiting"] for n, s in limiters.items() if s["waiting"]}
     if waiting:
         found.append(f"tasks still waiting on limiters: {waiting}")
-    for field in ("inflight", "queued", "connections"):
-        if status[field]:
-            found.append(f"{field} is {status[field]}, not 0")
+    for name in ("inflight", "queued", "connections"):
+        if status[name]:
+            found.append(f"{name} is {status[name]}, not 0")
     if status["requests"]:
         found.append(f"calls still alive: {status['requests']}")
     for name, provider in status["providers"].items():
-        for field in ("inflight", "busy_connections", "rpm_waiting", "probes_inflight"):
-            if provider[field]:
-                found.append(f"provider {name} {field} is {provider[field]}, not 0")
+        for key in ("inflight", "busy_connections", "rpm_waiting", "probes_inflight"):
+            if provider[key]:
+                found.append(f"provider {name} {key} is {provider[key]}, not 0")
     return found
 
 
@@ -88,3 +97,51 @@ async def assert_quiet_status(monitor_url: str, *, token: str | None = None, gra
                     return
                 await trio.sleep(0.02)
     assert not problems, "; ".join(problems)
+
+
+@dataclass
+class ServeProcess:
+    """A running `exai serve` subprocess and what it printed."""
+
+    proc: trio.Process
+    url: str = ""
+    monitor_url: str = ""
+    http_url: str = ""
+    stdout: bytes = b""
+    stderr: bytearray = field(default_factory=bytearray)
+
+
+@asynccontextmanager
+async def serve_process(cwd: Path, *args: str, **env_extra: str) -> AsyncIterator[ServeProcess]:
+    """`exai serve` in a subprocess on free loopback ports, with a clean environment plus
+    `env_extra`; yields once it printed its URLs. Killed on exit if it still runs; its stderr
+    stays readable after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    env.update(EXAI_STATE_DIR=str(cwd / "state"), EXAI_PORT="0", EXAI_MONITOR_PORT="0", EXAI_HTTP_PORT="0")
+    env.update(env_extra)
+    proc = await trio.lowlevel.open_process(
+        [*EXAI, "serve", *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    served = ServeProcess(proc)
+
+    async def read_stderr() -> None:
+        assert proc.stderr is not None
+        while chunk := await proc.stderr.receive_some():
+            served.stderr += chunk
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_stderr)
+            assert proc.stdout is not None
+            with trio.fail_after(20):
+                while not re.search(rb"exai http on .*\n", served.stdout):
+                    chunk = await proc.stdout.receive_some()
+                    assert chunk, served.stderr.decode()
+                    served.stdout += chunk
+            for name, pattern in (("url", rb"exai listening on (ws://\S+)"), ("monitor_url", rb"exai monitor on (http://\S+)"), ("http_url", rb"exai http on (http://\S+)")):
+                setattr(served, name, re.search(pattern, served.stdout).group(1).decode())  # type: ignore[union-attr]
+            yield served
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

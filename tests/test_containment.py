@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from support import eventually, port_of, raw_handshake, upgrade_request
+from support import eventually, port_of, raw_handshake, serve_process, upgrade_request
 from trio_websocket import ConnectionClosed
 
 from exai.client import CannotConnect, ExaiClient, connect, open_websocket
@@ -360,81 +360,45 @@ async def test_handshake_status_codes_over_http(daemons: Any) -> None:
 
 
 async def test_the_five_reproductions_against_a_real_serve_process(tmp_path: Any) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env.update(
-        EXAI_STATE_DIR=str(tmp_path / "state"),
-        EXAI_PORT="0",
-        EXAI_MONITOR_PORT="0",
-        EXAI_AUTH_TOKEN="tok-en",
-        EXAI_MAX_CONNECTIONS="10",
-    )
-    command = [sys.executable, "-c", "from exai.cli import main; main()", "serve", "--demo"]
-    proc = await trio.lowlevel.open_process(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    stderr = b""
+    async with serve_process(tmp_path, "--demo", EXAI_AUTH_TOKEN="tok-en", EXAI_MAX_CONNECTIONS="10") as served:
+        url, proc = served.url, served.proc
+        async with bystander(url, token="tok-en"), connect(url, token="tok-en") as client:
+            await client.send_raw("[" * 100_000)
+            assert (await client.receive_raw())["error"]["code"] in (-32700, -32600)
+            await client.notify("notifications/cancelled", {"requestId": [1]})
+            answer = await raw_handshake(url, "Authorization: Bearer tök-en".encode())
+            assert answer.startswith(b"HTTP/1.1 401"), answer
+            for _ in range(5):
+                stream = await trio.open_tcp_stream("127.0.0.1", port_of(url))
+                reset_on_close(stream)
+                await stream.send_all(upgrade_request(b"Authorization: Bearer tok-en"))
+                await stream.aclose()
+            opened = 0
+            refused = 0
+            all_tried = trio.Event()
 
-    async def read_stderr() -> None:
-        nonlocal stderr
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.receive_some():
-            stderr += chunk
+            async def one() -> None:
+                nonlocal opened, refused
+                try:
+                    async with open_websocket(url, token="tok-en"):
+                        opened += 1
+                        await all_tried.wait()
+                except CannotConnect as exc:
+                    assert "HTTP 503" in str(exc)
+                    refused += 1
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_stderr)
-            assert proc.stdout is not None
-            stdout = b""
-            with trio.fail_after(20):
-                while b"exai monitor on" not in stdout:
-                    chunk = await proc.stdout.receive_some()
-                    assert chunk, stderr.decode()
-                    stdout += chunk
-            url = re.search(rb"exai listening on (ws://[\d.:]+)", stdout).group(1).decode()  # type: ignore[union-attr]
-            async with bystander(url, token="tok-en"), connect(url, token="tok-en") as client:
-                await client.send_raw("[" * 100_000)
-                assert (await client.receive_raw())["error"]["code"] in (-32700, -32600)
-                await client.notify("notifications/cancelled", {"requestId": [1]})
-                answer = await raw_handshake(url, "Authorization: Bearer tök-en".encode())
-                assert answer.startswith(b"HTTP/1.1 401"), answer
-                for _ in range(5):
-                    stream = await trio.open_tcp_stream("127.0.0.1", port_of(url))
-                    reset_on_close(stream)
-                    await stream.send_all(upgrade_request(b"Authorization: Bearer tok-en"))
-                    await stream.aclose()
-                opened = 0
-                refused = 0
-                all_tried = trio.Event()
-
-                async def one() -> None:
-                    nonlocal opened, refused
-                    try:
-                        async with open_websocket(url, token="tok-en"):
-                            opened += 1
-                            await all_tried.wait()
-                    except CannotConnect as exc:
-                        assert "HTTP 503" in str(exc)
-                        refused += 1
-
-                async with trio.open_nursery() as burst:
-                    for _ in range(60):
-                        burst.start_soon(one)
-                    await eventually(lambda: opened + refused == 60, timeout=10, what="60 answers")
-                    all_tried.set()
-                assert opened == 10 - 2  # the bystander and this client hold two slots
-                await still_serves(client)
-            proc.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
-                assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = stderr.decode()
+            async with trio.open_nursery() as burst:
+                for _ in range(60):
+                    burst.start_soon(one)
+                await eventually(lambda: opened + refused == 60, timeout=10, what="60 answers")
+                all_tried.set()
+            assert opened == 10 - 2  # the bystander and this client hold two slots
+            await still_serves(client)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+    log = served.stderr.decode()
     assert "Traceback" not in log
     assert not ERROR_ID.search(log)

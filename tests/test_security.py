@@ -13,14 +13,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import trio
-from support import port_of, raw_handshake, upgrade_request
+from support import EXAI, port_of, raw_handshake, serve_process, upgrade_request
 
 from exai.auth import bearer_ok
 from exai.client import connect
@@ -29,7 +28,6 @@ TOKEN = "tok-3f9a1c77e2b04d5e"
 CANARY_KEY = "sk-canary-KIMI-8d2e41b7c9"
 CANARY_GLM = "glm-canary-0c5fd37a91"
 CANARY_TOKEN = "canary-token-6b1e9f20ad"
-EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 
 
 # -- the bearer check ------------------------------------------------------------------
@@ -173,11 +171,9 @@ async def test_canary_secrets_never_appear_anywhere(tmp_path: Path, simulator: A
     errors that echo the key, refused handshakes and bad frames: the canaries appear in no
     log line, answer, endpoint or file the run wrote."""
     (tmp_path / "note.txt").write_text("notes")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env.update(
-        EXAI_STATE_DIR=str(tmp_path / "state"),
-        EXAI_PORT="0",
-        EXAI_MONITOR_PORT="0",
+    seen: list[str] = []  # every answer, endpoint body and handshake reply
+    async with serve_process(
+        tmp_path,
         EXAI_LOG_LEVEL="DEBUG",
         EXAI_ALLOWED_ROOTS=str(tmp_path),
         EXAI_AUTH_TOKEN=CANARY_TOKEN,
@@ -186,65 +182,38 @@ async def test_canary_secrets_never_appear_anywhere(tmp_path: Path, simulator: A
         KIMI_BASE_URL=simulator.url,
         GLM_BASE_URL=simulator.url,
         EXAI_PROVIDER_MAX_RETRIES="0",
-    )
-    seen: list[str] = []  # every answer, endpoint body and handshake reply
-    proc = await trio.lowlevel.open_process(
-        [*EXAI, "serve"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    stderr = b""
+    ) as served:
+        url, monitor, proc, stdout = served.url, served.monitor_url, served.proc, served.stdout
+        seen.append(stdout.decode())
 
-    async def read_stderr() -> None:
-        nonlocal stderr
-        assert proc.stderr is not None
-        while chunk := await proc.stderr.receive_some():
-            stderr += chunk
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_stderr)
-            assert proc.stdout is not None
-            stdout = b""
-            with trio.fail_after(20):
-                while b"exai monitor on" not in stdout:
-                    chunk = await proc.stdout.receive_some()
-                    assert chunk, stderr.decode()
-                    stdout += chunk
-            url = re.search(rb"exai listening on (ws://[\d.:]+)", stdout).group(1).decode()  # type: ignore[union-attr]
-            monitor = re.search(rb"exai monitor on (http://[\d.:]+)", stdout).group(1).decode()  # type: ignore[union-attr]
-            seen.append(stdout.decode())
-
-            for header in (b"Authorization: Bearer " + CANARY_TOKEN[:-1].encode(), b"Authorization: Basic x"):
-                seen.append((await raw_handshake(url, header)).decode(errors="replace"))
-            async with connect(url, token=CANARY_TOKEN) as client:
-                for model, key in (("kimi-k2-0905-preview", CANARY_KEY), ("glm-4.6", CANARY_GLM)):
-                    echo = {"error": {"message": f"Incorrect API key provided: {key}"}}  # as OpenAI's does
-                    prompt = f"x\n#sim {json.dumps({'status': 401, 'error_body': echo})}"
-                    result = await client.call_tool("chat", {"prompt": prompt, "model": model})
-                    assert result.is_error
-                    seen.append(result.text)
-                for name, arguments in [
-                    ("chat", {"prompt": "hello", "files": [str(tmp_path / "note.txt")]}),
-                    ("chat", {"prompt": "x", "files": ["/etc/passwd"]}),
-                    ("chat", {"prompt": 3, "bogus": CANARY_KEY[:6]}),
-                    ("status", {}),
-                    ("listmodels", {}),
-                    ("version", {}),
-                ]:
-                    seen.append(json.dumps((await client.call_tool(name, arguments)).__dict__, default=str))
-                for frame in ("{", "[]", '{"jsonrpc":"2.0","id":1,"method":"nope"}', "[" * 5000):
-                    await client.send_raw(frame)
-                    seen.append(json.dumps(await client.receive_raw()))
-            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {CANARY_TOKEN}"}) as http:
-                for path in ("/api/status", "/metrics", "/", "/healthz", "/readyz"):
-                    seen.append((await http.get(monitor + path)).text)
-            proc.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):
-                assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = stderr.decode()
+        for header in (b"Authorization: Bearer " + CANARY_TOKEN[:-1].encode(), b"Authorization: Basic x"):
+            seen.append((await raw_handshake(url, header)).decode(errors="replace"))
+        async with connect(url, token=CANARY_TOKEN) as client:
+            for model, key in (("kimi-k2-0905-preview", CANARY_KEY), ("glm-4.6", CANARY_GLM)):
+                echo = {"error": {"message": f"Incorrect API key provided: {key}"}}  # as OpenAI's does
+                prompt = f"x\n#sim {json.dumps({'status': 401, 'error_body': echo})}"
+                result = await client.call_tool("chat", {"prompt": prompt, "model": model})
+                assert result.is_error
+                seen.append(result.text)
+            for name, arguments in [
+                ("chat", {"prompt": "hello", "files": [str(tmp_path / "note.txt")]}),
+                ("chat", {"prompt": "x", "files": ["/etc/passwd"]}),
+                ("chat", {"prompt": 3, "bogus": CANARY_KEY[:6]}),
+                ("status", {}),
+                ("listmodels", {}),
+                ("version", {}),
+            ]:
+                seen.append(json.dumps((await client.call_tool(name, arguments)).__dict__, default=str))
+            for frame in ("{", "[]", '{"jsonrpc":"2.0","id":1,"method":"nope"}', "[" * 5000):
+                await client.send_raw(frame)
+                seen.append(json.dumps(await client.receive_raw()))
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {CANARY_TOKEN}"}) as http:
+            for path in ("/api/status", "/metrics", "/", "/healthz", "/readyz"):
+                seen.append((await http.get(monitor + path)).text)
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+    log = served.stderr.decode()
     assert "connection" in log and "call" in log  # the daemon did log at DEBUG
     assert "Traceback" not in log
     for canary in (CANARY_KEY, CANARY_GLM, CANARY_TOKEN):
