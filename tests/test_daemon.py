@@ -164,7 +164,7 @@ async def test_overloaded_when_queue_full(daemons: Any, simulator: Any) -> None:
         started = trio.current_time()
         with pytest.raises(RpcError) as err:
             await client.call_tool("chat", {"prompt": "one too many"})
-        assert trio.current_time() - started < 0.5
+        assert trio.current_time() - started < 5  # refused, not queued behind a call that hangs
         assert err.value.code == -32000
         assert err.value.message == "Server overloaded"
         assert err.value.data["retry_after_s"] >= 1

@@ -557,7 +557,7 @@ async def test_overloaded_when_queue_full(daemons: Any) -> None:
         await eventually(lambda: bound.daemon.limits.queued == 1)
         started = trio.current_time()
         reply = await client.call_tool("chat", {"prompt": "one too many"})
-        assert trio.current_time() - started < 0.5
+        assert trio.current_time() - started < 5  # refused, not queued behind a call that hangs
         assert reply["error"]["code"] == -32000 and reply["error"]["message"] == "Server overloaded"
         assert reply["error"]["data"]["retry_after_s"] >= 1
         assert (await client.delete()).status_code == 204

@@ -271,17 +271,22 @@ async def test_retry_after_seconds_is_honoured_plus_jitter(autojump_clock: trio.
     assert fake2.times[1] - fake2.times[0] == pytest.approx(3.0)
 
 
-async def test_retry_after_http_date_is_honoured(autojump_clock: trio.abc.Clock) -> None:
+async def test_retry_after_http_date_is_honoured(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wall clock is pinned, so the date is exactly 5 s ahead however loaded the machine is.
+    wall = 1_800_000_000.0
+    monkeypatch.setattr("exai.providers.retry.time.time", lambda: wall)
+
     def dated() -> httpx.Response:
-        when = datetime.now(UTC) + timedelta(seconds=5)
+        when = datetime.fromtimestamp(wall, UTC) + timedelta(seconds=5)
         return error(503, retry_after=format_datetime(when, usegmt=True))
 
     fake = FakeProvider(scripted(dated, ok()))
     gw = gateway(fake)
     gw.rng = LowerBound()
     await call(gw)
-    # The header has whole-second resolution: between 4 and 5 s from now.
-    assert 4.0 <= fake.times[1] - fake.times[0] <= 5.0
+    assert fake.times[1] - fake.times[0] == pytest.approx(5.0)
 
 
 async def test_retry_after_is_capped_at_60_seconds(autojump_clock: trio.abc.Clock) -> None:
