@@ -1,18 +1,26 @@
 """exai benchmark: prints one JSON object of numbers, or writes docs/performance.md (--report).
 
-Three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio,
+Four processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio,
 canned answers; `--simulator exai` uses `exai mock-provider` instead), the daemon
-(`exai serve`), and this driver (the load generator). A second h11sim runs inside this
-driver, behind the GLM provider, so that disconnect-to-abort is timed on one clock.
-Every figure comes with each process's CPU share over its run (from /proc/<pid>/stat), and
-daemon CPU milliseconds per call, which stays meaningful when the machine is shared.
+(`exai serve`, WebSocket and Streamable HTTP at once), the floor (`scripts/floor_relay.py`:
+the same libraries relaying with no exai logic; `--no-floor` leaves it out), and this driver
+(the load generator). A second h11sim runs inside this driver, behind the GLM provider, so
+that disconnect-to-abort is timed on one clock. Every figure comes with each process's CPU
+share over its run (from /proc/<pid>/stat), and server CPU milliseconds per call, which
+stays meaningful when the machine is shared.
+
+`--transport ws|http|both` says how the loads reach the daemon; with `both` (the default of
+--report) each load runs over WebSocket, then over Streamable HTTP, then through the floor
+where it applies, and one call at a time interleaves them call by call. Results keep
+WebSocket's plain load names; the others get `_http` and `_floor` (`sequential_http`, ...).
 
 Daemon calls ask for progress, so the daemon streams from the provider (its hot path); the
 direct baseline streams too, over the daemon's own transport, so the difference is the daemon.
 
-    python scripts/bench.py                 # one run of every load, about a minute
+    python scripts/bench.py                 # one run of every load over WebSocket, about a minute
     python scripts/bench.py --quick         # a smoke run, a few seconds
-    python scripts/bench.py --report        # 5 runs + a profile -> docs/performance.md and plots
+    python scripts/bench.py --quick --only sequential --transport both   # HTTP and the floor beside WebSocket
+    python scripts/bench.py --report        # 5 runs, both transports + a profile -> docs/performance.md and plots
     python scripts/bench.py --only sequential throughput --profile daemon.txt
     python scripts/bench.py --workflow      # the workflow tools: the seed replayed, consensus, tools/list
     python scripts/bench.py --monitor       # only the monitor: answer times, a dashboard's CPU
@@ -1037,8 +1045,10 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                             with meter(results, *keys):
                                 results.update(await load())
                     out["runs"].append(results)
-                if opts.profile:
-                    out["profile"] = await profile_daemon(bench, daemon["pid"], opts.profile, 6 * (0.2 if opts.quick else 1.0))
+                for via in transports if opts.profile else []:
+                    path = opts.profile if via == "ws" else "-http".join(os.path.splitext(opts.profile))
+                    out[load_key("profile", via)] = await profile_daemon(
+                        bench, daemon["pid"], path, 6 * (0.2 if opts.quick else 1.0), via)
                 if opts.peer:
                     if shutil.which(opts.peer):
                         out["peer"] = await Peer(opts.peer, sim_url).loads(bench, 0.2 if opts.quick else 1.0)
@@ -1118,6 +1128,8 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
 # A sample belongs to the innermost frame of the running task whose file matches a category
 # (trio's own frames inside a task count for the code that called them); samples with no
 # task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
+PROVIDER_TRANSPORT = "provider transport (h11, sockets)"
+HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http.py)"
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
@@ -1127,9 +1139,10 @@ CATEGORIES: list[tuple[str, str]] = [
     ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),
     ("provider request build (httpx models)", r"^httpx/_(models|urls|urlparse|content|headers|config|utils)\.py|_build_request"),
     ("httpx client machinery", r"^httpx/_(client|decoders)\.py"),
-    ("provider transport (h11, sockets)", r"exai/providers/transport\.py|^h11/"),
+    (PROVIDER_TRANSPORT, r"exai/providers/transport\.py|^h11/"),
     ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
     ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
+    (HTTP_SERVER, r"^hypercorn/|exai/transports/http\.py|exai/asgi\.py"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
     ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
     ("tools", r"exai/tools/"),
@@ -1162,13 +1175,15 @@ def categorise(raw: str) -> dict[str, float]:
                 if hit:
                     where = hit
                     break
+            if where == PROVIDER_TRANSPORT and any(path.startswith("hypercorn/") for _, path in task):
+                where = HTTP_SERVER  # h11 parsing the daemon's own HTTP requests, not a provider's answer
         totals[where] = totals.get(where, 0) + int(count)
     whole = sum(totals.values()) or 1
     return {name: round(n / whole, 4) for name, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> dict[str, Any]:
-    """py-spy on the daemon during 64 calls in flight: CPU per call, split by category.
+async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float, via: str = "ws") -> dict[str, Any]:
+    """py-spy on the daemon during 64 calls in flight over `via`: CPU per call, split by category.
 
     Kernel time (sockets, epoll) comes from /proc's stime; the user time is split by the
     samples py-spy takes while a thread holds the GIL (`--gil`: a thread waiting for the CPU
@@ -1182,7 +1197,7 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
     await trio.sleep(1.0)
     await bench.sim_config()
     calls, (user, system) = bench.calls, cpu_times(pid)
-    await bench.closed_loop(64, seconds, 8)
+    await bench.closed_loop(64, seconds, 8, via=via)
     calls = bench.calls - calls
     user, system = (now - before for now, before in zip(cpu_times(pid), (user, system), strict=True))
     profiler.send_signal(signal.SIGINT)
@@ -1191,7 +1206,7 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
     user_ms, system_ms = user * 1000 / max(calls, 1), system * 1000 / max(calls, 1)
     breakdown = {name: {"share_of_user": share, "ms_per_call": round(share * user_ms, 3)} for name, share in shares.items()}
     breakdown["kernel: socket syscalls, epoll (/proc stime)"] = {"share_of_user": None, "ms_per_call": round(system_ms, 3)}
-    return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
+    return {"file": path, "transport": via, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
             "user_ms_per_call": round(user_ms, 3), "system_ms_per_call": round(system_ms, 3), "breakdown": breakdown}
 
 
@@ -1308,12 +1323,14 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
                      f"{f'{cpu[0]:.2f}' if cpu else '-'} | {share_text} |")
     lines += ["", *_floor_section(runs), *_concurrency_section(runs, docs, plt), *_abort_section(runs, docs, plt)]
     profile = out.get("profile")
-    if profile:
-        lines += _profile_section(profile)
+    for shown in (profile, out.get("profile_http")):
+        if shown:
+            lines += _profile_section(shown)
     if missed:
         lines += ["## What bounds the missed targets", ""]
         for label, load, key in missed:
-            lines.append(f"- **{label}**: {_bound(runs, load, key, profile)}")
+            shown = out.get("profile_http") if load.endswith("_http") else profile
+            lines.append(f"- **{label}**: {_bound(runs, load, key, shown)}")
         lines.append("")
     peer = out.get("peer")
     lines += ["## Peer gateway", ""]
@@ -1378,14 +1395,14 @@ def _bound(runs: list[dict[str, Any]], load: str, key: str, profile: dict[str, A
     base = load.removesuffix("_http")
     ws_cpu = median_of(runs, base, "daemon_cpu_ms_per_call")
     if base != load and ws_cpu:
-        text += f", against {ws_cpu[0]:.2f} ms over WebSocket on the same load"
+        text += f". Over WebSocket the same load cost the daemon {ws_cpu[0]:.2f} ms of CPU per call"
     floor, floor_cpu = median_of(runs, base + "_floor", key), median_of(runs, base + "_floor", "daemon_cpu_ms_per_call")
     if floor and floor_cpu:
         text += (f". The floor (the same libraries with no exai logic) measured {floor[0]:g} here with {floor_cpu[0]:.2f} ms "
                  "of CPU per call: what lies between is exai's own work")
     if profile:
         top = sorted(profile["breakdown"].items(), key=lambda kv: -kv[1]["ms_per_call"])[:3]
-        text += "; the profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
+        text += f"; the {_TRANSPORT_NAMES[profile.get('transport', 'ws')]} profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
     return text + "."
 
 
@@ -1506,9 +1523,13 @@ def _shown_path(path: str) -> str:
         return path
 
 
+_TRANSPORT_NAMES = {"ws": "WebSocket", "http": "Streamable HTTP"}
+
+
 def _profile_section(profile: dict[str, Any]) -> list[str]:
-    lines = ["## Where a call's daemon CPU goes", "",
-             f"Daemon under 64 calls in flight against a zero-latency provider: {profile['calls']} calls, "
+    way = _TRANSPORT_NAMES[profile.get("transport", "ws")]
+    lines = [f"## Where a call's daemon CPU goes ({way})", "",
+             f"Daemon under 64 calls in flight over {way} against a zero-latency provider: {profile['calls']} calls, "
              f"{profile['daemon_cpu_ms_per_call']:.3f} ms of daemon CPU per call ({profile['user_ms_per_call']:.3f} ms user, "
              f"{profile['system_ms_per_call']:.3f} ms kernel, from /proc). The user time is split by py-spy samples "
              "(`record --format raw --nonblocking --gil`, 200 Hz): each sample goes to the innermost frame of the running "
@@ -1551,17 +1572,19 @@ if __name__ == "__main__":
         (ROOT / "docs" / "perf").mkdir(parents=True, exist_ok=True)
     if opts.render:
         saved = json.loads(Path(opts.render).read_text())
-        profile = saved.get("profile")
-        # The stacks beside results.json, wherever the run was (another checkout, say).
-        stacks = Path(profile["file"]) if profile else Path()
-        if profile and not stacks.exists():
-            stacks = Path(opts.render).resolve().parent / stacks.name
-        if profile and stacks.exists():  # re-split the saved stacks, in case the categories changed
-            profile["file"] = str(stacks)
-            shares = categorise(stacks.read_text())
-            user_ms = profile["user_ms_per_call"]
-            kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
-            profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
+        for profile in (saved.get("profile"), saved.get("profile_http")):
+            if not profile:
+                continue
+            # The stacks beside results.json, wherever the run was (another checkout, say).
+            stacks = Path(profile["file"])
+            if not stacks.exists():
+                stacks = Path(opts.render).resolve().parent / stacks.name
+            if stacks.exists():  # re-split the saved stacks, in case the categories changed
+                profile["file"] = str(stacks)
+                shares = categorise(stacks.read_text())
+                user_ms = profile["user_ms_per_call"]
+                kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
+                profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
         print(write_report(saved, saved["command"], ROOT / "docs"))
         sys.exit(0)
     loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -108,3 +108,18 @@ def test_one_call_at_a_time_over_both_transports_and_the_floor(tmp_path: Path) -
         assert figures["daemon_cpu_ms_per_call"] > 0 and figures["driver_cpu_ms_per_call"] > 0
     assert isinstance(result["sequential_http"]["over_ws_p50_ms"], float)
     assert "over_ws_p50_ms" not in result["sequential_floor"]
+
+
+def test_profile_tells_the_daemons_own_http_parsing_from_the_providers() -> None:
+    root = "run (trio/_core/_run.py:2532);unrolled_run (trio/_core/_run.py:2866)"
+    raw = "\n".join([
+        f"{root};H11Protocol.handle (hypercorn/protocol/h11.py:120);Connection.next_event (h11/_connection.py:450) 3",
+        f"{root};TrioH11Transport._next_event (exai/providers/transport.py:400);Connection.next_event (h11/_connection.py:450) 1",
+        f"{root};HttpSession.send (exai/transports/http.py:260);dumps (json/__init__.py:231) 1",
+        f"{root};wait (trio/_core/_run.py:100) 5",
+    ])
+    shares = bench.categorise(raw)
+    assert shares[bench.HTTP_SERVER] == 0.3
+    assert shares[bench.PROVIDER_TRANSPORT] == 0.1
+    assert shares["JSON encode/decode"] == 0.1  # the innermost match wins, inside the HTTP transport too
+    assert shares[bench.SCHEDULER] == 0.5  # only trio frames after the run loop
