@@ -1,18 +1,26 @@
 """exai benchmark: prints one JSON object of numbers, or writes docs/performance.md (--report).
 
-Three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio,
+Four processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio,
 canned answers; `--simulator exai` uses `exai mock-provider` instead), the daemon
-(`exai serve`), and this driver (the load generator). A second h11sim runs inside this
-driver, behind the GLM provider, so that disconnect-to-abort is timed on one clock.
-Every figure comes with each process's CPU share over its run (from /proc/<pid>/stat), and
-daemon CPU milliseconds per call, which stays meaningful when the machine is shared.
+(`exai serve`, WebSocket and Streamable HTTP at once), the floor (`scripts/floor_relay.py`:
+the same libraries relaying with no exai logic; `--no-floor` leaves it out), and this driver
+(the load generator). A second h11sim runs inside this driver, behind the GLM provider, so
+that disconnect-to-abort is timed on one clock. Every figure comes with each process's CPU
+share over its run (from /proc/<pid>/stat), and server CPU milliseconds per call, which
+stays meaningful when the machine is shared.
+
+`--transport ws|http|both` says how the loads reach the daemon; with `both` (the default of
+--report) each load runs over WebSocket, then over Streamable HTTP, then through the floor
+where it applies, and one call at a time interleaves them call by call. Results keep
+WebSocket's plain load names; the others get `_http` and `_floor` (`sequential_http`, ...).
 
 Daemon calls ask for progress, so the daemon streams from the provider (its hot path); the
 direct baseline streams too, over the daemon's own transport, so the difference is the daemon.
 
-    python scripts/bench.py                 # one run of every load, about a minute
+    python scripts/bench.py                 # one run of every load over WebSocket, about a minute
     python scripts/bench.py --quick         # a smoke run, a few seconds
-    python scripts/bench.py --report        # 5 runs + a profile -> docs/performance.md and plots
+    python scripts/bench.py --quick --only sequential --transport both   # HTTP and the floor beside WebSocket
+    python scripts/bench.py --report        # 5 runs, both transports + a profile -> docs/performance.md and plots
     python scripts/bench.py --only sequential throughput --profile daemon.txt
     python scripts/bench.py --workflow      # the workflow tools: the seed replayed, consensus, tools/list
     python scripts/bench.py --monitor       # only the monitor: answer times, a dashboard's CPU
@@ -21,6 +29,8 @@ direct baseline streams too, over the daemon's own transport, so the difference 
 from __future__ import annotations
 
 import argparse
+import codecs
+import inspect
 import json
 import os
 import platform
@@ -33,15 +43,18 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 import trio
 from httpx_sse import aconnect_sse
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the decoder aiter_sse uses, fed by h11
 
-from exai.client import ExaiClient, RpcError, connect
+from exai.client import ExaiClient, RpcError, ToolResult, connect
 from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
@@ -53,6 +66,7 @@ from h11sim import H11Sim
 ROOT = Path(__file__).resolve().parent.parent
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 H11SIM = [sys.executable, str(ROOT / "scripts" / "h11sim.py")]
+FLOOR = [sys.executable, str(ROOT / "scripts" / "floor_relay.py")]
 MESSAGES = [{"role": "user", "content": "benchmark"}]
 CONCURRENCY = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -98,6 +112,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def run_seconds(pid: int) -> float:
+    """CPU seconds of a process to the nanosecond (/proc/<pid>/task/*/schedstat), for short
+    windows where /proc/<pid>/stat's 10 ms ticks would be mostly rounding."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
 async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
     buffer = b""
     while True:
@@ -114,78 +141,180 @@ async def _ignore_progress(params: dict[str, Any]) -> None:
     pass
 
 
+class _Socket:
+    """One kept-alive HTTP/1.1 connection of the benchmark's HTTP client."""
+
+    __slots__ = ("parser", "stream")
+
+    def __init__(self, stream: trio.SocketStream):
+        self.stream = stream
+        self.parser = h11.Connection(h11.CLIENT)
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.parser.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.parser.receive_data(await self.stream.receive_some(65536))
+
+    async def next_data(self) -> bytes | None:
+        """The next piece of the answer's body; None at its end."""
+        event = await self.next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise RuntimeError(f"the daemon's answer broke off: {event!r}")
+
+
 class HttpMcpClient:
-    """The few calls the benchmark makes, over MCP Streamable HTTP (CONTRACT §3b): POST /mcp."""
+    """The benchmark's MCP Streamable HTTP client (CONTRACT §3b): POST /mcp, one session.
 
-    def __init__(self, url: str, http: httpx.AsyncClient):
-        self.url = url
-        self.http = http
-        self.session = ""
+    h11 on kept-alive trio sockets (HTTP/1.1 carries one POST at a time, so a socket per call
+    in flight, pooled), SSE events cut by httpx-sse's decoder. httpx.AsyncClient + aconnect_sse
+    cost this process about 1.6 ms of CPU per call, three times the WebSocket client's 0.5 ms,
+    and would have measured the client rather than the transport; this one costs about what
+    the WebSocket client does. Any failure or cancellation closes the socket it happened on.
+    """
+
+    def __init__(self, url: str):
+        parsed = httpx.URL(url)
+        self.origin = (parsed.host, parsed.port or 80)
+        self.target = parsed.raw_path
+        self.base_headers = [
+            (b"host", f"{parsed.host}:{parsed.port}".encode()),
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-type", b"application/json"),
+            (b"mcp-protocol-version", b"2025-11-25"),
+        ]
+        self.session = b""
         self._ids = 0
+        self._idle: list[_Socket] = []
+        self._open: set[_Socket] = set()
 
-    async def _post(self, message: dict[str, Any], on_progress: Any = None) -> dict[str, Any]:
-        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async def _socket(self) -> _Socket:
+        if self._idle:
+            return self._idle.pop()
+        sock = _Socket(await trio.open_tcp_stream(*self.origin))
+        self._open.add(sock)
+        return sock
+
+    def _drop(self, sock: _Socket) -> None:
+        self._open.discard(sock)
+        sock.stream.socket.close()
+
+    async def _exchange(self, method: str, body: bytes, on_message: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Send one request and read its whole answer: `on_message` gets each JSON-RPC message
+        in it (an SSE event's, or the JSON body). RuntimeError for a status of 300 or more."""
+        sock = await self._socket()
+        parser = sock.parser
+        headers = [*self.base_headers, (b"content-length", str(len(body)).encode())]
         if self.session:
-            headers["Mcp-Session-Id"] = self.session
-        async with aconnect_sse(self.http, "POST", self.url, json=message, headers=headers) as source:
-            response = source.response
-            response.raise_for_status()
-            self.session = response.headers.get("mcp-session-id", self.session)
-            if "id" not in message:
-                return {}
-            if not response.headers.get("content-type", "").startswith("text/event-stream"):
-                return json.loads(await response.aread())
-            async for event in source.aiter_sse():
-                payload = json.loads(event.data)
-                if payload.get("id") == message["id"]:
-                    return payload
-                if payload.get("method") == "notifications/progress" and on_progress is not None:
-                    await on_progress(payload["params"])
-        raise RuntimeError("the SSE stream ended without the response")
+            headers.append((b"mcp-session-id", self.session))
+        try:
+            out = parser.send(h11.Request(method=method, target=self.target, headers=headers))
+            if body:
+                out += parser.send(h11.Data(data=body))
+            await sock.stream.send_all(out + parser.send(h11.EndOfMessage()))
+            head = await sock.next_event()
+            if not isinstance(head, h11.Response):
+                raise RuntimeError(f"unexpected answer to {method}: {head!r}")
+            kind = b""
+            for name, value in head.headers:
+                if name == b"mcp-session-id":
+                    self.session = value
+                elif name == b"content-type":
+                    kind = value
+            if kind.startswith(b"text/event-stream"):
+                lines, events, text = SSELineDecoder(), SSEDecoder(), codecs.getincrementaldecoder("utf-8")()
+                while (data := await sock.next_data()) is not None:
+                    for line in lines.decode(text.decode(data)):
+                        sse = events.decode(line)
+                        if sse is not None and sse.data:
+                            await on_message(json.loads(sse.data))
+            else:
+                chunks: list[bytes] = []
+                while (data := await sock.next_data()) is not None:
+                    chunks.append(data)
+                if chunks and head.status_code < 300:
+                    await on_message(json.loads(b"".join(chunks)))
+        except BaseException:
+            self._drop(sock)
+            raise
+        if parser.our_state is h11.DONE and parser.their_state is h11.DONE:
+            parser.start_next_cycle()
+            self._idle.append(sock)
+        else:
+            self._drop(sock)
+        if head.status_code >= 300:
+            raise RuntimeError(f"{method} {self.target.decode()} answered {head.status_code}")
 
     async def request(self, method: str, params: dict[str, Any], on_progress: Any = None) -> dict[str, Any]:
         self._ids += 1
-        message = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
-        answer = await self._post(message, on_progress)
+        request_id = self._ids
+        answer: dict[str, Any] = {}
+
+        async def on_message(message: dict[str, Any]) -> None:
+            if message.get("id") == request_id and "method" not in message:
+                answer.update(message)
+            elif message.get("method") == "notifications/progress" and on_progress is not None:
+                outcome = on_progress(message["params"])
+                if inspect.isawaitable(outcome):
+                    await outcome
+
+        body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
+        await self._exchange("POST", body, on_message)
         if "error" in answer:
             raise RpcError(answer["error"]["code"], answer["error"]["message"], answer["error"].get("data"))
+        if "result" not in answer:
+            raise RuntimeError(f"{method}: the answer ended without the response")
         return answer["result"]
 
     async def open(self) -> None:
         await self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                           "clientInfo": {"name": "exai-bench", "version": "0"}})
-        await self._post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await self._exchange("POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', _ignore_message)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float | None = None,
                         on_progress: Any = None) -> Any:
         meta: dict[str, Any] = {}
         if on_progress is not None:
-            meta["progressToken"] = f"p{self._ids + 1}"
+            meta["progressToken"] = self._ids + 1
         if timeout is not None:
             meta["exai/timeout"] = timeout
         result = await self.request("tools/call", {"name": name, "arguments": arguments, "_meta": meta}, on_progress)
-        return _HttpResult(result)
+        return ToolResult.from_result(result)
 
-    async def close_abruptly(self) -> None:
-        raise NotImplementedError("disconnect-to-abort is a WebSocket measure")
+    async def end(self) -> None:
+        """DELETE /mcp: the daemon ends the session and cancels its calls."""
+        await self._exchange("DELETE", b"", _ignore_message)
+
+    def close(self) -> None:
+        for sock in list(self._open):
+            self._drop(sock)
+        self._idle.clear()
 
 
-class _HttpResult:
-    def __init__(self, result: dict[str, Any]):
-        self.is_error = bool(result.get("isError"))
-        self.text = "".join(part.get("text", "") for part in result.get("content", []))
+async def _ignore_message(message: dict[str, Any]) -> None:
+    pass
 
 
 class Bench:
-    def __init__(self, sim_url: str, daemon: dict[str, Any], local_sim: H11Sim, transport: str):
+    """The loads. `via` names the way a load reaches a server: "ws" (the daemon's WebSocket),
+    "http" (its Streamable HTTP) or "floor" (scripts/floor_relay.py, WebSocket)."""
+
+    def __init__(self, sim_url: str, daemon: dict[str, Any], local_sim: H11Sim, floor: dict[str, Any] | None = None):
         self.sim_url = sim_url
         self.daemon_url = daemon["url"]
         self.monitor_url = daemon["monitor"]
-        self.http_url = daemon.get("http")
         self.daemon_pid = daemon["pid"]
+        self.urls = {"ws": daemon["url"], "http": daemon["http"]}
+        self.server_pids = {"ws": daemon["pid"], "http": daemon["pid"]}
+        if floor is not None:
+            self.urls["floor"] = floor["url"]
+            self.server_pids["floor"] = floor["pid"]
         self.local_sim = local_sim
-        self.transport = transport
-        self.calls = 0  # daemon calls that completed, for CPU per call
+        self.calls = 0  # calls that completed through a server, for CPU per call
         self.sim_pid = 0
         self.fresh_daemon: Callable[[], Any] = lambda: None
         # The direct baseline uses the daemon's own transport, so the difference is the daemon.
@@ -197,18 +326,24 @@ class Bench:
         )
 
     @asynccontextmanager
-    async def client(self, url: str | None = None) -> AsyncIterator[Any]:
-        """A daemon connection: a WebSocket, or a Streamable HTTP session (--transport http)."""
-        if self.transport == "ws" or url is not None:
-            async with connect(url or self.daemon_url) as client:
+    async def client(self, via: str = "ws") -> AsyncIterator[Any]:
+        """One client of a server: a WebSocket connection, or a Streamable HTTP session (ended
+        with DELETE on the way out)."""
+        if via != "http":
+            async with connect(self.urls[via]) as client:
                 yield client
             return
-        if not self.http_url:
-            raise RuntimeError("the daemon printed no 'exai http on' line: no Streamable HTTP transport")
-        async with httpx.AsyncClient(transport=TrioH11Transport(max_keepalive=64), timeout=60) as http:
-            mcp = HttpMcpClient(self.http_url, http)
+        mcp = HttpMcpClient(self.urls["http"])
+        try:
             await mcp.open()
             yield mcp
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await mcp.end()
+                except (OSError, RuntimeError, trio.BrokenResourceError):
+                    pass  # already ended (disconnect_to_abort), or the daemon is gone
+            mcp.close()
 
     async def sim_config(self, **behaviour: Any) -> None:
         admin = self.sim_url.rsplit("/v1", 1)[0]
@@ -248,21 +383,46 @@ class Bench:
             out[f"simulator_cpu_share_at_{rate:g}_per_s"] = round(share, 3)
         return out
 
-    async def sequential(self, n: int) -> dict[str, Any]:
-        """One call at a time: daemon latency minus direct latency, interleaved."""
-        await self.sim_config()
-        direct, through = [], []
-        async with self.client() as client:
-            for _ in range(20):  # warm up both paths
-                await self.direct_call()
-                await self.daemon_call(client)
-            for _ in range(n):
-                direct.append(await self.direct_call())
-                through.append(await self.daemon_call(client))
-        return {"calls": n, **compared(direct, through)}
+    async def sequential(self, n: int, vias: list[str]) -> dict[str, dict[str, Any]]:
+        """One call at a time, each round a direct call then one call by each way, in a rotating
+        order: latency minus direct latency per way, from the same moments of the machine.
 
-    async def open_loop(self, rate: float, seconds: float, latency: float, connections: int) -> dict[str, Any]:
-        """Calls start on schedule whatever the daemon is doing; the same schedule direct."""
+        {"sequential": ws, "sequential_http": ..., "sequential_floor": ...}, each with the
+        server's and this driver's CPU per call (summed over each call's own window) and, for
+        HTTP beside WebSocket, its p50/p99 over WebSocket's."""
+        await self.sim_config()
+        warmup = 20
+        direct: list[float] = []
+        through: dict[str, list[float]] = {via: [] for via in vias}
+        server_cpu = dict.fromkeys(vias, 0.0)
+        driver_cpu = dict.fromkeys(vias, 0.0)
+        async with AsyncExitStack() as stack:
+            clients = {via: await stack.enter_async_context(self.client(via)) for via in vias}
+            for i in range(warmup + n):
+                took = await self.direct_call()
+                if i >= warmup:
+                    direct.append(took)
+                for via in vias[i % len(vias):] + vias[: i % len(vias)]:
+                    pid = self.server_pids[via]
+                    cpu, mine = run_seconds(pid), time.process_time()
+                    took = await self.daemon_call(clients[via])
+                    if i >= warmup:
+                        through[via].append(took)
+                        server_cpu[via] += run_seconds(pid) - cpu
+                        driver_cpu[via] += time.process_time() - mine
+        out = {}
+        for via in vias:
+            entry = {"calls": n, **compared(direct, through[via]),
+                     "daemon_cpu_ms_per_call": round(server_cpu[via] * 1000 / n, 3),
+                     "driver_cpu_ms_per_call": round(driver_cpu[via] * 1000 / n, 3)}
+            if via == "http" and "ws" in vias:
+                entry["over_ws_p50_ms"] = ms(pct(through["http"], 0.5) - pct(through["ws"], 0.5))
+                entry["over_ws_p99_ms"] = ms(pct(through["http"], 0.99) - pct(through["ws"], 0.99))
+            out[load_key("sequential", via)] = entry
+        return out
+
+    async def open_loop(self, rate: float, seconds: float, latency: float, connections: int, via: str = "ws") -> dict[str, Any]:
+        """Calls start on schedule whatever the server is doing; the same schedule direct."""
         await self.sim_config(latency_s=latency)
         n = int(rate * seconds)
 
@@ -280,19 +440,19 @@ class Bench:
             return out
 
         direct = await schedule(lambda i: self.direct_call())
-        async with self.clients(connections) as clients:
+        async with self.clients(connections, via) as clients:
             through = await schedule(lambda i: self.daemon_call(clients[i % connections]))
         return {"rate_per_s": rate, "calls": n, "provider_latency_ms": ms(latency), **compared(direct, through)}
 
     @asynccontextmanager
-    async def clients(self, connections: int) -> AsyncIterator[list[Any]]:
+    async def clients(self, connections: int, via: str = "ws") -> AsyncIterator[list[Any]]:
         async with trio.open_nursery() as opener:
             clients: list[Any] = []
             ready = trio.Event()
             done = trio.Event()
 
             async def hold() -> None:
-                async with self.client() as client:
+                async with self.client(via) as client:
                     clients.append(client)
                     if len(clients) == connections:
                         ready.set()
@@ -306,12 +466,13 @@ class Bench:
             finally:
                 done.set()
 
-    async def closed_loop(self, inflight: int, seconds: float, connections: int, warmup: float = 0.0) -> tuple[list[float], int, int]:
+    async def closed_loop(self, inflight: int, seconds: float, connections: int, warmup: float = 0.0,
+                          via: str = "ws") -> tuple[list[float], int, int]:
         """`inflight` calls at all times for `seconds` after `warmup`: (latencies of the calls that
         started in that window, calls that finished in it, errors)."""
         latencies: list[float] = []
         finished = errors = 0
-        async with self.clients(connections) as clients:
+        async with self.clients(connections, via) as clients:
             start = trio.current_time()
             measure_from, deadline = start + warmup, start + warmup + seconds
 
@@ -333,10 +494,11 @@ class Bench:
                     nursery.start_soon(worker, clients[i % connections])
         return latencies, finished, errors
 
-    async def throughput(self, inflight: int, seconds: float, connections: int) -> dict[str, Any]:
-        """Closed loop against a zero-latency simulator; /healthz and /api/status polled meanwhile."""
+    async def throughput(self, inflight: int, seconds: float, connections: int, via: str = "ws") -> dict[str, Any]:
+        """Closed loop against a zero-latency simulator; the daemon's /healthz and /api/status
+        polled meanwhile (not for the floor, which has no monitor)."""
         await self.sim_config()
-        polled: dict[str, list[float]] = {"healthz": [], "api_status": []}
+        polled: dict[str, list[float]] = {"healthz": [], "api_status": []} if via != "floor" else {}
 
         async def poll_monitor(path: str, into: list[float]) -> None:
             async with httpx.AsyncClient(transport=TrioH11Transport(), timeout=10) as http:
@@ -349,32 +511,33 @@ class Bench:
 
         stop_at = trio.current_time() + seconds
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(poll_monitor, "/healthz", polled["healthz"])
-            nursery.start_soon(poll_monitor, "/api/status", polled["api_status"])
-            _, finished, errors = await self.closed_loop(inflight, seconds, connections)
+            for name, into in polled.items():
+                nursery.start_soon(poll_monitor, "/" + name.replace("api_", "api/"), into)
+            _, finished, errors = await self.closed_loop(inflight, seconds, connections, via=via)
         out = {"inflight": inflight, "seconds": seconds, "calls": finished, "errors": errors,
                "calls_per_s": round(finished / seconds, 1)}
         for name, values in polled.items():
-            out[f"{name}_p50_ms"] = ms(pct(values, 0.5))
-            out[f"{name}_max_ms"] = ms(max(values))
+            if values:
+                out[f"{name}_p50_ms"] = ms(pct(values, 0.5))
+                out[f"{name}_max_ms"] = ms(max(values))
         return out
 
-    async def concurrency(self, levels: list[int], seconds: float) -> dict[str, Any]:
+    async def concurrency(self, levels: list[int], seconds: float, via: str = "ws") -> dict[str, Any]:
         """Latency p50/p99 and calls/s, closed loop, zero-latency provider, per concurrency level."""
         await self.sim_config()
         points = []
         for level in levels:
-            latencies, finished, errors = await self.closed_loop(level, seconds, min(level, 16), warmup=0.3)
+            latencies, finished, errors = await self.closed_loop(level, seconds, min(level, 16), warmup=0.3, via=via)
             points.append({"concurrency": level, "p50_ms": ms(pct(latencies, 0.5)), "p99_ms": ms(pct(latencies, 0.99)),
                            "calls_per_s": round(finished / seconds, 1), "errors": errors})
         return {"provider_latency_ms": 0, "seconds_per_level": seconds, "points": points}
 
-    async def first_progress(self, n: int) -> dict[str, Any]:
+    async def first_progress(self, n: int, via: str = "ws") -> dict[str, Any]:
         """Streaming: first progress notification through the daemon vs first SSE chunk direct."""
         await self.sim_config(chunks=3, chunk_delay_s=0.01)
         direct, through = [], []
         body = {"model": "kimi-k2-0905-preview", "messages": MESSAGES, "stream": True}
-        async with self.client() as client:
+        async with self.client(via) as client:
             for i in range(n + 10):
                 started = trio.current_time()
                 async with aconnect_sse(self.http, "POST", "/chat/completions", json=body) as source:
@@ -396,7 +559,7 @@ class Bench:
         # direct: the first SSE chunk; daemon: the first progress notification.
         return {"calls": n, **compared(direct, through, added="overhead")}
 
-    async def deadline(self, calls: int, timeout: float) -> dict[str, Any]:
+    async def deadline(self, calls: int, timeout: float, via: str = "ws") -> dict[str, Any]:
         """A hanging provider: how long after `exai/timeout` the -32001 arrives (calls 10 ms apart)."""
         await self.sim_config(hang=True)
         overshoot: list[float] = []
@@ -410,7 +573,7 @@ class Bench:
                 codes.append(exc.code)
             overshoot.append(trio.current_time() - started - timeout)
 
-        async with self.client() as client, trio.open_nursery() as nursery:
+        async with self.client(via) as client, trio.open_nursery() as nursery:
             for i in range(calls):  # 10 ms apart, so that the deadlines do not all fall at once
                 nursery.start_soon(doomed, client, i)
                 await trio.sleep(0.01)
@@ -452,14 +615,18 @@ class Bench:
             "worst_deadline_overrun_ms": ms(max(0.0, overrun)),
         }
 
-    async def disconnect_to_abort(self, n: int) -> dict[str, Any]:
-        """A call hangs at the (in-process) provider; the client drops; time until the abort."""
+    async def disconnect_to_abort(self, n: int, via: str = "ws") -> dict[str, Any]:
+        """A call hangs at the (in-process) provider; the client goes: time until the abort.
+
+        WebSocket: the TCP connection drops with no close handshake. Streamable HTTP: DELETE
+        ends the session (a dropped SSE stream cancels nothing there, by the spec, so it has no
+        abort to time)."""
         sim = self.local_sim
         sim.configure(hang=True)
         gaps = []
         for i in range(n):
             aborted = sim.stats.aborted
-            async with connect(self.daemon_url) as client, trio.open_nursery() as nursery:
+            async with self.client(via) as client, trio.open_nursery() as nursery:
 
                 async def doomed(i: int = i) -> None:
                     try:
@@ -471,11 +638,15 @@ class Bench:
                 with trio.fail_after(5):
                     await sim.wait_until(lambda s: s.inflight == 1)
                 dropped = trio.current_time()
-                await client.close_abruptly()
+                if via == "http":
+                    await client.end()
+                else:
+                    await client.close_abruptly()
                 with trio.fail_after(5):
                     await sim.wait_until(lambda s, target=aborted: s.aborted > target)
                 gaps.append(sim.stats.last_abort_at - dropped)
-        return {"runs": n, "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps)),
+        return {"runs": n, "how": "DELETE /mcp" if via == "http" else "TCP dropped",
+                "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps)),
                 "samples_ms": [ms(gap) for gap in gaps]}
 
     async def memory(self, idle: int, inflight: int) -> dict[str, Any]:
@@ -721,18 +892,32 @@ class Peer:
 
 
 @asynccontextmanager
-async def daemon_process(env: dict[str, str], transport: str = "ws") -> AsyncIterator[dict[str, Any]]:
-    """`exai serve` in a child process: its urls and pid; SIGTERM on exit."""
+async def daemon_process(env: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+    """`exai serve` in a child process: its urls (WebSocket, monitor, Streamable HTTP) and pid;
+    SIGTERM on exit. The env must ask for port 0 everywhere, so that serve prints each port."""
     daemon = await trio.lowlevel.open_process([*EXAI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        found = await read_line_matching(daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)")
-        info: dict[str, Any] = {"url": found.group(1).decode(), "monitor": found.group(2).decode(), "pid": daemon.pid}
-        if transport == "http":
-            with trio.move_on_after(5):
-                info["http"] = (await read_line_matching(daemon.stdout, rb"exai http on (http://\S+)")).group(1).decode()
-        yield info
+        with trio.fail_after(60):
+            found = await read_line_matching(
+                daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)\s+exai http on (http://\S+)\s"
+            )
+        url, monitor, http = (group.decode() for group in found.groups())
+        yield {"url": url, "monitor": monitor, "http": http, "pid": daemon.pid}
     finally:
         await stop(daemon, signal.SIGTERM, grace=15)
+
+
+@asynccontextmanager
+async def floor_process(env: dict[str, str], sim_url: str) -> AsyncIterator[dict[str, Any]]:
+    """scripts/floor_relay.py in a child process, relaying to the simulator: its url and pid."""
+    relay = await trio.lowlevel.open_process([*FLOOR, "--port", "0", "--upstream", sim_url], env=env,
+                                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        with trio.fail_after(30):
+            found = await read_line_matching(relay.stdout, rb"floor relay on (ws://\S+)\s")
+        yield {"url": found.group(1).decode(), "pid": relay.pid}
+    finally:
+        await stop(relay, signal.SIGTERM, grace=5)
 
 
 async def stop(process: trio.Process, signum: int, *, grace: float) -> None:
@@ -745,31 +930,38 @@ async def stop(process: trio.Process, signum: int, *, grace: float) -> None:
 
 
 class CpuMeter:
-    """CPU share (of one core) of each process over a block, and daemon CPU per completed call."""
+    """CPU share (of one core) of each process over a block, and server CPU per completed call.
+
+    `with meter(into, *keys)`: at the end each `into[key]` gets `cpu_share` and, unless the load
+    set its own, `daemon_cpu_ms_per_call`. For a floor load ("..._floor") the relay's share and
+    CPU stand in the "daemon" place, so that its rows read like exai's."""
 
     def __init__(self, pids: dict[str, int], bench: Bench):
         self.pids = pids
         self.bench = bench
 
-    def __call__(self, into: dict[str, Any], name: str) -> Any:
-        meter = self
+    @contextmanager
+    def __call__(self, into: dict[str, Any], *keys: str) -> Any:
+        wall, calls = time.monotonic(), self.bench.calls
+        before = {who: cpu_seconds(pid) for who, pid in self.pids.items()}
+        yield
+        wall = time.monotonic() - wall
+        used = {who: cpu_seconds(pid) - before[who] for who, pid in self.pids.items()}
+        calls = self.bench.calls - calls
+        for key in keys:
+            mine = dict(used)
+            floor = mine.pop("floor", None)
+            if key.endswith("_floor") and floor is not None:
+                mine["daemon"] = floor
+            entry = into.setdefault(key, {})
+            entry["cpu_share"] = {who: round(u / wall, 3) for who, u in mine.items()}
+            if calls and "daemon" in mine:
+                entry.setdefault("daemon_cpu_ms_per_call", round(mine["daemon"] * 1000 / calls, 3))
 
-        class _Block:
-            def __enter__(self) -> None:
-                self.wall = time.monotonic()
-                self.cpu = {who: cpu_seconds(pid) for who, pid in meter.pids.items()}
-                self.calls = meter.bench.calls
 
-            def __exit__(self, *exc: object) -> None:
-                wall = time.monotonic() - self.wall
-                used = {who: cpu_seconds(pid) - self.cpu[who] for who, pid in meter.pids.items()}
-                entry = into.setdefault(name, {})
-                entry["cpu_share"] = {who: round(u / wall, 3) for who, u in used.items()}
-                calls = meter.bench.calls - self.calls
-                if calls and "daemon" in used:
-                    entry["daemon_cpu_ms_per_call"] = round(used["daemon"] * 1000 / calls, 3)
-
-        return _Block()
+def load_key(name: str, via: str) -> str:
+    """A load's key in the results: WebSocket keeps the plain name (as before both transports)."""
+    return name if via == "ws" else f"{name}_{via}"
 
 
 def daemon_env(env: dict[str, str], sim_url: str, local_url: str) -> dict[str, str]:
@@ -788,9 +980,50 @@ def daemon_env(env: dict[str, str], sim_url: str, local_url: str) -> dict[str, s
     }
 
 
+Load = tuple[str, list[str], Callable[[], Awaitable[dict[str, Any]]]]
+
+
+def plan_loads(bench: Bench, opts: argparse.Namespace, transports: list[str], floor: bool) -> list[Load]:
+    """(name, result keys, run) per load, in order; each way a load goes beside the others."""
+    scale = 0.2 if opts.quick else 1.0
+    vias = [*transports, *(["floor"] if floor else [])]
+    plan: list[Load] = []
+
+    def add(name: str, via: str, make: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        key = load_key(name, via)
+
+        async def run() -> dict[str, Any]:
+            return {key: await make()}
+
+        plan.append((name, [key], run))
+
+    add("simulator_cost", "ws", lambda: bench.simulator_cost([300, 1000], 2 * scale))
+    plan.append(("sequential", [load_key("sequential", via) for via in vias],
+                 lambda: bench.sequential(int(300 * scale), vias)))
+    for via in vias:
+        add("open_loop_300_per_s", via, partial(bench.open_loop, 300, 3 * scale, 0.2, 8, via))
+    for via in vias:
+        add("throughput", via, partial(bench.throughput, 64, 3 * scale, 8, via))
+    for via in transports:
+        add("first_progress", via, partial(bench.first_progress, int(60 * scale), via))
+    for via in transports:
+        add("deadline", via, partial(bench.deadline, int(50 * scale), 0.5, via))
+    for via in transports:
+        add("disconnect_to_abort", via, partial(bench.disconnect_to_abort, int(50 * scale), via))
+    add("memory", "ws", lambda: bench.memory(int(1000 * scale), int(1000 * scale)))
+    add("monitor", "ws", lambda: monitor_bench(bench, scale))
+    levels = CONCURRENCY if not opts.quick else [1, 8, 64]
+    for via in transports:
+        add("concurrency", via, partial(bench.concurrency, levels, 1.5 * scale, via))
+    if opts.simulator == "exai":
+        add("storm_429_half", "ws", lambda: bench.storm(32, 8 * scale, 3.0))
+    return plan
+
+
 async def main(opts: argparse.Namespace) -> dict[str, Any]:
     """Start the processes, run the loads `opts.runs` times; {"runs": [...], "profile": ..., ...}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    transports = ["ws", "http"] if opts.transport == "both" else [opts.transport]
     async with trio.open_nursery() as nursery:
         local_sim: H11Sim = await nursery.start(H11Sim().serve)
         if opts.simulator == "h11":
@@ -802,39 +1035,31 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
         try:
             sim_url = (await read_line_matching(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
             denv = daemon_env(env, sim_url, local_sim.url)
-            async with daemon_process(denv, opts.transport) as daemon:
-                bench = Bench(sim_url, daemon, local_sim, opts.transport)
+            async with daemon_process(denv) as daemon, AsyncExitStack() as stack:
+                floor = await stack.enter_async_context(floor_process(env, sim_url)) if opts.floor else None
+                bench = Bench(sim_url, daemon, local_sim, floor)
                 bench.sim_pid = sim.pid
                 bench.fresh_daemon = lambda: daemon_process(denv)
-                meter = CpuMeter({"daemon": daemon["pid"], "simulator": sim.pid, "driver": os.getpid()}, bench)
-                scale = 0.2 if opts.quick else 1.0
-                loads: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-                    "simulator_cost": lambda: bench.simulator_cost([300, 1000], 2 * scale),
-                    "sequential": lambda: bench.sequential(int(300 * scale)),
-                    "open_loop_300_per_s": lambda: bench.open_loop(300, 3 * scale, 0.2, 8),
-                    "throughput": lambda: bench.throughput(64, 3 * scale, 8),
-                    "first_progress": lambda: bench.first_progress(int(60 * scale)),
-                    "deadline": lambda: bench.deadline(int(50 * scale), 0.5),
-                    "disconnect_to_abort": lambda: bench.disconnect_to_abort(int(50 * scale)),
-                    "memory": lambda: bench.memory(int(1000 * scale), int(1000 * scale)),
-                    "monitor": lambda: monitor_bench(bench, scale),
-                    "concurrency": lambda: bench.concurrency(CONCURRENCY if not opts.quick else [1, 8, 64], 1.5 * scale),
-                }
-                if opts.simulator == "exai":
-                    loads["storm_429_half"] = lambda: bench.storm(32, 8 * scale, 3.0)
-                out: dict[str, Any] = {"runs": []}
+                pids = {"daemon": daemon["pid"], "simulator": sim.pid, "driver": os.getpid()}
+                if floor is not None:
+                    pids["floor"] = floor["pid"]
+                meter = CpuMeter(pids, bench)
+                loads = plan_loads(bench, opts, transports, floor is not None)
+                out: dict[str, Any] = {"transports": transports, "floor": floor is not None, "runs": []}
                 for _ in range(opts.runs):
                     results: dict[str, Any] = {}
-                    for name, load in loads.items():
-                        if not opts.only or name in opts.only:
-                            with meter(results, name):
-                                results[name] = await load()
+                    for name, keys, load in loads:
+                        if not opts.only or name in opts.only or any(key in opts.only for key in keys):
+                            with meter(results, *keys):
+                                results.update(await load())
                     out["runs"].append(results)
-                if opts.profile:
-                    out["profile"] = await profile_daemon(bench, daemon["pid"], opts.profile, 6 * scale)
+                for via in transports if opts.profile else []:
+                    path = opts.profile if via == "ws" else "-http".join(os.path.splitext(opts.profile))
+                    out[load_key("profile", via)] = await profile_daemon(
+                        bench, daemon["pid"], path, 6 * (0.2 if opts.quick else 1.0), via)
                 if opts.peer:
                     if shutil.which(opts.peer):
-                        out["peer"] = await Peer(opts.peer, sim_url).loads(bench, scale)
+                        out["peer"] = await Peer(opts.peer, sim_url).loads(bench, 0.2 if opts.quick else 1.0)
                     else:
                         out["peer"] = {"not_run": f"`{opts.peer}` is not on PATH"}
                 await bench.http.aclose()
@@ -858,9 +1083,9 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
             **env,
             "KIMI_API_KEY": "bench", "KIMI_BASE_URL": sim.url, "GLM_API_KEY": "bench", "GLM_BASE_URL": sim.url,
             "EXAI_DEFAULT_MODEL": "kimi-k2-0905-preview", "EXAI_PORT": "0", "EXAI_MONITOR_PORT": "0",
-            "EXAI_STATE_DIR": state_dir,
+            "EXAI_HTTP_PORT": "0", "EXAI_STATE_DIR": state_dir,
         }
-        async with daemon_process(daemon_env) as (url, _, _), connect(url) as client:
+        async with daemon_process(daemon_env) as daemon, connect(daemon["url"]) as client:
             tools_list_bytes = len(json.dumps(await client.request("tools/list")).encode())
             sim.configure(latency_s=latency)
             low = json.dumps({"findings": "clue {n}", "confidence": "low"})
@@ -911,6 +1136,8 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
 # A sample belongs to the innermost frame of the running task whose file matches a category
 # (trio's own frames inside a task count for the code that called them); samples with no
 # task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
+PROVIDER_TRANSPORT = "provider transport (h11, sockets)"
+HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http.py)"
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
@@ -920,9 +1147,10 @@ CATEGORIES: list[tuple[str, str]] = [
     ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),
     ("provider request build (httpx models)", r"^httpx/_(models|urls|urlparse|content|headers|config|utils)\.py|_build_request"),
     ("httpx client machinery", r"^httpx/_(client|decoders)\.py"),
-    ("provider transport (h11, sockets)", r"exai/providers/transport\.py|^h11/"),
+    (PROVIDER_TRANSPORT, r"exai/providers/transport\.py|^h11/"),
     ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
     ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
+    (HTTP_SERVER, r"^hypercorn/|exai/transports/http\.py|exai/asgi\.py"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
     ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
     ("tools", r"exai/tools/"),
@@ -955,13 +1183,15 @@ def categorise(raw: str) -> dict[str, float]:
                 if hit:
                     where = hit
                     break
+            if where == PROVIDER_TRANSPORT and any(path.startswith("hypercorn/") for _, path in task):
+                where = HTTP_SERVER  # h11 parsing the daemon's own HTTP requests, not a provider's answer
         totals[where] = totals.get(where, 0) + int(count)
     whole = sum(totals.values()) or 1
     return {name: round(n / whole, 4) for name, n in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> dict[str, Any]:
-    """py-spy on the daemon during 64 calls in flight: CPU per call, split by category.
+async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float, via: str = "ws") -> dict[str, Any]:
+    """py-spy on the daemon during 64 calls in flight over `via`: CPU per call, split by category.
 
     Kernel time (sockets, epoll) comes from /proc's stime; the user time is split by the
     samples py-spy takes while a thread holds the GIL (`--gil`: a thread waiting for the CPU
@@ -975,7 +1205,7 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
     await trio.sleep(1.0)
     await bench.sim_config()
     calls, (user, system) = bench.calls, cpu_times(pid)
-    await bench.closed_loop(64, seconds, 8)
+    await bench.closed_loop(64, seconds, 8, via=via)
     calls = bench.calls - calls
     user, system = (now - before for now, before in zip(cpu_times(pid), (user, system), strict=True))
     profiler.send_signal(signal.SIGINT)
@@ -984,7 +1214,7 @@ async def profile_daemon(bench: Bench, pid: int, path: str, seconds: float) -> d
     user_ms, system_ms = user * 1000 / max(calls, 1), system * 1000 / max(calls, 1)
     breakdown = {name: {"share_of_user": share, "ms_per_call": round(share * user_ms, 3)} for name, share in shares.items()}
     breakdown["kernel: socket syscalls, epoll (/proc stime)"] = {"share_of_user": None, "ms_per_call": round(system_ms, 3)}
-    return {"file": path, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
+    return {"file": path, "transport": via, "calls": calls, "daemon_cpu_ms_per_call": round(user_ms + system_ms, 3),
             "user_ms_per_call": round(user_ms, 3), "system_ms_per_call": round(system_ms, 3), "breakdown": breakdown}
 
 
@@ -996,6 +1226,8 @@ TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("simulator_cost", "simulator_cpu_share_at_1000_per_s", "the simulator alone at 1,000 calls/s (CPU share of a core)", "< 0.33", lambda v: v < 0.33),
     ("sequential", "added_p50_ms", "one call at a time, added latency p50 (ms)", "<= 1", lambda v: v <= 1),
     ("sequential", "added_p99_ms", "one call at a time, added latency p99 (ms)", "-", None),
+    ("sequential_http", "over_ws_p50_ms", "HTTP added p50 over WebSocket, one call at a time (ms)", "<= 1", lambda v: v <= 1),
+    ("sequential_http", "over_ws_p99_ms", "HTTP added p99 over WebSocket, one call at a time (ms)", "-", None),
     ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)", "<= 2", lambda v: v <= 2),
     ("open_loop_300_per_s", "added_p99_ms", "300 calls/s open loop, 200 ms provider, added p99 (ms)", "<= 5", lambda v: v <= 5),
     ("throughput", "calls_per_s", "64 in flight, zero-latency provider (calls/s)", ">= 1000", lambda v: v >= 1000),
@@ -1012,6 +1244,32 @@ TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("memory", "rss_per_inflight_call_kib", "RSS per in-flight call (KiB)", "-", None),
     ("memory", "rss_per_idle_connection_kib", "RSS per idle connection (KiB)", "-", None),
 ]
+
+# How a load's other ways are named in the results and in the report, beside WebSocket's row.
+WAYS: list[tuple[str, str]] = [
+    ("", ""),
+    ("_http", "Streamable HTTP: "),
+    ("_floor", "floor, the same libraries with no exai logic: "),
+]
+HTTP_LABELS = {"disconnect_to_abort": ("client vanishes", "DELETE /mcp")}
+
+
+def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, str, str, str, Callable[[float], bool] | None]]:
+    """TARGETS as measured in `runs`: each figure's WebSocket row, then its Streamable HTTP and
+    floor rows where the runs have them. The floor is a reference: shown, never judged."""
+    rows: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = []
+    for load, key, label, target, test in TARGETS:
+        for suffix, prefix in WAYS:
+            if median_of(runs, load + suffix, key) is None:
+                continue
+            text = label
+            if suffix == "_http" and load in HTTP_LABELS:
+                text = text.replace(*HTTP_LABELS[load])
+            if suffix == "_floor":
+                rows.append((load + suffix, key, prefix + text, "-", None))
+            else:
+                rows.append((load + suffix, key, prefix + text, target, test))
+    return rows
 
 
 def median_of(runs: list[dict[str, Any]], load: str, *keys: str) -> tuple[float, float, float] | None:
@@ -1048,39 +1306,39 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
         "so the wall-clock figures carry that noise and the CPU shares show how little of a core the daemon got; "
         "daemon CPU ms per call is the figure contention moves least. Run it again on a quiet machine for "
         "representative latencies.",
-        "- three processes on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio), the daemon "
-        "(`exai serve`, WebSocket) and the load generator (this script). Daemon calls ask for progress, so the "
-        "daemon streams from the provider; the direct baseline streams over the daemon's own HTTP transport.",
+        _processes_text(out),
         "",
         f"## Figures (median of {len(runs)} runs, min-max in brackets)",
         "",
-        "CPU share = CPU seconds / wall seconds over that load, per process (1.0 = one core of the two).",
+        "CPU share = CPU seconds / wall seconds over that load, per process (1.0 = one core of the two). "
+        "On a floor row the daemon's columns are the floor relay's.",
         "",
         "| figure | target | median [min-max] | met | daemon CPU ms/call | CPU share daemon / simulator / driver |",
         "|---|---|---|---|---|---|",
     ]
     missed = []
-    for load, key, label, target, test in TARGETS:
+    for load, key, label, target, test in table_rows(runs):
         got = median_of(runs, load, key)
-        if got is None:
-            continue
+        assert got is not None
         med, low, high = got
         met = "" if test is None else ("yes" if test(med) else "**no**")
         if test is not None and not test(med):
-            missed.append((label, load))
+            missed.append((label, load, key))
         cpu = median_of(runs, load, "daemon_cpu_ms_per_call")
         shares = [median_of(runs, load, "cpu_share", who) for who in ("daemon", "simulator", "driver")]
         share_text = " / ".join(f"{s[0]:.2f}" if s else "-" for s in shares)
         lines.append(f"| {label} | {target} | {med:g} [{low:g}-{high:g}] | {met} | "
                      f"{f'{cpu[0]:.2f}' if cpu else '-'} | {share_text} |")
-    lines += ["", *_concurrency_section(runs, docs, plt), *_abort_section(runs, docs, plt)]
+    lines += ["", *_floor_section(runs), *_concurrency_section(runs, docs, plt), *_abort_section(runs, docs, plt)]
     profile = out.get("profile")
-    if profile:
-        lines += _profile_section(profile)
+    for shown in (profile, out.get("profile_http")):
+        if shown:
+            lines += _profile_section(shown)
     if missed:
         lines += ["## What bounds the missed targets", ""]
-        for label, load in missed:
-            lines.append(f"- **{label}**: {_bound(runs, load, profile)}")
+        for label, load, key in missed:
+            shown = out.get("profile_http") if load.endswith("_http") else profile
+            lines.append(f"- **{label}**: {_bound(runs, load, key, shown)}")
         lines.append("")
     peer = out.get("peer")
     lines += ["## Peer gateway", ""]
@@ -1094,6 +1352,25 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
     path = docs / "performance.md"
     path.write_text("\n".join(lines) + _appendix(docs))
     return path
+
+
+def _processes_text(out: dict[str, Any]) -> str:
+    """Which processes and ways the run had (results from before --transport both had WebSocket only)."""
+    transports, floor = out.get("transports", ["ws"]), out.get("floor", False)
+    text = ("- on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio), the daemon (`exai serve`, "
+            "serving WebSocket and Streamable HTTP at once)" + (", the floor (`scripts/floor_relay.py`, below)" if floor else "")
+            + " and the load generator (this script). ")
+    ways = [{"ws": "WebSocket", "http": "Streamable HTTP"}[t] for t in transports] + (["the floor"] if floor else [])
+    if len(ways) > 1:
+        text += (f"Each load runs over {', then '.join(ways)}, against the same daemon in the same run; one call at a "
+                 "time interleaves them call by call, so that each is measured at the same moments of the machine. ")
+    else:
+        text += f"The loads reach the daemon over {ways[0]}. "
+    if "http" in transports:
+        text += ("The load generator's Streamable HTTP client is h11 on kept-alive sockets with httpx-sse's decoder: "
+                 "its CPU per call is in the floor table, beside its WebSocket client's. ")
+    return text + ("Calls ask for progress, so the daemon streams from the provider; the direct baseline streams over "
+                   "the daemon's own HTTP transport.")
 
 
 def _appendix(docs: Path) -> str:
@@ -1112,7 +1389,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _bound(runs: list[dict[str, Any]], load: str, profile: dict[str, Any] | None) -> str:
+def _bound(runs: list[dict[str, Any]], load: str, key: str, profile: dict[str, Any] | None) -> str:
     shares = {who: (median_of(runs, load, "cpu_share", who) or (0.0,))[0] for who in ("daemon", "simulator", "driver")}
     cpu = median_of(runs, load, "daemon_cpu_ms_per_call")
     rate = median_of(runs, load, "rate_per_s") or median_of(runs, load, "calls_per_s")
@@ -1123,54 +1400,113 @@ def _bound(runs: list[dict[str, Any]], load: str, profile: dict[str, Any] | None
                  f"of a core, and one whole core would carry about {1000 / cpu[0]:.0f} calls/s")
     elif cpu:
         text += f". The daemon spent {cpu[0]:.2f} ms of CPU per call"
+    base = load.removesuffix("_http")
+    ws_cpu = median_of(runs, base, "daemon_cpu_ms_per_call")
+    if base != load and ws_cpu:
+        text += f". Over WebSocket the same load cost the daemon {ws_cpu[0]:.2f} ms of CPU per call"
+    floor, floor_cpu = median_of(runs, base + "_floor", key), median_of(runs, base + "_floor", "daemon_cpu_ms_per_call")
+    if floor and floor_cpu:
+        text += (f". The floor (the same libraries with no exai logic) measured {floor[0]:g} here with {floor_cpu[0]:.2f} ms "
+                 "of CPU per call: what lies between is exai's own work")
     if profile:
         top = sorted(profile["breakdown"].items(), key=lambda kv: -kv[1]["ms_per_call"])[:3]
-        text += "; the profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
+        text += f"; the {_TRANSPORT_NAMES[profile.get('transport', 'ws')]} profile's largest parts: " + ", ".join(f"{name} {v['ms_per_call']:.2f} ms" for name, v in top)
     return text + "."
 
 
-def _concurrency_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
-    per_level: dict[int, dict[str, list[float]]] = {}
-    for run in runs:
-        for point in run.get("concurrency", {}).get("points", []):
-            entry = per_level.setdefault(point["concurrency"], {"p50_ms": [], "p99_ms": [], "calls_per_s": []})
-            for key in entry:
-                entry[key].append(point[key])
-    if not per_level:
+FLOOR_FIGURES: list[tuple[str, str, str]] = [
+    ("sequential", "added_p50_ms", "one call at a time, added p50 (ms)"),
+    ("sequential", "added_p99_ms", "one call at a time, added p99 (ms)"),
+    ("sequential", "daemon_cpu_ms_per_call", "one call at a time, server CPU per call (ms)"),
+    ("sequential", "driver_cpu_ms_per_call", "one call at a time, load generator CPU per call (ms)"),
+    ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)"),
+    ("open_loop_300_per_s", "added_p99_ms", "300 calls/s open loop, 200 ms provider, added p99 (ms)"),
+    ("throughput", "calls_per_s", "64 in flight, zero-latency provider (calls/s)"),
+    ("throughput", "daemon_cpu_ms_per_call", "64 in flight, server CPU per call (ms)"),
+]
+
+
+def _floor_section(runs: list[dict[str, Any]]) -> list[str]:
+    """exai over WebSocket and Streamable HTTP beside the floor relay, figure by figure."""
+    if not any(key.endswith("_floor") for run in runs for key in run):
         return []
-    levels = sorted(per_level)
-    med = {key: [statistics.median(per_level[c][key]) for c in levels] for key in ("p50_ms", "p99_ms", "calls_per_s")}
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(levels, med["p50_ms"], "o-", label="p50")
-    ax.plot(levels, med["p99_ms"], "s--", label="p99")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("calls in flight (closed loop, zero-latency provider)")
-    ax.set_ylabel("call latency (ms)")
-    ax.grid(True, which="both", alpha=0.3)
-    twin = ax.twinx()
-    twin.plot(levels, med["calls_per_s"], "^:", color="gray", label="calls/s")
-    twin.set_ylabel("calls/s")
-    fig.legend(loc="lower right", bbox_to_anchor=(0.86, 0.2))
+    lines = ["## Floor: the same libraries with no exai logic", "",
+             "`scripts/floor_relay.py` (benchmark only) takes MCP over trio-websocket and, per `tools/call`, makes the "
+             "same streaming POST to the same simulator with httpx's request model on exai's pooled h11 transport, "
+             "joins the streamed text, sends one progress notification and answers; no limits, validation, deadlines, "
+             "cancellation, logging, metrics or store. Its figures are what the libraries, the simulator and the load "
+             "generator cost on this machine; the distance from exai's to them is exai's own logic.", "",
+             "| figure | exai, WebSocket | exai, Streamable HTTP | floor |", "|---|---|---|---|"]
+    for load, key, label in FLOOR_FIGURES:
+        cells = []
+        for suffix in ("", "_http", "_floor"):
+            got = median_of(runs, load + suffix, key)
+            cells.append(f"{got[0]:g}" if got else "-")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return [*lines, ""]
+
+
+def _concurrency_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
+    figures = ("p50_ms", "p99_ms", "calls_per_s")
+    medians: dict[str, tuple[list[int], dict[str, list[float]]]] = {}  # way -> (levels, figure -> medians)
+    for way, name in (("concurrency", "WebSocket"), ("concurrency_http", "Streamable HTTP")):
+        per_level: dict[int, dict[str, list[float]]] = {}
+        for run in runs:
+            for point in run.get(way, {}).get("points", []):
+                entry = per_level.setdefault(point["concurrency"], {key: [] for key in figures})
+                for key in figures:
+                    entry[key].append(point[key])
+        if per_level:
+            levels = sorted(per_level)
+            medians[name] = (levels, {key: [statistics.median(per_level[c][key]) for c in levels] for key in figures})
+    if not medians:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    titles = {"p50_ms": "latency p50 (ms)", "p99_ms": "latency p99 (ms)", "calls_per_s": "calls/s"}
+    for ax, key in zip(axes, figures, strict=True):
+        for (name, (levels, med)), style in zip(medians.items(), ("o-", "s--"), strict=False):
+            ax.plot(levels, med[key], style, label=name)
+        ax.set_xscale("log", base=2)
+        if key != "calls_per_s":
+            ax.set_yscale("log")
+        ax.set_title(titles[key])
+        ax.set_xlabel("calls in flight")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("closed loop, zero-latency provider")
     fig.tight_layout()
     fig.savefig(docs / "perf" / "latency_vs_concurrency.png", dpi=110)
     plt.close(fig)
-    lines = ["## Latency against concurrency (WebSocket)", "",
+    names = list(medians)
+    lines = [f"## Latency against concurrency ({' and '.join(names)})", "",
              "![latency against concurrency](perf/latency_vs_concurrency.png)", "",
              "With a zero-latency provider the whole latency is exai plus the simulator and the load generator; "
-             "at 1 in flight it is the one-call-at-a-time latency, past saturation it grows as in-flight / calls/s. "
-             "Streamable HTTP: not measured here yet (`--transport http` exists; the HTTP transport lands with another change).",
-             "", "| in flight | p50 ms | p99 ms | calls/s |", "|---|---|---|---|"]
-    lines += [f"| {c} | {a:g} | {b:g} | {r:g} |" for c, a, b, r in zip(levels, med["p50_ms"], med["p99_ms"], med["calls_per_s"], strict=True)]
+             "at 1 in flight it is the one-call-at-a-time latency, past saturation it grows as in-flight / calls/s.",
+             *(["Both transports run against the same daemon in the same run, one after the other; Streamable HTTP "
+                "carries one call per HTTP/1.1 connection at a time, so a session holds as many kept-alive connections "
+                "as it has calls in flight."] if len(names) > 1 else []), "",
+             "| in flight | " + " | ".join(f"{name} p50 ms | {name} p99 ms | {name} calls/s" for name in names) + " |",
+             "|---|" + "---|---|---|" * len(names)]
+    levels = sorted({level for ways_levels, _ in medians.values() for level in ways_levels})
+    for level in levels:
+        cells = []
+        for ways_levels, med in medians.values():
+            at = ways_levels.index(level) if level in ways_levels else None
+            cells += [f"{med[key][at]:g}" if at is not None else "-" for key in figures]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
 def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
-    samples = [s for run in runs for s in run.get("disconnect_to_abort", {}).get("samples_ms", [])]
-    if not samples:
+    ways = {
+        "WebSocket: TCP connection dropped": [s for run in runs for s in run.get("disconnect_to_abort", {}).get("samples_ms", [])],
+        "Streamable HTTP: DELETE /mcp": [s for run in runs for s in run.get("disconnect_to_abort_http", {}).get("samples_ms", [])],
+    }
+    ways = {name: samples for name, samples in ways.items() if samples}
+    if not ways:
         return []
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(samples, bins=40)
+    ax.hist(list(ways.values()), bins=40, label=list(ways), histtype="step" if len(ways) > 1 else "bar")
     ax.axvline(5, color="red", linestyle="--", label="target p99 5 ms")
     ax.set_xlabel("client gone -> provider request aborted (ms)")
     ax.set_ylabel("calls")
@@ -1178,9 +1514,14 @@ def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str
     fig.tight_layout()
     fig.savefig(docs / "perf" / "abort_latency.png", dpi=110)
     plt.close(fig)
-    return ["## Disconnect-to-abort distribution", "", "![abort latency](perf/abort_latency.png)", "",
-            f"{len(samples)} samples over all runs: p50 {pct(samples, 0.5):.2f} ms, p99 {pct(samples, 0.99):.2f} ms, "
-            f"max {max(samples):.2f} ms.", ""]
+    lines = ["## Disconnect-to-abort distribution", "", "![abort latency](perf/abort_latency.png)", ""]
+    for name, samples in ways.items():
+        lines.append(f"- {name}: {len(samples)} samples over all runs: p50 {pct(samples, 0.5):.2f} ms, "
+                     f"p99 {pct(samples, 0.99):.2f} ms, max {max(samples):.2f} ms.")
+    if len(ways) > 1:
+        lines += ["", "Over Streamable HTTP a dropped SSE stream cancels nothing (the spec's rule: calls belong to the "
+              "session), so DELETE, which ends the session, is the disconnect that has an abort to time."]
+    return [*lines, ""]
 
 
 def _shown_path(path: str) -> str:
@@ -1190,9 +1531,13 @@ def _shown_path(path: str) -> str:
         return path
 
 
+_TRANSPORT_NAMES = {"ws": "WebSocket", "http": "Streamable HTTP"}
+
+
 def _profile_section(profile: dict[str, Any]) -> list[str]:
-    lines = ["## Where a call's daemon CPU goes", "",
-             f"Daemon under 64 calls in flight against a zero-latency provider: {profile['calls']} calls, "
+    way = _TRANSPORT_NAMES[profile.get("transport", "ws")]
+    lines = [f"## Where a call's daemon CPU goes ({way})", "",
+             f"Daemon under 64 calls in flight over {way} against a zero-latency provider: {profile['calls']} calls, "
              f"{profile['daemon_cpu_ms_per_call']:.3f} ms of daemon CPU per call ({profile['user_ms_per_call']:.3f} ms user, "
              f"{profile['system_ms_per_call']:.3f} ms kernel, from /proc). The user time is split by py-spy samples "
              "(`record --format raw --nonblocking --gil`, 200 Hz): each sample goes to the innermost frame of the running "
@@ -1212,7 +1557,11 @@ if __name__ == "__main__":
     parser.add_argument("--profile", help="after the loads, profile the daemon with py-spy into this file (raw stacks)")
     parser.add_argument("--report", action="store_true", help="5 runs and a profile; write docs/performance.md and plots")
     parser.add_argument("--simulator", choices=["h11", "exai"], default="h11", help="h11: scripts/h11sim.py; exai: exai mock-provider")
-    parser.add_argument("--transport", choices=["ws", "http"], default="ws", help="how the load reaches the daemon")
+    parser.add_argument("--transport", choices=["ws", "http", "both"], default=None,
+                        help="how the loads reach the daemon: WebSocket, Streamable HTTP, or both side by side "
+                             "in one run (the default with --report; else ws)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor: scripts/floor_relay.py, the same libraries with no exai logic")
     parser.add_argument("--render", help="write docs/performance.md again from a saved docs/perf/results.json")
     parser.add_argument("--peer", help="also run the loads through this OpenAI-compatible gateway command (litellm)")
     parser.add_argument("--workflow", action="store_true", help="only the workflow tools' numbers")
@@ -1224,18 +1573,26 @@ if __name__ == "__main__":
         sys.exit(0)
     if opts.monitor:
         opts.only = [*opts.only, "monitor"]
+    opts.transport = opts.transport or ("both" if opts.report else "ws")
     if opts.report:
         opts.runs = max(opts.runs, 5)
         opts.profile = opts.profile or str(ROOT / "docs" / "perf" / "daemon-profile.txt")
         (ROOT / "docs" / "perf").mkdir(parents=True, exist_ok=True)
     if opts.render:
         saved = json.loads(Path(opts.render).read_text())
-        if saved.get("profile"):  # re-split the saved stacks, in case the categories changed
-            profile = saved["profile"]
-            shares = categorise(Path(profile["file"]).read_text())
-            user_ms = profile["user_ms_per_call"]
-            kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
-            profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
+        for profile in (saved.get("profile"), saved.get("profile_http")):
+            if not profile:
+                continue
+            # The stacks beside results.json, wherever the run was (another checkout, say).
+            stacks = Path(profile["file"])
+            if not stacks.exists():
+                stacks = Path(opts.render).resolve().parent / stacks.name
+            if stacks.exists():  # re-split the saved stacks, in case the categories changed
+                profile["file"] = str(stacks)
+                shares = categorise(stacks.read_text())
+                user_ms = profile["user_ms_per_call"]
+                kernel = {k: v for k, v in profile["breakdown"].items() if v["share_of_user"] is None}
+                profile["breakdown"] = {n: {"share_of_user": v, "ms_per_call": round(v * user_ms, 3)} for n, v in shares.items()} | kernel
         print(write_report(saved, saved["command"], ROOT / "docs"))
         sys.exit(0)
     loadavg_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
