@@ -343,6 +343,17 @@ async def test_dropped_stream_does_not_cancel_and_last_event_id_gets_the_result(
         assert unknown.status_code == 400
 
 
+async def test_last_event_id_with_non_ascii_digits_is_refused_with_400(daemon: Any) -> None:
+    # Found by the soak: "\xb2" (superscript two) passes str.isdigit() but not int(): a 500.
+    async with mcp_session(daemon.http_url) as client:
+        for last in (b"\xb2-1", b"1-\xb3", b"\xb9"):
+            headers = {**client.headers(Accept="text/event-stream"), "Last-Event-ID": last}
+            response = await client.http.get(client.url, headers=headers)
+            assert response.status_code == 400, response.text
+            assert "Last-Event-ID" in response.json()["error"]["message"]
+        await valid_call_works(client)
+
+
 async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any) -> None:
     bound = await daemons.start(http_session_idle_secs=0.5)
     async with mcp_session(bound.http_url) as client:

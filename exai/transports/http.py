@@ -643,7 +643,8 @@ class HttpTransport:
             await self._write_events(session, session.open_standalone(), 0, reply, receive)
             return
         number, _, seq = last.strip().partition("-")
-        stream = session.streams.get(int(number)) if number.isdigit() and seq.isdigit() else None
+        decimal = all(part.isascii() and part.isdigit() for part in (number, seq))  # "\xb2".isdigit() too
+        stream = session.streams.get(int(number)) if decimal else None
         if stream is None:
             await reply.refuse(400, f"Last-Event-ID {last!r} names no stream this session keeps")
             return
