@@ -266,6 +266,23 @@ async def test_accept_content_type_method_path_and_size(daemons: Any) -> None:
         await valid_call_works(client)
 
 
+async def test_an_answer_before_the_body_is_read_closes_the_connection(daemons: Any) -> None:
+    # Found by the soak: hypercorn closes a connection whose request body it did not read; an
+    # answer without `Connection: close` let a keep-alive client send its next request into it.
+    bound = await daemons.start(max_message_bytes=1024)
+    async with mcp_session(bound.http_url) as client:
+        big = await client.post(call(1, "chat", {"prompt": "x" * 2048}))
+        assert big.status_code == 413 and big.headers["connection"] == "close"
+        wrong_type = await client.post(request(2, "ping"), Content_Type="text/plain")
+        assert wrong_type.status_code == 415 and wrong_type.headers["connection"] == "close"
+        foreign = await client.post(request(3, "ping"), Origin="http://evil.example")
+        assert foreign.status_code == 403 and foreign.headers["connection"] == "close"
+        read = await client.post(request(4, "ping"))  # its body read: the connection stays
+        assert read.status_code == 200 and "connection" not in read.headers
+        assert (await client.http.get(client.url, headers=client.headers(Last_Event_ID="x"))).headers.get("connection") is None
+        await valid_call_works(client)
+
+
 async def test_max_connections_counts_http_sessions(daemons: Any) -> None:
     bound = await daemons.start(max_connections=1)
     async with mcp_session(bound.http_url) as client:
