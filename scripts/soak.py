@@ -958,7 +958,7 @@ async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) ->
     """A session of its own, DELETEd while its calls run: each stream ends with no response
     (the sampler sees that none of their provider requests outlives the session). The first
     call streams, and is asked again while refused as overloaded: the DELETE comes once it
-    shows progress (so it runs at the provider), or after 3 s."""
+    shows progress (so it runs at the provider) or has ended, or after 3 s."""
     rng = soak.rng
     s = HttpMcp(soak, http, f"{tag}d")
     await s.initialize()
@@ -976,7 +976,10 @@ async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) ->
             overloaded = s.overloaded
             answer = await s.post(message, progressed=running if i == 0 else None)
             answers.append((request_id, answer))
-            if i > 0 or s.overloaded == overloaded or deleted:
+            if i > 0:
+                return
+            if s.overloaded == overloaded or deleted:
+                running.set()  # done without progress (a failing provider): nothing to wait for
                 return
             await trio.sleep(rng.uniform(0.1, 0.3))
 
@@ -1014,6 +1017,17 @@ def walk_away(soak: Soak, s: HttpMcp) -> None:
     assert s.session_id is not None
     soak.abandoned.append(s.session_id)
     soak.http["abandoned"] += 1
+
+
+def http_trouble(exc: Exception) -> Exception | None:
+    """`exc` when it is HTTP trouble (also inside a nursery's exception group), else None."""
+    if isinstance(exc, httpx.HTTPError | HttpTrouble):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        trouble, rest = exc.split((httpx.HTTPError, HttpTrouble))
+        if trouble is not None and rest is None:
+            return http_trouble(trouble.exceptions[0])
+    return None
 
 
 def running(soak: Soak, stop_at: float) -> bool:
@@ -1062,7 +1076,10 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
                     else:
                         await s.delete()
                 await trio.sleep(rng.uniform(0, 0.2))
-            except (httpx.HTTPError, HttpTrouble) as exc:
+            except Exception as group:
+                exc = http_trouble(group)
+                if exc is None:
+                    raise
                 if not daemon_alive(soak):
                     return
                 soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError) else "refused")
@@ -1244,7 +1261,10 @@ async def http_fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
                 await s.delete()
                 assert s.session_id is not None
                 ended.append(s.session_id)
-            except (httpx.HTTPError, HttpTrouble) as exc:
+            except Exception as group:
+                exc = http_trouble(group)
+                if exc is None:
+                    raise
                 if not daemon_alive(soak):
                     return
                 soak.unexpected.append(
