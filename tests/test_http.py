@@ -277,6 +277,8 @@ async def test_an_answer_before_the_body_is_read_closes_the_connection(daemons: 
         assert wrong_type.status_code == 415 and wrong_type.headers["connection"] == "close"
         foreign = await client.post(request(3, "ping"), Origin="http://evil.example")
         assert foreign.status_code == 403 and foreign.headers["connection"] == "close"
+        elsewhere = await client.http.post(client.url.replace("/mcp", "/other"), content=b"{}", headers=client.headers())
+        assert elsewhere.status_code == 404 and elsewhere.headers["connection"] == "close"
         read = await client.post(request(4, "ping"))  # its body read: the connection stays
         assert read.status_code == 200 and "connection" not in read.headers
         assert (await client.http.get(client.url, headers=client.headers(Last_Event_ID="x"))).headers.get("connection") is None

@@ -393,14 +393,14 @@ class HttpTransport:
                 await reply.refuse(500, "Internal error", -32603, {"error_id": error_id})
 
     async def _handle(self, scope: dict[str, Any], receive: AsgiReceive, reply: Reply) -> None:
-        if scope["path"].rstrip("/") != MCP_PATH:
-            await reply.refuse(404, f"no MCP endpoint at {scope['path']}; use {MCP_PATH}")
-            return
         raw: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             raw[name] = raw[name] + b", " + value if name in raw else value
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw.items()}
         reply.body_unread = "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+        if scope["path"].rstrip("/") != MCP_PATH:
+            await reply.refuse(404, f"no MCP endpoint at {scope['path']}; use {MCP_PATH}")
+            return
         refusal = self._refusal(scope["method"], headers, scope["headers"])
         if refusal is not None:
             status, message, extra = refusal
