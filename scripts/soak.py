@@ -7,10 +7,17 @@ stalled, cut and malformed streams, malformed bodies, latency); they cancel call
 deadlines, burst past the queue and drop their TCP connection mid-call. Fuzz clients send
 frames that are not JSON, of the wrong shape or with wrong types, and bad handshakes.
 
+Beside them, Streamable HTTP clients on the same daemon (httpx, httpx-sse) make the same calls
+in sessions; they also drop a call's SSE stream and come back with Last-Event-ID (the result
+must arrive), DELETE sessions while their calls run, and walk away from sessions, which the
+idle timeout (EXAI_HTTP_SESSION_IDLE_SECS, 3 s here) must end. An HTTP fuzz client sends bad bodies,
+headers, session ids, methods and sizes: only the contract's 4xx or JSON-RPC errors may come back.
+
 Every second: /healthz answers 200, borrowed <= total for every limiter, inflight <= the global
 limit, queued <= EXAI_MAX_QUEUED, and no simulator request open that the daemon does not count
 (see `sample`). At the end,
-after a quiet second: nothing borrowed, queued, alive or open; RSS growth under 10% between
+after a quiet wait (the HTTP idle timeout + 1 s): nothing borrowed, queued, alive or open, no
+session left, each session walked away from gone; RSS growth under 10% between
 the 25% and 100% marks; no -32603; no traceback in the daemon's log; the daemon alive and
 exiting 0 on SIGTERM. Prints a one-screen report; exits 1 on any violation.
 
@@ -24,10 +31,13 @@ daemon (issue 6): a violation until they are fixed, and the report says which in
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -36,12 +46,14 @@ import tempfile
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
 import trio
+from httpx_sse import EventSource
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
@@ -49,6 +61,7 @@ from exai.client import CannotConnect, ConnectionLost, ExaiClient, RpcError, con
 
 EXAI: Final = [sys.executable, "-c", "from exai.cli import main; main()"]
 TOKEN: Final = "soak-token-0123456789"
+HTTP_IDLE_S: Final = 3.0  # EXAI_HTTP_SESSION_IDLE_SECS: a session walked away from ends this long after
 LIMITS: Final = {
     "EXAI_GLOBAL_MAX_INFLIGHT": 8,
     "EXAI_SESSION_MAX_INFLIGHT": 4,
@@ -70,6 +83,7 @@ ENV: Final = {
     "EXAI_MAX_MESSAGE_BYTES": "65536",
     "EXAI_LOG_LEVEL": "INFO",
     "EXAI_AUTH_TOKEN": TOKEN,
+    "EXAI_HTTP_SESSION_IDLE_SECS": f"{HTTP_IDLE_S:g}",
 }
 MODELS: Final = ("auto", "kimi-k2-0905-preview", "glm-4.6")
 INTERNAL_ERROR: Final = -32603
@@ -156,6 +170,14 @@ class Soak:
     tool_errors: Counter[str] = field(default_factory=Counter)
     rss: dict[str, int] = field(default_factory=dict)
     daemon_died: str | None = None
+    http_url: str = ""
+    http: Counter[str] = field(default_factory=Counter)  # sessions, reconnects (see `report`)
+    http_outcomes: Counter[str] = field(default_factory=Counter)
+    http_by_action: dict[str, Counter[str]] = field(default_factory=dict)
+    http_fuzz: Counter[str] = field(default_factory=Counter)
+    http_fuzz_answers: Counter[str] = field(default_factory=Counter)
+    abandoned: list[str] = field(default_factory=list)  # ids of HTTP sessions walked away from
+    daemon_log: str = ""
 
     def check(self, name: str) -> Check:
         return self.checks.setdefault(name, Check(name))
@@ -172,6 +194,10 @@ class Soak:
     def record(self, action: str, outcome: str) -> None:
         self.outcomes[outcome] += 1
         self.by_action.setdefault(action, Counter())[outcome] += 1
+
+    def record_http(self, action: str, outcome: str) -> None:
+        self.http_outcomes[outcome] += 1
+        self.http_by_action.setdefault(action, Counter())[outcome] += 1
 
     @property
     def headers(self) -> dict[str, str]:
@@ -195,11 +221,13 @@ def failure(soak: Soak, what: str, exc: RpcError | ConnectionLost) -> str:
     return outcome
 
 
+def code_outcome(code: Any) -> str:
+    return {-32001: "timed_out", -32000: "overloaded", INTERNAL_ERROR: "internal_error"}.get(code, f"rpc_{code}")
+
+
 def classify(exc: BaseException) -> str:
     if isinstance(exc, RpcError):
-        return {-32001: "timed_out", -32000: "overloaded", INTERNAL_ERROR: "internal_error"}.get(
-            exc.code, f"rpc_{exc.code}"
-        )
+        return code_outcome(exc.code)
     if isinstance(exc, CannotConnect):
         return "cannot_connect"
     if isinstance(exc, ConnectionLost):
@@ -583,6 +611,668 @@ async def bad_handshake(soak: Soak, number: int) -> None:
         soak.unexpected.append(f"handshake {kind}: HTTP {status}, expected 401")
 
 
+# -- Streamable HTTP clients ---------------------------------------------------------------------
+
+HTTP_VERSION: Final = "2025-11-25"
+ACCEPT_BOTH: Final = "application/json, text/event-stream"
+# The JSON-RPC errors the contract gives for bad input, load and deadlines; never -32603.
+CONTRACT_CODES: Final = frozenset({-32700, -32600, -32601, -32602, -32000, -32001})
+# What a well-behaved HTTP client does within its session: the WebSocket clients' calls
+# (a dropped TCP connection and the outage left to them), and dropping a call's SSE stream.
+HTTP_ACTIONS: Final = [
+    *[(name, weight) for name, weight in ACTIONS if name not in ("disconnect", "outage")],
+    ("drop_stream", 6),
+]
+# What a session is for: calls, then DELETE (or, one time in ten, walking away); calls ended
+# by DELETE while they run; or opening one, maybe starting a call, and walking away.
+HTTP_SESSIONS: Final = [("calls", 6), ("delete_mid_call", 2), ("abandon", 1)]
+# The client's bounds: far past the tool timeout (8 s), and keep-alive connections dropped
+# before hypercorn's own 5 s keep-alive timeout closes them under a request.
+HTTP_TIMEOUT: Final = httpx.Timeout(30.0)
+HTTP_POOL: Final = httpx.Limits(keepalive_expiry=2.0)
+
+
+class HttpTrouble(Exception):
+    """An HTTP exchange that did not give what the contract owes a well-behaved client."""
+
+
+@dataclass
+class HttpAnswer:
+    """What one HTTP request got: its status and JSON-RPC messages (SSE events or a JSON body)."""
+
+    status: int
+    content_type: str = ""
+    session_id: str | None = None
+    messages: list[Any] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    text: str = ""  # what was not JSON, for the report
+    dropped: bool = False  # the client left the stream before it ended
+
+    def response(self) -> dict[str, Any] | None:
+        """The JSON-RPC response among the messages (on a stream, the last), if any."""
+        for message in reversed(self.messages):
+            if isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message):
+                return message
+        return None
+
+    def describe(self) -> str:
+        return f"HTTP {self.status} {self.content_type}: {(self.text or json.dumps(self.messages))[:160]}"
+
+
+def rpc(id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+class HttpMcp:
+    """One Streamable HTTP session, driven raw with httpx (and httpx-sse for its streams)."""
+
+    def __init__(self, soak: Soak, http: httpx.AsyncClient, name: str):
+        self.soak = soak
+        self.http = http
+        self.name = name
+        self.session_id: str | None = None
+        self.overloaded = 0  # calls refused with -32000 ("Server overloaded"), for backing off
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> str:
+        return f"{self.name}-{next(self._ids)}"
+
+    def headers(self, **extra: str | bytes | None) -> dict[str, str | bytes]:
+        """A well-behaved client's headers; `extra` changes some (None leaves one out)."""
+        headers: dict[str, str | bytes] = {
+            "Accept": ACCEPT_BOTH,
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {TOKEN}",
+            "MCP-Protocol-Version": HTTP_VERSION,
+        }
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        for name, value in extra.items():
+            name = name.replace("_", "-")
+            if value is None:
+                headers.pop(name, None)
+            else:
+                headers[name] = value
+        return headers
+
+    async def exchange(
+        self,
+        method: str,
+        *,
+        content: Any = None,
+        headers: Any = None,
+        url: str | None = None,
+        drop_when: Callable[[HttpAnswer], bool] | None = None,
+        hold_s: float = math.inf,
+        progressed: trio.Event | None = None,
+    ) -> HttpAnswer:
+        """One HTTP request and its answer, read to its end; once `drop_when` holds of what
+        came so far, or after `hold_s` seconds, the client leaves a stream early (which closes
+        its connection). `progressed` is set at the stream's first progress notification."""
+        async with self.http.stream(
+            method, url or self.soak.http_url, content=content, headers=self.headers() if headers is None else headers
+        ) as response:
+            answer = HttpAnswer(
+                response.status_code, response.headers.get("content-type", ""), response.headers.get("mcp-session-id")
+            )
+            if not answer.content_type.startswith("text/event-stream"):
+                body = await response.aread()
+                if body:
+                    try:
+                        answer.messages.append(json.loads(body))
+                    except ValueError:
+                        answer.text = body.decode(errors="replace")
+                return answer
+            answer.dropped = True
+            with trio.move_on_after(hold_s):
+                async with aclosing(EventSource(response).aiter_sse()) as events:
+                    async for event in events:
+                        answer.event_ids.append(event.id)
+                        if event.data:
+                            try:
+                                answer.messages.append(json.loads(event.data))
+                            except ValueError:
+                                answer.text += event.data
+                            if progressed is not None and progress_count(answer):
+                                progressed.set()
+                        if drop_when is not None and drop_when(answer):
+                            return answer
+                answer.dropped = False
+            return answer
+
+    async def post(self, message: Any, **kwargs: Any) -> HttpAnswer:
+        answer = await self.exchange("POST", content=json.dumps(message), **kwargs)
+        error = (answer.response() or {}).get("error")
+        if isinstance(error, dict) and error.get("code") == -32000:
+            self.overloaded += 1
+        return answer
+
+    async def initialize(self) -> None:
+        """Open the session: initialize (its answer carries the session id), then initialized."""
+        params = {"protocolVersion": HTTP_VERSION, "capabilities": {}, "clientInfo": {"name": "exai-soak", "version": "0"}}
+        answer = await self.post(rpc(0, "initialize", params))
+        response = answer.response()
+        if answer.status != 200 or not answer.session_id or response is None or "result" not in response:
+            raise HttpTrouble(f"initialize: {answer.describe()}")
+        self.session_id = answer.session_id
+        self.soak.http["opened"] += 1
+        note = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        if note.status != 202:
+            raise HttpTrouble(f"notifications/initialized: {note.describe()}")
+
+    async def delete(self) -> None:
+        """End the session, as a well-behaved client does: 204, then its id is unknown."""
+        response = await self.http.delete(self.soak.http_url, headers=self.headers())
+        if response.status_code != 204:
+            raise HttpTrouble(f"DELETE: HTTP {response.status_code} {response.text[:160]}")
+        self.soak.http["deleted"] += 1
+        after = await self.post(rpc(self.next_id(), "ping"))
+        if after.status != 404:
+            raise HttpTrouble(f"a ping after DELETE: {after.describe()}, expected HTTP 404")
+
+
+def http_outcome(soak: Soak, what: str, answer: HttpAnswer, request_id: Any, *, no_response: str = "no_response") -> str:
+    """The outcome of a well-behaved call's answer, classified as the WebSocket clients' are;
+    a -32603, a code outside the contract or a broken answer is noted with `what`. A stream
+    that ends without a response is `no_response`: a violation unless the caller expected it."""
+    if answer.status != 200:
+        soak.unexpected.append(f"http {what}: {answer.describe()}")
+        return f"http_{answer.status}"
+    if answer.text:
+        soak.unexpected.append(f"http {what}: data that is not JSON: {answer.text[:160]}")
+    check_progress(soak, what, answer)
+    response = answer.response()
+    if response is None:
+        if no_response == "no_response":
+            soak.unexpected.append(f"http {what}: the stream ended without a response ({answer.describe()})")
+        return no_response
+    if response.get("id") != request_id:
+        soak.unexpected.append(f"http {what}: a response to {response.get('id')!r} on the stream of {request_id!r}")
+    error = response.get("error")
+    if isinstance(error, dict):
+        outcome = code_outcome(error.get("code"))
+        if outcome == "internal_error":
+            soak.internal_errors.append(f"http {what}: {json.dumps(response)[:200]}")
+        elif outcome.startswith("rpc_"):
+            soak.unexpected.append(f"http {what}: {json.dumps(response)[:200]}")
+        return outcome
+    result = response.get("result")
+    if not isinstance(result, dict):
+        soak.unexpected.append(f"http {what}: a response that is neither result nor error: {json.dumps(response)[:200]}")
+        return "bad_response"
+    if not result.get("isError"):
+        return "ok"
+    content = result.get("content") or [{}]
+    soak.tool_errors[re.sub(r"[\d.]+", "N", str(content[0].get("text", "")))[:70]] += 1
+    return "tool_error"
+
+
+def check_progress(soak: Soak, what: str, answer: HttpAnswer) -> None:
+    """Progress strictly increases and none comes after the response; every event has an id."""
+    values: list[Any] = []
+    answered = False
+    for message in answer.messages:
+        if isinstance(message, dict) and message.get("method") == "notifications/progress":
+            if answered:
+                soak.unexpected.append(f"http {what}: progress after the response")
+            values.append(message.get("params", {}).get("progress"))
+        else:
+            answered = True
+    if any(not isinstance(v, int | float) for v in values) or any(b <= a for a, b in itertools.pairwise(values)):
+        soak.unexpected.append(f"http {what}: progress not strictly increasing: {values}")
+    if answer.content_type.startswith("text/event-stream") and not all(answer.event_ids):
+        soak.unexpected.append(f"http {what}: an SSE event without an id: {answer.event_ids}")
+
+
+def chat_call(soak: Soak, s: HttpMcp, tag: str, behaviour: dict[str, Any], stream: bool, timeout: float | None = None) -> tuple[str, dict[str, Any]]:
+    """(request id, message) of a chat call whose prompt carries the `#sim` behaviour."""
+    request_id = s.next_id()
+    params: dict[str, Any] = {
+        "name": "chat",
+        "arguments": {"prompt": f"soak {tag}\n#sim {json.dumps(behaviour)}", "model": soak.rng.choice(MODELS)},
+    }
+    meta: dict[str, Any] = {}
+    if stream:
+        meta["progressToken"] = f"p-{request_id}"
+    if timeout is not None:
+        meta["exai/timeout"] = timeout
+    if meta:
+        params["_meta"] = meta
+    return request_id, rpc(request_id, "tools/call", params)
+
+
+async def http_chat(soak: Soak, s: HttpMcp, action: str, tag: str) -> str:
+    behaviour, stream, timeout = directive(action, soak.rng)
+    request_id, message = chat_call(soak, s, tag, behaviour, stream, timeout)
+    if action != "client_cancel":
+        return http_outcome(soak, action, await s.post(message), request_id)
+    # Cancelled with notifications/cancelled: the stream ends with no response (or with the
+    # answer, when the call was done first).
+    answers: list[HttpAnswer] = []
+
+    async def post() -> None:
+        answers.append(await s.post(message))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(post)
+        await trio.sleep(soak.rng.uniform(0.05, 1.0))
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id, "reason": "soak"}}
+        note = await s.post(cancel)
+        if note.status != 202:
+            soak.unexpected.append(f"http notifications/cancelled: {note.describe()}, expected HTTP 202")
+    return http_outcome(soak, action, answers[0], request_id, no_response="cancelled_by_client")
+
+
+async def http_other_tool(soak: Soak, s: HttpMcp) -> str:
+    method, params = soak.rng.choice(
+        [
+            ("tools/call", {"name": "version", "arguments": {}}),
+            ("tools/call", {"name": "listmodels", "arguments": {}}),
+            ("tools/call", {"name": "status", "arguments": {}}),
+            ("tools/call", {"name": "chat", "arguments": {"prompt": 7}}),  # fails the schema: isError
+            ("tools/list", {}),
+            ("ping", {}),
+        ]
+    )
+    request_id = s.next_id()
+    what = f"{method} {json.dumps(params)[:60]}"
+    answer = await s.post(rpc(request_id, method, params))
+    if method == "tools/call":
+        return http_outcome(soak, what, answer, request_id)
+    response = answer.response()
+    if answer.status != 200 or response is None or "result" not in response:
+        soak.unexpected.append(f"http {what}: {answer.describe()}")
+        return "bad_response"
+    return "ok"
+
+
+async def http_burst(soak: Soak, s: HttpMcp, tag: str) -> None:
+    """More calls at once than the session may run, each on its own HTTP request."""
+
+    async def one(i: int) -> None:
+        soak.record_http("burst", await http_chat(soak, s, "latency", f"{tag}-{i}"))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(soak.rng.randint(5, 10)):
+            nursery.start_soon(one, i)
+
+
+async def http_drop_stream(soak: Soak, s: HttpMcp, tag: str) -> str:
+    """A call whose SSE stream the client drops early; it comes back with Last-Event-ID
+    (maybe dropping that stream too) and must get the call's response. A call refused as
+    overloaded is asked again, a few times: the point is a call that runs."""
+    rng = soak.rng
+    if rng.random() < 0.7:
+        behaviour: dict[str, Any] = {"chunks": rng.randint(4, 10), "chunk_delay_s": round(rng.uniform(0.05, 0.2), 3)}
+    else:
+        behaviour = {"latency_s": round(rng.uniform(0.2, 1.5), 3)}
+    # A streamed call is left after its first progress (so it runs at the provider); one
+    # without progress after the priming event (it may still be queued).
+    wanted = 1 if "chunks" in behaviour else 0
+    attempts = 5
+    while True:
+        attempts -= 1
+        request_id, message = chat_call(soak, s, tag, behaviour, stream=True)
+        overloaded = s.overloaded
+        seen = await s.post(message, drop_when=lambda answer: progress_count(answer) >= wanted and bool(answer.event_ids))
+        if seen.dropped and seen.response() is None:
+            break
+        outcome = http_outcome(soak, "drop_stream", seen, request_id)  # done before the drop
+        if s.overloaded == overloaded or not attempts:
+            return outcome
+        soak.record_http("drop_stream", outcome)
+        await trio.sleep(rng.uniform(0.1, 0.3))
+    for attempt in range(3):
+        soak.http["reconnects"] += 1
+        # Sometimes the replay is dropped too, after one event: the next comes back from there.
+        again_drop = attempt < 2 and rng.random() < 0.3
+        again = await s.exchange(
+            "GET",
+            headers=s.headers(**{"Last-Event-ID": seen.event_ids[-1]}),
+            drop_when=(lambda answer: bool(answer.event_ids)) if again_drop else None,
+        )
+        if again.status != 200:
+            soak.unexpected.append(f"http drop_stream: GET with Last-Event-ID {seen.event_ids[-1]}: {again.describe()}")
+            return f"http_{again.status}"
+        seen.messages += again.messages
+        seen.event_ids += again.event_ids
+        seen.text += again.text
+        if not again.dropped or seen.response() is not None:
+            break
+    outcome = http_outcome(soak, "drop_stream", seen, request_id)
+    if seen.response() is not None:
+        soak.http["reconnect_result"] += 1
+        if progress_count(seen) and outcome in ("ok", "tool_error"):
+            soak.http["reconnect_ran"] += 1  # it ran when its stream was dropped, and finished
+    return outcome
+
+
+def progress_count(answer: HttpAnswer) -> int:
+    return sum(1 for m in answer.messages if isinstance(m, dict) and m.get("method") == "notifications/progress")
+
+
+async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) -> None:
+    """A session of its own, DELETEd while its calls run: each stream ends with no response
+    (the sampler sees that none of their provider requests outlives the session). The first
+    call streams, and is asked again while refused as overloaded: the DELETE comes once it
+    shows progress (so it runs at the provider) or has ended, or after 3 s."""
+    rng = soak.rng
+    s = HttpMcp(soak, http, f"{tag}d")
+    await s.initialize()
+    answers: list[tuple[str, HttpAnswer]] = []
+    running = trio.Event()
+    deleted = False
+
+    async def one(i: int) -> None:
+        while True:
+            behaviour = rng.choice([{"hang": True}, {"latency_s": 3.0}, {"chunks": 20, "chunk_delay_s": 0.2}])
+            stream = rng.random() < 0.5
+            if i == 0:
+                behaviour, stream = {"chunks": 20, "chunk_delay_s": 0.2}, True
+            request_id, message = chat_call(soak, s, f"{tag}-{i}", behaviour, stream=stream)
+            overloaded = s.overloaded
+            answer = await s.post(message, progressed=running if i == 0 else None)
+            answers.append((request_id, answer))
+            if i > 0:
+                return
+            if s.overloaded == overloaded or deleted:
+                running.set()  # done without progress (a failing provider): nothing to wait for
+                return
+            await trio.sleep(rng.uniform(0.1, 0.3))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(rng.randint(1, 3)):
+            nursery.start_soon(one, i)
+        with trio.move_on_after(3.0):
+            await running.wait()
+        await trio.sleep(rng.uniform(0.0, 0.3))
+        deleted = True
+        await s.delete()
+    for request_id, answer in answers:
+        if answer.status == 404:  # its POST came after the DELETE
+            soak.record_http("delete_mid_call", "refused_after_delete")
+            continue
+        soak.record_http("delete_mid_call", http_outcome(soak, "delete_mid_call", answer, request_id, no_response="ended_by_delete"))
+
+
+async def http_abandon(soak: Soak, http: httpx.AsyncClient, tag: str) -> None:
+    """A session of its own that the client walks away from, maybe leaving a call's stream
+    on the way: no DELETE, so only the idle timeout ends it (checked at the end)."""
+    rng = soak.rng
+    s = HttpMcp(soak, http, f"{tag}a")
+    await s.initialize()
+    if rng.random() < 0.6:
+        behaviour = rng.choice([{"hang": True}, {"latency_s": round(rng.uniform(0.5, 5.0), 3)}, {"chunks": 30, "chunk_delay_s": 0.2}])
+        request_id, message = chat_call(soak, s, tag, behaviour, stream=rng.random() < 0.5)
+        answer = await s.post(message, hold_s=rng.uniform(0.05, 1.0))
+        outcome = "left_running" if answer.dropped else http_outcome(soak, "abandon", answer, request_id)
+        soak.record_http("abandon", outcome)
+    walk_away(soak, s)
+
+
+def walk_away(soak: Soak, s: HttpMcp) -> None:
+    assert s.session_id is not None
+    soak.abandoned.append(s.session_id)
+    soak.http["abandoned"] += 1
+
+
+def http_trouble(exc: Exception) -> Exception | None:
+    """`exc` when it is HTTP trouble (also inside a nursery's exception group), else None."""
+    if isinstance(exc, httpx.HTTPError | HttpTrouble):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        trouble, rest = exc.split((httpx.HTTPError, HttpTrouble))
+        if trouble is not None and rest is None:
+            return http_trouble(trouble.exceptions[0])
+    return None
+
+
+def running(soak: Soak, stop_at: float) -> bool:
+    return trio.current_time() < stop_at and soak.daemon_died is None
+
+
+async def http_client(soak: Soak, number: int, stop_at: float) -> None:
+    """A well-behaved Streamable HTTP client: one session after another (see HTTP_SESSIONS)."""
+    rng = soak.rng
+    kinds, kind_weights = zip(*HTTP_SESSIONS, strict=True)
+    names, weights = zip(*HTTP_ACTIONS, strict=True)
+    calls = 0
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_POOL) as http:
+        while running(soak, stop_at):
+            calls += 1
+            tag = f"h{number}-{calls}"
+            try:
+                kind = rng.choices(kinds, kind_weights)[0]
+                if kind == "delete_mid_call":
+                    await http_delete_mid_call(soak, http, tag)
+                elif kind == "abandon":
+                    await http_abandon(soak, http, tag)
+                else:
+                    s = HttpMcp(soak, http, tag)
+                    await s.initialize()
+                    for _ in range(rng.randint(3, 12)):
+                        if not running(soak, stop_at):
+                            break
+                        calls += 1
+                        action = rng.choices(names, weights)[0]
+                        tag = f"h{number}-{calls}"
+                        overloaded = s.overloaded
+                        if action == "drop_stream":
+                            soak.record_http(action, await http_drop_stream(soak, s, tag))
+                        elif action == "burst":
+                            await http_burst(soak, s, tag)
+                        elif action == "other_tool":
+                            soak.record_http(action, await http_other_tool(soak, s))
+                        else:
+                            soak.record_http(action, await http_chat(soak, s, action, tag))
+                        await trio.sleep(rng.uniform(0, 0.2))  # a client thinks between calls
+                        if s.overloaded > overloaded:  # told to come back later (retry_after_s)
+                            await trio.sleep(rng.uniform(0.3, 1.0))
+                    if rng.random() < 0.1:
+                        walk_away(soak, s)
+                    else:
+                        await s.delete()
+                await trio.sleep(rng.uniform(0, 0.2))
+            except Exception as group:
+                exc = http_trouble(group)
+                if exc is None:
+                    raise
+                if not daemon_alive(soak):
+                    return
+                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError) else "refused")
+                soak.unexpected.append(f"http client {number}: {type(exc).__name__}: {exc}"[:300])
+                await trio.sleep(0.2)
+
+
+# -- Streamable HTTP fuzz client -------------------------------------------------------------------
+
+
+@dataclass
+class FuzzRequest:
+    """One bad HTTP request and the statuses the contract allows for it."""
+
+    kind: str
+    allowed: frozenset[int]
+    method: str = "POST"
+    content: Any = None
+    headers: Any = None  # None: the session's well-behaved headers
+    url: str | None = None
+    hold_s: float = 10.0  # a stream still open after this long is dropped (a violation, but for GET)
+
+
+def http_fuzz_request(soak: Soak, s: HttpMcp, ended: list[str]) -> FuzzRequest:
+    rng = soak.rng
+    ping = json.dumps(rpc("fz", "ping"))
+    session_id = s.session_id or ""
+    base = soak.http_url.removesuffix("/mcp")
+    method = rng.choice(["POST", "GET", "DELETE"])
+
+    def body_fuzz() -> FuzzRequest:
+        kind, frame = fuzz_frame(rng, soak.args.avoid_known_crashers)
+        return FuzzRequest(f"body_{kind}", frozenset({413} if kind == "oversized" else {200, 202, 400}), content=frame)
+
+    async def chunks(size: int) -> AsyncIterator[bytes]:
+        for _ in range(0, size, 8192):
+            yield b" " * 8192
+
+    choices: list[Callable[[], FuzzRequest]] = [
+        body_fuzz,
+        body_fuzz,
+        body_fuzz,
+        lambda: FuzzRequest("empty_body", frozenset({400}), content=b""),
+        lambda: FuzzRequest(
+            "batch", frozenset({400}), content=json.dumps([rpc(i, rng.choice(["ping", "tools/list"])) for i in range(rng.randint(1, 4))])
+        ),
+        lambda: FuzzRequest("no_session_id", frozenset({400}), method, ping, s.headers(Mcp_Session_Id=None)),
+        lambda: FuzzRequest(
+            "unknown_session_id",
+            frozenset({404}),
+            method,
+            ping,
+            s.headers(Mcp_Session_Id=rng.choice([secrets.token_urlsafe(24), "", "x" * 2000, "null", session_id[:-1], b"\xff\xfe\x80"])),
+        ),
+        lambda: FuzzRequest("ended_session_id", frozenset({404}), method, ping, s.headers(Mcp_Session_Id=rng.choice(ended or [""]))),
+        lambda: FuzzRequest(
+            "two_session_ids", frozenset({404}), "POST", ping, [*s.headers().items(), ("Mcp-Session-Id", session_id)]
+        ),
+        lambda: FuzzRequest(
+            "bad_protocol_version",
+            frozenset({400}),
+            "POST",
+            ping,
+            s.headers(MCP_Protocol_Version=rng.choice(["2024-11-05", "banana", "", "2025-11-25x", "2025-11-25, 2025-06-18", b"\xe9"])),
+        ),
+        lambda: FuzzRequest(
+            "foreign_origin",
+            frozenset({403}),
+            method,
+            ping,
+            s.headers(Origin=rng.choice(["http://evil.example", "http://127.0.0.1:1", "null", "https://" + base.removeprefix("http://"), "", b"http://\xff"])),
+        ),
+        lambda: FuzzRequest(
+            "bad_auth",
+            frozenset({401}),
+            method,
+            ping,
+            s.headers(Authorization=rng.choice([None, "Bearer wrong", f"Basic {TOKEN}", "Bearer", TOKEN, f"Bearer {TOKEN}x", b"Bearer \xff\xfe"])),
+        ),
+        lambda: FuzzRequest("wrong_method", frozenset({405}), rng.choice(["PUT", "PATCH", "OPTIONS"]), ping),
+        lambda: FuzzRequest(
+            "wrong_content_type",
+            frozenset({415}),
+            "POST",
+            ping,
+            s.headers(Content_Type=rng.choice(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "application/jsonx", ""])),
+        ),
+        lambda: FuzzRequest("wrong_accept", frozenset({406}), "POST", ping, s.headers(Accept=rng.choice(["text/html", "image/png", "application/xml"]))),
+        lambda: FuzzRequest("get_wrong_accept", frozenset({406}), "GET", None, s.headers(Accept="application/json")),
+        lambda: FuzzRequest("huge_body", frozenset({413}), "POST", b" " * rng.randint(65537, 200_000)),
+        lambda: FuzzRequest("huge_chunked_body", frozenset({413}), "POST", chunks(rng.randint(65537, 200_000))),
+        lambda: FuzzRequest(
+            "bad_last_event_id",
+            frozenset({400}),
+            "GET",
+            None,
+            s.headers(Last_Event_ID=rng.choice(["1000000-1", "abc", "", "1-", "-1", "9" * 40 + "-1", "1000000-x", b"\xb2-1", b"1-\xb3", b"\xb9"])),
+        ),
+        lambda: FuzzRequest("wrong_path", frozenset({404}), method, ping, url=base + rng.choice(["/", "/other", "/mcp/x", "/MCP", "/mcpx"])),
+        lambda: FuzzRequest("get_stream", frozenset({200}), "GET", None, hold_s=rng.uniform(0.1, 0.4)),
+        lambda: FuzzRequest("initialize_again", frozenset({200}), "POST", json.dumps(rpc("again", "initialize", {"protocolVersion": HTTP_VERSION}))),
+        lambda: FuzzRequest(
+            "bad_initialize",
+            frozenset({200, 400}),
+            "POST",
+            json.dumps(rpc("init", "initialize", rng.choice([{"protocolVersion": 5}, {"protocolVersion": []}]))),
+            s.headers(Mcp_Session_Id=None),
+        ),
+        lambda: FuzzRequest(
+            "cancel_unknown",
+            frozenset({202}),
+            "POST",
+            json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "nope"}}),
+        ),
+        lambda: FuzzRequest("client_response", frozenset({202}), "POST", json.dumps({"jsonrpc": "2.0", "id": 5, "result": {}})),
+    ]
+    request = rng.choice(choices)()
+    return body_fuzz() if request.kind == "ended_session_id" and not ended else request
+
+
+def note_http_fuzz(soak: Soak, request: FuzzRequest, answer: HttpAnswer) -> None:
+    """Count an answer to a bad request; anything but the contract's status and body is noted."""
+    soak.http_fuzz_answers[str(answer.status)] += 1
+    what = f"http fuzz {request.kind} ({request.method})"
+    if answer.status >= 500:
+        soak.check("HTTP fuzz: never a 5xx").fail(f"{what}: {answer.describe()}")
+    elif answer.status not in request.allowed:
+        soak.unexpected.append(f"{what}: {answer.describe()}, expected HTTP {sorted(request.allowed)}")
+    if answer.text:
+        soak.unexpected.append(f"{what}: a body that is not JSON: {answer.text[:160]}")
+    if answer.status >= 400 and not (answer.messages and isinstance(answer.messages[0], dict) and "error" in answer.messages[0]):
+        soak.unexpected.append(f"{what}: HTTP {answer.status} without a JSON-RPC error body: {answer.describe()}")
+    if answer.dropped and request.kind != "get_stream":
+        soak.unexpected.append(f"{what}: its stream still open after {request.hold_s:g} s")
+    for message in answer.messages:
+        error = message.get("error") if isinstance(message, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            soak.http_fuzz_answers[f"code {code}"] += 1
+            if code == INTERNAL_ERROR:
+                soak.internal_errors.append(f"{what}: {json.dumps(message)[:200]}")
+            elif code not in CONTRACT_CODES:
+                soak.unexpected.append(f"{what}: error code outside the contract: {json.dumps(message)[:200]}")
+
+
+async def http_fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
+    """Bad HTTP requests on and around a live session; after each, the session must still work."""
+    rng = soak.rng
+    key = 1000 + number  # its last inputs, beside the WebSocket fuzz clients'
+    ended: deque[str] = deque(maxlen=8)
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_POOL) as http:
+        while running(soak, stop_at):
+            s = HttpMcp(soak, http, f"f{number}")
+            try:
+                await s.initialize()
+                for _ in range(rng.randint(5, 40)):
+                    if not running(soak, stop_at):
+                        break
+                    request = http_fuzz_request(soak, s, list(ended))
+                    soak.http_fuzz[request.kind] += 1
+                    soak.note_input(key, f"http {request.kind} {request.method} {str(request.content)[:40]!r}")
+                    await trio.sleep(rng.uniform(0, 0.05))
+                    try:
+                        answer = await s.exchange(
+                            request.method, content=request.content, headers=request.headers, url=request.url, hold_s=request.hold_s
+                        )
+                    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+                        if not request.kind.startswith("huge"):
+                            raise
+                        soak.http_fuzz_answers["closed while sending"] += 1  # refused before the body was read
+                        continue
+                    note_http_fuzz(soak, request, answer)
+                    if answer.session_id is not None and request.kind == "bad_initialize":
+                        soak.unexpected.append(f"http fuzz bad_initialize made a session: {answer.describe()}")
+                    pong = await s.post(rpc(s.next_id(), "ping"))
+                    if pong.status != 200 or (pong.response() or {}).get("result") != {}:
+                        soak.unexpected.append(f"http fuzz: the session broken after {request.kind}: {pong.describe()}")
+                        break
+                await s.delete()
+                assert s.session_id is not None
+                ended.append(s.session_id)
+            except Exception as group:
+                exc = http_trouble(group)
+                if exc is None:
+                    raise
+                if not daemon_alive(soak):
+                    return
+                soak.unexpected.append(
+                    f"http fuzz client {number}: {type(exc).__name__}: {exc} after {list(soak.last_inputs.get(key, []))[-1:]}"[:300]
+                )
+                await trio.sleep(0.2)
+
+
 # -- invariants --------------------------------------------------------------------------------
 
 
@@ -684,11 +1374,18 @@ async def monitor(soak: Soak, stop_at: float, started: float) -> None:
             await trio.sleep_until(next_tick)
 
 
+def quiet_s(soak: Soak) -> float:
+    """How long the final check waits: a second, or past the idle timeout of the HTTP
+    sessions walked away from last."""
+    return max(QUIET_S, HTTP_IDLE_S + 1) if soak.args.http_clients else QUIET_S
+
+
 async def final_checks(soak: Soak) -> dict[str, Any]:
-    """After the quiet second: everything at rest. Watches a failing state a little longer,
-    to say in the report whether it was slow or stuck."""
+    """After the quiet wait: everything at rest, the HTTP sessions walked away from ended by
+    their idle timeout. Watches a failing state a little longer, to say in the report whether
+    it was slow or stuck."""
     assert soak.daemon is not None
-    await trio.sleep(QUIET_S)
+    await trio.sleep(quiet_s(soak))
     if not daemon_alive(soak):
         return {}
     soak.rss["100%"] = rss_kib(soak.daemon.pid)
@@ -704,13 +1401,35 @@ async def final_checks(soak: Soak) -> dict[str, Any]:
                     await trio.sleep(0.1)
                 settled = True
             suffix = f" (settled within {SETTLE_S:g} s)" if settled else f" (still so {SETTLE_S:g} s later)"
-        soak.verify("at rest after a quiet second", not problems, "; ".join(problems) + suffix)
+        soak.verify(f"at rest after {quiet_s(soak):g} s quiet", not problems, "; ".join(problems) + suffix)
+        await abandoned_checks(soak, http)
         metrics_text = (await http.get(soak.monitor_url + "/metrics", headers=soak.headers)).text
     return {"status": status, "sim": sim, "metrics": metrics_text}
 
 
+async def abandoned_checks(soak: Soak, http: httpx.AsyncClient) -> None:
+    """Each HTTP session walked away from is gone (404), though no DELETE ended it. Asked only
+    now: a request to a session that still lives would keep it alive."""
+    alive = []
+    for session_id in soak.abandoned:
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": ACCEPT_BOTH, "Content-Type": "application/json", "Mcp-Session-Id": session_id}
+        response = await http.post(soak.http_url, content=json.dumps(rpc("gone?", "ping")), headers=headers)
+        if response.status_code == 404:
+            soak.http["idle_ended"] += 1
+        else:
+            alive.append(f"HTTP {response.status_code}")
+    soak.verify(
+        "HTTP sessions walked away from ended by the idle timeout",
+        not alive,
+        f"{len(alive)} of {len(soak.abandoned)} still answer {quiet_s(soak):g} s after the end: {alive[:3]}",
+    )
+
+
 def rest_problems(status: dict[str, Any], sim: dict[str, Any]) -> list[str]:
     found = []
+    sessions = [name for name in status["limiters"] if name.startswith("session:")]
+    if sessions:
+        found.append(f"sessions left: {sessions[:5]}")
     borrowed = {n: s["borrowed"] for n, s in status["limiters"].items() if s["borrowed"] or s["waiting"]}
     if borrowed:
         found.append(f"limiters busy: {borrowed}")
@@ -784,6 +1503,7 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
         with trio.fail_after(30):
             soak.url = (await read_until(soak.daemon.stdout, rb"exai listening on (\S+)", seen)).group(1).decode()
             soak.monitor_url = (await read_until(soak.daemon.stdout, rb"exai monitor on (\S+)", seen)).group(1).decode()
+            soak.http_url = (await read_until(soak.daemon.stdout, rb"exai http on (\S+)", seen)).group(1).decode()
         started = trio.current_time()
         stop_at = started + args.duration
         async with trio.open_nursery() as nursery:
@@ -794,6 +1514,10 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
                     clients.start_soon(guarded, soak, well_behaved_client, number, stop_at)
                 for number in range(args.fuzz_clients):
                     clients.start_soon(guarded, soak, fuzz_client, number, stop_at)
+                for number in range(args.http_clients):
+                    clients.start_soon(guarded, soak, http_client, number, stop_at)
+                for number in range(args.http_fuzz_clients):
+                    clients.start_soon(guarded, soak, http_fuzz_client, number, stop_at)
                 # Clients stop starting work at stop_at; whatever is still running gets 15 s.
                 await trio.sleep_until(stop_at)
                 clients.cancel_scope.deadline = stop_at + 15
@@ -827,11 +1551,25 @@ def log_checks(soak: Soak, log_path: str) -> None:
         check.fail(f"{tracebacks} traceback(s); raised: {sorted(set(raised))[:4]}")
     leaked = [secret for secret in (TOKEN, "soak-dummy-kimi", "soak-dummy-glm") if secret in text]
     soak.verify("no secret in the daemon's log", not leaked, f"{leaked} appear in the log")
+    for key, pattern in (
+        ("log_opened", r"http session h\d+ open$"),
+        ("log_deleted", r"http session h\d+ ended by the client \(DELETE\)"),
+        ("log_idle", r"http session h\d+ idle for "),
+        ("log_deleted_busy", r"http session h\d+ ended by the client \(DELETE\); cancelling [1-9]"),
+    ):
+        soak.http[key] = len(re.findall(pattern, text, re.MULTILINE))
+    if soak.args.http_clients and soak.daemon_died is None:
+        soak.verify(
+            "the daemon's log: an idle end for each HTTP session walked away from",
+            soak.http["log_idle"] >= len(soak.abandoned),
+            f"{soak.http['log_idle']} idle ends logged, {len(soak.abandoned)} sessions walked away from",
+        )
 
 
 def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     args = soak.args
-    print(f"exai soak: {args.duration:g} s, {args.clients} clients + {args.fuzz_clients} fuzzers, seed {args.seed}"
+    print(f"exai soak: {args.duration:g} s, {args.clients} clients + {args.fuzz_clients} fuzzers, "
+          f"{args.http_clients} HTTP clients + {args.http_fuzz_clients} HTTP fuzzers, seed {args.seed}"
           f"{', known crashers avoided' if args.avoid_known_crashers else ''}; took {took:.0f} s, {soak.samples} samples")
     total = sum(soak.outcomes.values())
     print(f"calls by outcome ({total}): " + ", ".join(f"{k} {v}" for k, v in soak.outcomes.most_common()))
@@ -851,6 +1589,24 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
             provider[dict(labels)["outcome"]] += int(value)
         print("provider attempts: " + ", ".join(f"{k} {v}" for k, v in provider.most_common()))
     print(f"fuzz frames ({sum(soak.fuzz.values())}): answers " + ", ".join(f"{k} {v}" for k, v in soak.fuzz_codes.most_common()))
+    http = soak.http
+    print(
+        f"http sessions: opened {http['opened']}, ended by DELETE {http['deleted']}, walked away from {http['abandoned']}, "
+        f"of which ended by idle {http['idle_ended']}; daemon log: {http['log_opened']} opened, "
+        f"{http['log_deleted']} ended by DELETE ({http['log_deleted_busy']} with calls running), {http['log_idle']} by idle"
+    )
+    http_total = sum(soak.http_outcomes.values())
+    print(f"http calls by outcome ({http_total}): " + ", ".join(f"{k} {v}" for k, v in soak.http_outcomes.most_common()))
+    for action, counts in sorted(soak.http_by_action.items()):
+        print(f"  {action:<15} " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+    print(
+        f"http reconnects with Last-Event-ID: {http['reconnects']}; dropped streams that got their result "
+        f"{http['reconnect_result']}, of calls dropped while running that finished {http['reconnect_ran']}"
+    )
+    print(
+        f"http fuzz requests ({sum(soak.http_fuzz.values())}, {len(soak.http_fuzz)} kinds): answers "
+        + ", ".join(f"{k} {v}" for k, v in sorted(soak.http_fuzz_answers.items()))
+    )
     print("tool errors: " + "; ".join(f"{v}x {k}" for k, v in soak.tool_errors.most_common(4)))
     print("peaks: " + ", ".join(f"{k} {v}" for k, v in sorted(soak.max_seen.items())))
     print("circuit states (samples): " + ", ".join(f"{k} {v}" for k, v in sorted(soak.circuits.items())))
@@ -871,6 +1627,9 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
         unexpected.fail(f"{len(soak.unexpected)} time(s); first: {item}")
     odd = {k: v for k, v in soak.outcomes.items() if k.startswith("rpc_") or k in ("connection_lost", "cannot_connect")}
     soak.verify("well-behaved calls get contract answers", not odd or soak.daemon_died is not None, str(odd))
+    contract = {"ok", "tool_error", "timed_out", "overloaded", "cancelled_by_client", "ended_by_delete", "refused_after_delete", "left_running"}
+    odd_http = {k: v for k, v in soak.http_outcomes.items() if k not in contract}
+    soak.verify("well-behaved HTTP calls get contract answers", not odd_http or soak.daemon_died is not None, str(odd_http))
     print("invariants:")
     ok = True
     for check in soak.checks.values():
@@ -886,6 +1645,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
     parser.add_argument("--clients", type=int, default=16, help="well-behaved clients (default 16)")
     parser.add_argument("--fuzz-clients", type=int, default=3, help="clients sending bad input (default 3)")
+    parser.add_argument("--http-clients", type=int, default=6, help="well-behaved Streamable HTTP clients (default 6)")
+    parser.add_argument("--http-fuzz-clients", type=int, default=1, help="HTTP clients sending bad requests (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the time)")
     parser.add_argument(
         "--avoid-known-crashers",

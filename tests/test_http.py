@@ -266,6 +266,25 @@ async def test_accept_content_type_method_path_and_size(daemons: Any) -> None:
         await valid_call_works(client)
 
 
+async def test_an_answer_before_the_body_is_read_closes_the_connection(daemons: Any) -> None:
+    # Found by the soak: hypercorn closes a connection whose request body it did not read; an
+    # answer without `Connection: close` let a keep-alive client send its next request into it.
+    bound = await daemons.start(max_message_bytes=1024)
+    async with mcp_session(bound.http_url) as client:
+        big = await client.post(call(1, "chat", {"prompt": "x" * 2048}))
+        assert big.status_code == 413 and big.headers["connection"] == "close"
+        wrong_type = await client.post(request(2, "ping"), Content_Type="text/plain")
+        assert wrong_type.status_code == 415 and wrong_type.headers["connection"] == "close"
+        foreign = await client.post(request(3, "ping"), Origin="http://evil.example")
+        assert foreign.status_code == 403 and foreign.headers["connection"] == "close"
+        elsewhere = await client.http.post(client.url.replace("/mcp", "/other"), content=b"{}", headers=client.headers())
+        assert elsewhere.status_code == 404 and elsewhere.headers["connection"] == "close"
+        read = await client.post(request(4, "ping"))  # its body read: the connection stays
+        assert read.status_code == 200 and "connection" not in read.headers
+        assert (await client.http.get(client.url, headers=client.headers(Last_Event_ID="x"))).headers.get("connection") is None
+        await valid_call_works(client)
+
+
 async def test_max_connections_counts_http_sessions(daemons: Any) -> None:
     bound = await daemons.start(max_connections=1)
     async with mcp_session(bound.http_url) as client:
@@ -341,6 +360,17 @@ async def test_dropped_stream_does_not_cancel_and_last_event_id_gets_the_result(
             client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID="999-1")
         )
         assert unknown.status_code == 400
+
+
+async def test_last_event_id_with_non_ascii_digits_is_refused_with_400(daemon: Any) -> None:
+    # Found by the soak: "\xb2" (superscript two) passes str.isdigit() but not int(): a 500.
+    async with mcp_session(daemon.http_url) as client:
+        for last in (b"\xb2-1", b"1-\xb3", b"\xb9"):
+            headers = {**client.headers(Accept="text/event-stream"), "Last-Event-ID": last}
+            response = await client.http.get(client.url, headers=headers)
+            assert response.status_code == 400, response.text
+            assert "Last-Event-ID" in response.json()["error"]["message"]
+        await valid_call_works(client)
 
 
 async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any) -> None:

@@ -319,9 +319,14 @@ class Reply:
     def __init__(self, send: AsgiSend):
         self._send = send
         self.started = False
+        # hypercorn closes a connection whose request body was not read to its end; an answer
+        # sent before then says so, or a keep-alive client sends its next request into it.
+        self.body_unread = False
 
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
+        if self.body_unread:
+            headers = [*headers, (b"connection", b"close")]
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def body(self, data: bytes, more: bool = False) -> None:
@@ -388,13 +393,14 @@ class HttpTransport:
                 await reply.refuse(500, "Internal error", -32603, {"error_id": error_id})
 
     async def _handle(self, scope: dict[str, Any], receive: AsgiReceive, reply: Reply) -> None:
-        if scope["path"].rstrip("/") != MCP_PATH:
-            await reply.refuse(404, f"no MCP endpoint at {scope['path']}; use {MCP_PATH}")
-            return
         raw: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             raw[name] = raw[name] + b", " + value if name in raw else value
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in raw.items()}
+        reply.body_unread = "transfer-encoding" in headers or headers.get("content-length", "0").strip() != "0"
+        if scope["path"].rstrip("/") != MCP_PATH:
+            await reply.refuse(404, f"no MCP endpoint at {scope['path']}; use {MCP_PATH}")
+            return
         refusal = self._refusal(scope["method"], headers, scope["headers"])
         if refusal is not None:
             status, message, extra = refusal
@@ -445,6 +451,7 @@ class HttpTransport:
             await reply.refuse(415, "Content-Type must be application/json")
             return
         body = await self._body(headers, receive)
+        reply.body_unread = body is None
         if body is None:
             limit = self.settings.max_message_bytes
             await reply.refuse(413, f"message larger than EXAI_MAX_MESSAGE_BYTES ({limit})")
@@ -643,7 +650,8 @@ class HttpTransport:
             await self._write_events(session, session.open_standalone(), 0, reply, receive)
             return
         number, _, seq = last.strip().partition("-")
-        stream = session.streams.get(int(number)) if number.isdigit() and seq.isdigit() else None
+        decimal = all(part.isascii() and part.isdigit() for part in (number, seq))  # "\xb2".isdigit() too
+        stream = session.streams.get(int(number)) if decimal else None
         if stream is None:
             await reply.refuse(400, f"Last-Event-ID {last!r} names no stream this session keeps")
             return
