@@ -18,6 +18,21 @@ from exai.protocol import OVERLOADED, RpcError
 PROVIDERS = ("kimi", "glm")
 
 
+async def take_slot(limiter: trio.CapacityLimiter) -> None:
+    """Borrow a token for the current task (give it back with `limiter.release()` in a
+    `finally`); wait in line if none is free.
+
+    Raises Cancelled if the caller is already cancelled, like `limiter.acquire()`, but takes
+    a free token without a task switch: trio refuses a no-wait token while anyone waits, so
+    no waiter is overtaken.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        await limiter.acquire()
+
+
 class Overloaded(RpcError):
     def __init__(self, retry_after_s: float):
         super().__init__(OVERLOADED, "Server overloaded", {"retry_after_s": retry_after_s})
@@ -71,16 +86,23 @@ class Limits:
         if waiting:
             self.queued += 1
         try:
-            async with session_slots, self.global_slots:
-                if waiting:
-                    self.queued -= 1
-                    waiting = False
-                started = trio.current_time()
+            await take_slot(session_slots)
+            try:
+                await take_slot(self.global_slots)
                 try:
-                    yield
+                    if waiting:
+                        self.queued -= 1
+                        waiting = False
+                    started = trio.current_time()
+                    try:
+                        yield
+                    finally:
+                        took = trio.current_time() - started
+                        self._mean_call_s = 0.9 * self._mean_call_s + 0.1 * took
                 finally:
-                    took = trio.current_time() - started
-                    self._mean_call_s = 0.9 * self._mean_call_s + 0.1 * took
+                    self.global_slots.release()
+            finally:
+                session_slots.release()
         finally:
             if waiting:
                 self.queued -= 1

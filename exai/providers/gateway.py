@@ -18,6 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
+from exai.limits import take_slot
 from exai.providers.base import CallBudget, Completion, OnText, ProviderError
 from exai.providers.catalog import (
     AUTO,
@@ -282,7 +283,8 @@ class ModelGateway:
                 await route.rate.wait_turn(deadline)
             try:
                 with route.circuit.attempt():
-                    async with route.limiter:
+                    await take_slot(route.limiter)
+                    try:
                         return await self._attempt(
                             route,
                             info,
@@ -292,6 +294,8 @@ class ModelGateway:
                             on_text=on_text,
                             log_context=(request_id, number, attempts),
                         )
+                    finally:
+                        route.limiter.release()
             except AttemptError as exc:
                 # A caller cancelled meanwhile (its deadline, say) gets Cancelled, not this error.
                 await trio.lowlevel.checkpoint_if_cancelled()
