@@ -355,8 +355,8 @@ class ModelGateway:
             took = trio.current_time() - started
             if outcome != "cancelled":
                 route.stats.latencies.append(took)
-            metrics.provider_requests_total.labels(route.name, info.name, outcome).inc()
-            metrics.provider_latency.labels(route.name).observe(took)
+            metrics.labelled(metrics.provider_requests_total, route.name, info.name, outcome).inc()
+            metrics.labelled(metrics.provider_latency, route.name).observe(took)
             # Success is in the call's own log line; failures are events worth a line each.
             level = "DEBUG" if outcome in ("ok", "cancelled") else "WARNING"
             logger.bind(rid=request_id).log(
