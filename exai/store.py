@@ -20,11 +20,18 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    closing,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import orjson
 import trio
 from loguru import logger
 
@@ -300,6 +307,14 @@ class ThreadRows:
         )
 
 
+def _dumps(value: Any) -> str:
+    """JSON text of a column (turns are dataclasses): orjson, json's text for what it refuses."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, default=asdict)
+
+
 def _connect(path: Path, *, read_only: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     if read_only:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
@@ -316,6 +331,9 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 
 # -- the async store the daemon uses ------------------------------------------------------
+
+
+_HOLD_NOTHING: Final = nullcontext()
 
 
 @dataclass
@@ -375,6 +393,8 @@ class ConversationStore:
 
         The wait happens in the caller's cancel scope, so it counts against its deadline.
         """
+        if thread_id is None:
+            return _HOLD_NOTHING
         return self._hold(thread_id)
 
     @asynccontextmanager

@@ -57,7 +57,9 @@ class _io_phase:
     """Bound one I/O phase by `limit` and map its failures to that phase's httpx errors.
 
     `trio.fail_after` inside a generator-based context manager, written as one class: this
-    runs around every socket read and write, and the class costs half as much.
+    runs around every socket read and write, and the class costs half as much. When an
+    enclosing deadline comes strictly first (the call's, a stream's idle limit), the phase's
+    own could never fire, and no cancel scope is opened for it.
     """
 
     __slots__ = ("_limit", "_origin", "_phase", "_request", "_scope")
@@ -67,16 +69,21 @@ class _io_phase:
         self._origin = origin
         self._limit = limit
         self._request = request
-        self._scope = trio.CancelScope(deadline=trio.current_time() + limit)
+        deadline = trio.current_time() + limit
+        needed = deadline < math.inf and deadline <= trio.current_effective_deadline()
+        self._scope = trio.CancelScope(deadline=deadline) if needed else None
 
     def __enter__(self) -> None:
-        self._scope.__enter__()
+        if self._scope is not None:
+            self._scope.__enter__()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._scope.__exit__(kind, exc, tb)  # True also when there was nothing to suppress
-        if self._scope.cancelled_caught:  # our own deadline cancelled the phase
+        scope = self._scope
+        if scope is not None:
+            scope.__exit__(kind, exc, tb)  # True also when there was nothing to suppress
+        if scope is not None and scope.cancelled_caught:  # our own deadline cancelled the phase
             timeout_error, _, too_slow, _ = _PHASES[self._phase]
             message = too_slow.format(where=_host_port(self._origin), limit=self._limit)
             raise timeout_error(message, request=self._request) from None
