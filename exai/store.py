@@ -246,9 +246,9 @@ class ThreadRows:
                     now,
                     thread.model,
                     thread.dropped,
-                    json.dumps(thread.findings),
-                    json.dumps(thread.files),
-                    json.dumps([asdict(turn) for turn in thread.turns]),
+                    _dumps(thread.findings),
+                    _dumps(thread.files),
+                    _dumps(thread.turns),
                 ),
             )
         return Appended(thread.id, dropped_now)
