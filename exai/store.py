@@ -14,6 +14,7 @@ CHECKPOINT_EVERY writes, never in a commit on the event loop. The `exai threads`
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ BUSY_TIMEOUT_MS: Final = 5000
 # The WAL is copied into the database after this many writes, by a worker thread, instead of
 # by whichever commit crosses SQLite's page threshold (a checkpoint syncs the disk).
 CHECKPOINT_EVERY: Final = 100
+SWEEP_INTERVAL_S: Final = 60.0
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -178,6 +180,7 @@ class ThreadRows:
         self.ttl_s = ttl_s
         self.max_turns = max_turns
         self.clock = clock
+        self._swept_at = -math.inf
 
     def migrate(self) -> None:
         """Create the schema, or bring a database of the first schema up to date in place."""
@@ -224,8 +227,11 @@ class ThreadRows:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             if thread_id is None:
-                # A long-running daemon sweeps expired threads as it starts new ones.
-                self.db.execute("DELETE FROM threads WHERE updated < ?", (now - self.ttl_s,))
+                # A long-running daemon sweeps expired threads as it starts new ones (at most
+                # every SWEEP_INTERVAL_S: expired rows are invisible anyway, this only frees space).
+                if now - self._swept_at >= SWEEP_INTERVAL_S:
+                    self.db.execute("DELETE FROM threads WHERE updated < ?", (now - self.ttl_s,))
+                    self._swept_at = now
                 thread = Thread(str(uuid.uuid4()), tool, now, now, now, [], [], [], None, 0)
             else:
                 thread = self._live(thread_id, now)

@@ -532,7 +532,7 @@ class _SSEData:
     newlines; comments and the other fields are not used here; an event without data is not
     one). An event the stream does not finish with a blank line is dropped, as the format says."""
 
-    __slots__ = ("_buffer", "_chunks", "_data", "_ready", "reads")
+    __slots__ = ("_buffer", "_chunks", "_data", "_ready", "ended", "reads")
 
     def __init__(self, chunks: AsyncIterator[bytes]):
         self._chunks = chunks
@@ -540,6 +540,7 @@ class _SSEData:
         self._data: list[str] = []
         self._ready: deque[str] = deque()
         self.reads = 0  # chunks read so far
+        self.ended = False  # the body was read to its end
 
     def __aiter__(self) -> _SSEData:
         return self
@@ -549,6 +550,7 @@ class _SSEData:
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
+                self.ended = True
                 if self._buffer:  # the last line, held back in case more of it followed
                     self._feed(b"", final=True)
                 if self._ready:
@@ -594,6 +596,8 @@ class _Finishing:
         return self._events
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._events.ended:
+            return  # nothing under it is left suspended
         with trio.CancelScope() as drain:
             drain.cancel()
             with suppress(Exception):  # StopAsyncIteration, or a read error: the exchange is over
