@@ -198,22 +198,27 @@ class OpenAICompatProvider:
             return await self._request(body, model, messages, timeout)
         return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
 
-    def _prepared_headers(self, stream: bool) -> httpx.Headers:
+    def _prepared_headers(self, stream: bool) -> list[tuple[bytes, bytes]]:
         headers = self.client.build_request("POST", self.url, headers=_request_headers(stream)).headers
         del headers["Content-Length"]  # httpx's "0" for a POST without a body; each body sets its own
-        return headers
+        return headers.raw
 
     def _build_request(self, body: dict[str, Any], timeout: httpx.Timeout) -> httpx.Request:
-        """The request `client.build_request` would make, from the headers prepared once."""
-        # bytes content makes an httpx.ByteStream: sent with the head in one write, and
-        # replayable, so the transport may retry it on a fresh connection if a pooled one was stale.
-        return httpx.Request(
+        """The request `client.build_request` would make (the same headers, in the same order,
+        Content-Length last), from the headers prepared once: given its stream and its
+        Content-Length, httpx.Request skips its content encoding and header defaults."""
+        content = orjson.dumps(body)
+        # A ByteStream is sent with the head in one write, and is replayable, so the transport
+        # may retry it on a fresh connection if a pooled one was stale.
+        request = httpx.Request(
             "POST",
             self._url,
-            headers=self._headers[body["stream"]],
-            content=orjson.dumps(body),
+            headers=[*self._headers[body["stream"]], (b"Content-Length", str(len(content)).encode())],
+            stream=httpx.ByteStream(content),
             extensions={"timeout": timeout.as_dict()},
         )
+        request.read()  # `request.content`, as for any request built from bytes
+        return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """The response head; the body streams. The client's own per-request steps (auth,
