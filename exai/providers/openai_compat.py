@@ -160,7 +160,8 @@ class OpenAICompatProvider:
         call_deadline = trio.current_effective_deadline()
         attempt_deadline = now + timeout_s
         left = max(0.0, min(timeout_s, call_deadline - now))
-        read_s = min(left, stream_idle_s + 1.0) if on_text is not None else left
+        # A stream's idle scope (stream_idle_s, around the head and every read) bounds its reads.
+        read_s = None if on_text is not None else left
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=read_s, write=left, pool=left)
         # Our own scope only when the provider timeout comes first: at the caller's deadline
         # the caller's Cancelled must propagate, not a retryable timeout.
