@@ -208,7 +208,7 @@ async def run_tool_call(
         if call.scope.cancelled_caught:
             reason = call.reason or CancelReason.DEADLINE
             call.reason = reason
-            metrics.cancellations_total.labels(reason.value).inc()
+            metrics.labelled(metrics.cancellations_total, reason.value).inc()
             outcome = f"cancelled_{reason.value}"
             response = _cancelled_response(call, reason)
             if response is not None and "continuation_id" in ctx.activity:
@@ -227,11 +227,11 @@ async def run_tool_call(
         if outcome == "cancelled" and call.reason is not None:
             # An enclosing scope (its session's end) cancelled the call after a reason was given.
             outcome = f"cancelled_{call.reason.value}"
-            metrics.cancellations_total.labels(call.reason.value).inc()
+            metrics.labelled(metrics.cancellations_total, call.reason.value).inc()
         metrics.inflight_requests.dec()
         took = trio.current_time() - call.arrived
-        metrics.requests_total.labels(call.tool, outcome).inc()
-        metrics.request_duration.labels(call.tool).observe(took)
+        metrics.labelled(metrics.requests_total, call.tool, outcome).inc()
+        metrics.labelled(metrics.request_duration, call.tool).observe(took)
         services.history.call_finished(
             connection=call.connection_id,
             request_id=call.id,

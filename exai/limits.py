@@ -18,6 +18,21 @@ from exai.protocol import OVERLOADED, RpcError
 PROVIDERS = ("kimi", "glm")
 
 
+async def take_slot(limiter: trio.CapacityLimiter) -> None:
+    """Borrow a token for the current task (give it back with `limiter.release()` in a
+    `finally`); wait in line if none is free.
+
+    Raises Cancelled if the caller is already cancelled, like `limiter.acquire()`, but takes
+    a free token without a task switch: trio refuses a no-wait token while anyone waits, so
+    no waiter is overtaken.
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        await limiter.acquire()
+
+
 class Overloaded(RpcError):
     def __init__(self, retry_after_s: float):
         super().__init__(OVERLOADED, "Server overloaded", {"retry_after_s": retry_after_s})
@@ -55,35 +70,16 @@ class Limits:
         finally:
             del self.sessions[connection_id]
 
-    @asynccontextmanager
-    async def admit(self, session_slots: trio.CapacityLimiter) -> AsyncIterator[None]:
-        """Hold a session and a global slot for the body; wait in the queue if none is free.
+    def admit(self, session_slots: trio.CapacityLimiter) -> _Admission:
+        """`async with`: hold a session and a global slot for the body; wait in the queue if
+        none is free.
 
         The session slot is taken first: a call waiting for its own connection's slot must
         not sit on a global one meanwhile, or one busy connection starves all the others.
         Raises Overloaded at once when the call would have to wait and the queue is full.
         Both slots are released on every exit path, cancellation included.
         """
-        must_wait = self.global_slots.available_tokens < 1 or session_slots.available_tokens < 1
-        if must_wait and self.queued >= self.max_queued:
-            raise Overloaded(self.retry_after())
-        waiting = must_wait
-        if waiting:
-            self.queued += 1
-        try:
-            async with session_slots, self.global_slots:
-                if waiting:
-                    self.queued -= 1
-                    waiting = False
-                started = trio.current_time()
-                try:
-                    yield
-                finally:
-                    took = trio.current_time() - started
-                    self._mean_call_s = 0.9 * self._mean_call_s + 0.1 * took
-        finally:
-            if waiting:
-                self.queued -= 1
+        return _Admission(self, session_slots)
 
     def retry_after(self) -> float:
         """Seconds until a slot is likely free: the queue drained at the current pace."""
@@ -110,3 +106,41 @@ class Limits:
 
     def borrowed_total(self) -> int:
         return sum(lim.borrowed_tokens for lim in self.all_limiters().values())
+
+
+class _Admission:
+    """One call's hold on its session and global slots (a class, not a generator: it wraps
+    every call)."""
+
+    __slots__ = ("_limits", "_session_slots", "_started")
+
+    def __init__(self, limits: Limits, session_slots: trio.CapacityLimiter):
+        self._limits = limits
+        self._session_slots = session_slots
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        limits, session_slots = self._limits, self._session_slots
+        must_wait = limits.global_slots.available_tokens < 1 or session_slots.available_tokens < 1
+        if must_wait and limits.queued >= limits.max_queued:
+            raise Overloaded(limits.retry_after())
+        if must_wait:
+            limits.queued += 1
+        try:
+            await take_slot(session_slots)
+            try:
+                await take_slot(limits.global_slots)
+            except BaseException:
+                session_slots.release()
+                raise
+        finally:
+            if must_wait:
+                limits.queued -= 1
+        self._started = trio.current_time()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        limits = self._limits
+        took = trio.current_time() - self._started
+        limits._mean_call_s = 0.9 * limits._mean_call_s + 0.1 * took
+        limits.global_slots.release()
+        self._session_slots.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -29,3 +31,16 @@ provider_latency = Histogram(
 cancellations_total = Counter(
     "exai_cancellations", "cancelled tools/call by reason", ["reason"], registry=REGISTRY
 )
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once per label set: after the first time, a dict
+    hit instead of prometheus_client's validation and lock. Label sets are few and fixed
+    (tools, outcomes, providers, models), and a child, once made, lives as long as its metric."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child

@@ -1,31 +1,50 @@
 """Conversation threads in SQLite: what `continuation_id` refers to.
 
 One database file under EXAI_STATE_DIR, in WAL mode, shared by every tool and every client
-of the daemon; it survives restarts. Every SQLite call runs in a worker thread (one at a
-time, on one connection), so a slow disk never holds the event loop. The `exai threads`
-commands read the same file directly, read-only (`read_threads`, `read_thread`).
+of the daemon; it survives restarts. A call's own read and write of its thread (`get`,
+`append`: a few small statements, committed to the WAL before the call answers) run on the
+event loop, where they cost a fraction of a thread hand-off; they never wait there: one that
+would wait for the write lock (another process holds it) goes to the worker thread instead,
+which also runs everything else (listing, expiry), one statement at a time, on its own
+connection. WAL checkpoints (which sync the disk) run in a worker thread too, every
+CHECKPOINT_EVERY writes, never in a commit on the event loop. The `exai threads` commands read the same file directly, read-only
+(`read_threads`, `read_thread`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, closing, contextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    asynccontextmanager,
+    closing,
+    contextmanager,
+    nullcontext,
+)
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import orjson
 import trio
 from loguru import logger
 
 DB_NAME: Final = "conversations.sqlite3"
 SCHEMA_VERSION: Final = 2
-# Another process (a second daemon, `exai threads`) may hold the write lock briefly.
+# Another process (a second daemon, `exai threads`) may hold the write lock briefly; the
+# worker thread waits up to this long for it (the event loop never waits).
 BUSY_TIMEOUT_MS: Final = 5000
+# The WAL is copied into the database after this many writes, by a worker thread, instead of
+# by whichever commit crosses SQLite's page threshold (a checkpoint syncs the disk).
+CHECKPOINT_EVERY: Final = 100
+SWEEP_INTERVAL_S: Final = 60.0
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS threads (
@@ -161,6 +180,7 @@ class ThreadRows:
         self.ttl_s = ttl_s
         self.max_turns = max_turns
         self.clock = clock
+        self._swept_at = -math.inf
 
     def migrate(self) -> None:
         """Create the schema, or bring a database of the first schema up to date in place."""
@@ -207,8 +227,11 @@ class ThreadRows:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             if thread_id is None:
-                # A long-running daemon sweeps expired threads as it starts new ones.
-                self.db.execute("DELETE FROM threads WHERE updated < ?", (now - self.ttl_s,))
+                # A long-running daemon sweeps expired threads as it starts new ones (at most
+                # every SWEEP_INTERVAL_S: expired rows are invisible anyway, this only frees space).
+                if now - self._swept_at >= SWEEP_INTERVAL_S:
+                    self.db.execute("DELETE FROM threads WHERE updated < ?", (now - self.ttl_s,))
+                    self._swept_at = now
                 thread = Thread(str(uuid.uuid4()), tool, now, now, now, [], [], [], None, 0)
             else:
                 thread = self._live(thread_id, now)
@@ -229,9 +252,9 @@ class ThreadRows:
                     now,
                     thread.model,
                     thread.dropped,
-                    json.dumps(thread.findings),
-                    json.dumps(thread.files),
-                    json.dumps([asdict(turn) for turn in thread.turns]),
+                    _dumps(thread.findings),
+                    _dumps(thread.files),
+                    _dumps(thread.turns),
                 ),
             )
         return Appended(thread.id, dropped_now)
@@ -290,17 +313,33 @@ class ThreadRows:
         )
 
 
-def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+def _dumps(value: Any) -> str:
+    """JSON text of a column (turns are dataclasses): orjson, json's text for what it refuses."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, default=asdict)
+
+
+def _connect(path: Path, *, read_only: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     if read_only:
         db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
     else:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
-    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return db
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLite refused at once because another connection holds the lock (busy_timeout 0)."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 # -- the async store the daemon uses ------------------------------------------------------
+
+
+_HOLD_NOTHING: Final = nullcontext()
 
 
 @dataclass
@@ -312,14 +351,18 @@ class _Hold:
 class ConversationStore:
     """Threads shared by every tool and client of the daemon.
 
-    Each method runs its SQLite work in a worker thread; a cancelled caller still waits for
-    that short statement to finish, so a write is never left half done.
+    `get` and `append` run on the event loop on their own connection, which never waits for
+    a lock (busy_timeout 0); when it would have to, the work goes to the worker thread. The
+    worker thread's connection runs one statement at a time; a cancelled caller still waits
+    for its statement to finish, so a write is never left half done.
     """
 
-    def __init__(self, rows: ThreadRows):
-        self._rows = rows
+    def __init__(self, rows: ThreadRows, worker_rows: ThreadRows | None = None):
+        self._rows = rows  # used on the event loop
+        self._worker_rows = worker_rows or rows  # used in the worker thread
         self._sqlite = trio.CapacityLimiter(1)  # one connection: one statement at a time
         self._holds: dict[str, _Hold] = {}
+        self.checkpointer: _Checkpointer | None = None  # set by open_store
 
     @property
     def max_turns(self) -> int:
@@ -331,7 +374,7 @@ class ConversationStore:
 
     async def get(self, thread_id: str) -> Thread:
         """The live thread, its TTL refreshed; ThreadNotFound if unknown, expired or no UUID."""
-        return await self._run(lambda: self._rows.get(thread_id, touch=True))
+        return await self._write(lambda rows: rows.get(thread_id, touch=True))
 
     async def append(
         self,
@@ -347,8 +390,8 @@ class ConversationStore:
 
         Keeps the newest `max_turns` turns; ThreadNotFound for an unknown or expired id.
         """
-        return await self._run(
-            lambda: self._rows.append(thread_id, tool, list(turns), findings, files, model)
+        return await self._write(
+            lambda rows: rows.append(thread_id, tool, list(turns), findings, files, model)
         )
 
     def hold(self, thread_id: str | None) -> AbstractAsyncContextManager[None]:
@@ -356,6 +399,8 @@ class ConversationStore:
 
         The wait happens in the caller's cancel scope, so it counts against its deadline.
         """
+        if thread_id is None:
+            return _HOLD_NOTHING
         return self._hold(thread_id)
 
     @asynccontextmanager
@@ -377,19 +422,72 @@ class ConversationStore:
 
     async def list(self) -> list[dict[str, Any]]:
         """Live threads (id, tool, turns, created, updated, expires, model, dropped), newest first."""
-        threads = await self._run(self._rows.list)
+        threads = await self._run(lambda: self._worker_rows.list())
         return [thread.summary() for thread in threads]
 
     async def count(self) -> int:
         """How many live threads there are (the dashboard shows it)."""
-        return await self._run(self._rows.count)
+        return await self._run(lambda: self._worker_rows.count())
 
     async def expire(self) -> int:
         """Delete expired threads; return how many."""
-        return await self._run(self._rows.expire)
+        return await self._run(lambda: self._worker_rows.expire())
+
+    async def _write(self, work: Callable[[ThreadRows], T]) -> T:
+        """`work` on the event loop's connection; in the worker thread if that would wait."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            result = work(self._rows)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or self._worker_rows is self._rows:
+                raise
+            result = await self._run(lambda: work(self._worker_rows))
+        if self.checkpointer is not None:
+            self.checkpointer.wrote()
+        return result
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(work, limiter=self._sqlite)
+
+
+class _Checkpointer:
+    """Copies the WAL into the database every CHECKPOINT_EVERY writes, in a worker thread, on
+    its own connection; PASSIVE, so it neither waits for nor holds up a writer. Nothing
+    waits for it: it only bounds the WAL's size (a commit is durable once in the WAL)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db: sqlite3.Connection | None = db
+        self._lock = threading.Lock()  # the connection: one checkpoint at a time, then close
+        self._running = False
+        self._writes = 0
+        self.done = 0  # checkpoints run so far
+
+    def wrote(self) -> None:
+        """Count a write (on the event loop); start a checkpoint when one is due."""
+        self._writes += 1
+        if self._writes < CHECKPOINT_EVERY or self._running:
+            return
+        self._writes = 0
+        self._running = True
+        trio.lowlevel.start_thread_soon(self._checkpoint, lambda result: None)
+
+    def _checkpoint(self) -> None:
+        try:
+            with self._lock:
+                if self._db is not None:
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.done += 1
+        except sqlite3.Error as exc:  # another process's checkpoint, say: the next one catches up
+            logger.debug("conversation store: WAL checkpoint skipped: {}", exc)
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        """Blocking: waits for a running checkpoint, then closes the connection."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 @asynccontextmanager
@@ -400,31 +498,42 @@ async def open_store(
     threads removed; the connection is closed on exit."""
     path = db_path(settings)
 
-    def connect() -> sqlite3.Connection:
+    def connect(busy_timeout_ms: int) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = _connect(path)
+        db = _connect(path, busy_timeout_ms=busy_timeout_ms)
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")  # the worker thread checkpoints
         except BaseException:
             db.close()
             raise
         return db
 
+    opened: list[sqlite3.Connection] = []
+    checkpointer: _Checkpointer | None = None
     try:
-        db = await trio.to_thread.run_sync(connect)
-    except (OSError, sqlite3.Error) as exc:
-        raise StoreUnavailable(path, exc) from None
-    try:
-        rows = ThreadRows(
-            db,
-            ttl_s=float(settings.conversation_ttl_hours) * 3600,
-            max_turns=int(settings.max_conversation_turns),
-            clock=clock,
-        )
-        store = ConversationStore(rows)
         try:
-            await store._run(rows.migrate)
+            # The worker thread's connection, the checkpoints', the event loop's (never waits).
+            for busy_timeout_ms in (BUSY_TIMEOUT_MS, BUSY_TIMEOUT_MS, 0):
+                opened.append(await trio.to_thread.run_sync(connect, busy_timeout_ms))
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(path, exc) from None
+        worker_db, checkpoint_db, loop_db = opened
+        checkpointer = _Checkpointer(checkpoint_db)
+
+        def rows_of(db: sqlite3.Connection) -> ThreadRows:
+            return ThreadRows(
+                db,
+                ttl_s=float(settings.conversation_ttl_hours) * 3600,
+                max_turns=int(settings.max_conversation_turns),
+                clock=clock,
+            )
+
+        store = ConversationStore(rows_of(loop_db), rows_of(worker_db))
+        store.checkpointer = checkpointer
+        try:
+            await store._run(store._worker_rows.migrate)
             expired = await store.expire()
         except sqlite3.Error as exc:
             raise StoreUnavailable(path, exc) from None
@@ -432,8 +541,13 @@ async def open_store(
             logger.info("conversation store: removed {} expired thread(s)", expired)
         yield store
     finally:
+        # The worker's connection closes last: closing the last one checkpoints the WAL.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(db.close)
+            for db in reversed(opened):
+                if checkpointer is not None and db is checkpoint_db:
+                    await trio.to_thread.run_sync(checkpointer.close)
+                else:
+                    await trio.to_thread.run_sync(db.close)
 
 
 # -- read-only access for the `exai threads` commands -------------------------------------

@@ -448,3 +448,20 @@ async def test_a_compressed_stream_is_decoded() -> None:
 async def test_a_stream_of_undecodable_bytes_is_a_bad_response_not_a_crash() -> None:
     exc = await failure(provider(answering(lambda: _raw_stream([b"data: \xff\xfe{\n\n"]))), on_text=_ignore)
     assert exc.kind == "bad_response"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_is_the_one_the_client_would_build(stream: bool) -> None:
+    """The request built from headers prepared once is byte for byte httpx's own."""
+    provider = OpenAICompatProvider("kimi", "http://127.0.0.1:9/v1", "sk-key", max_connections=1)
+    body = {"model": "kimi-k2-0905-preview", "messages": [{"role": "user", "content": "héllo"}], "stream": stream}
+    timeout = httpx.Timeout(connect=1.0, read=2.0, write=3.0, pool=4.0)
+    ours = provider._build_request(body, timeout)
+    headers = {"Content-Type": "application/json"}
+    if stream:
+        headers |= {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+    theirs = provider.client.build_request("POST", provider.url, headers=headers, content=ours.content, timeout=timeout)
+    assert (ours.method, ours.url, ours.headers.raw) == (theirs.method, theirs.url, theirs.headers.raw)
+    assert ours.content == theirs.content and json.loads(ours.content) == body
+    assert ours.extensions["timeout"] == theirs.extensions["timeout"]
+    await provider.aclose()

@@ -20,10 +20,12 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from support import eventually
 
 from exai.cli import main
 from exai.client import RpcError, connect
 from exai.store import (
+    CHECKPOINT_EVERY,
     DB_NAME,
     StoreUnavailable,
     ThreadNotFound,
@@ -292,22 +294,22 @@ async def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
 
-async def test_sqlite_work_runs_in_a_worker_thread(
+async def test_listing_runs_in_a_worker_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A slow SQLite call does not hold the event loop: another task keeps ticking."""
+    """A slow SQLite listing does not hold the event loop: another task keeps ticking."""
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    real_get = ThreadRows.get
+    real_list = ThreadRows.list
 
-    def slow_get(self: ThreadRows, thread_id: str, *, touch: bool) -> Any:
+    def slow_list(self: ThreadRows) -> Any:
         seen.append(threading.get_ident())
         time.sleep(0.3)
-        return real_get(self, thread_id, touch=touch)
+        return real_list(self)
 
     async with open_store(store_settings(tmp_path)) as store:
-        tid = (await store.append(None, "chat", pair(1))).thread_id
-        monkeypatch.setattr(ThreadRows, "get", slow_get)
+        await store.append(None, "chat", pair(1))
+        monkeypatch.setattr(ThreadRows, "list", slow_list)
         ticks = 0
         async with trio.open_nursery() as nursery:
 
@@ -318,10 +320,63 @@ async def test_sqlite_work_runs_in_a_worker_thread(
                     ticks += 1
 
             nursery.start_soon(tick)
-            await store.get(tid)
+            assert len(await store.list()) == 1
             nursery.cancel_scope.cancel()
     assert seen and seen[0] != loop_thread
     assert ticks >= 10  # 0.3 s of a blocked loop would give none
+
+
+async def test_a_call_s_write_waits_for_the_lock_in_a_worker_thread(tmp_path: Path) -> None:
+    """Another process holding the write lock: the write waits for it in a worker thread, the
+    event loop goes on, and the write lands once the lock is free."""
+    settings = store_settings(tmp_path)
+    async with open_store(settings) as store:
+        first = await store.append(None, "chat", pair(1))
+        other = sqlite3.connect(db_path(settings), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # what a second daemon mid-write holds
+        ticks = 0
+        written: list[Any] = []
+        async with trio.open_nursery() as nursery:
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await trio.sleep(0.01)
+                    ticks += 1
+
+            async def write() -> None:
+                written.append(await store.append(first.thread_id, "chat", pair(2)))
+                written.append(await store.get(first.thread_id))
+
+            nursery.start_soon(tick)
+            nursery.start_soon(write)
+            await trio.sleep(0.3)
+            assert written == []  # still waiting for the lock
+            other.execute("COMMIT")
+            other.close()
+            await eventually(lambda: len(written) == 2, timeout=5, what="the write and the read")
+            nursery.cancel_scope.cancel()
+        assert ticks >= 10  # 0.3 s of a blocked loop would give none
+    thread = read_thread(settings, first.thread_id)
+    assert [t.content for t in thread.turns] == ["question 1", "answer 1", "question 2", "answer 2"]
+
+
+async def test_wal_checkpoints_run_in_a_worker_thread(tmp_path: Path) -> None:
+    """No commit on the event loop checkpoints the WAL (that syncs the disk); a worker thread
+    does, every CHECKPOINT_EVERY writes, and every write stays readable."""
+    settings = store_settings(tmp_path)
+    async with open_store(settings) as store:
+        assert store._rows.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        assert store.checkpointer is not None
+        ids = [(await store.append(None, "chat", pair(n))).thread_id for n in range(2 * CHECKPOINT_EVERY)]
+        checkpointer = store.checkpointer
+        await eventually(lambda: checkpointer.done >= 1, timeout=5, what="a WAL checkpoint")
+        wal = db_path(settings).with_name(DB_NAME + "-wal")
+        assert wal.exists()
+    assert not wal.exists()  # the last connection closed checkpointed it and removed it
+    assert [t.content for t in read_thread(settings, ids[-1]).turns] == [
+        f"question {2 * CHECKPOINT_EVERY - 1}", f"answer {2 * CHECKPOINT_EVERY - 1}"
+    ]
 
 
 async def test_hold_serialises_one_thread_first_come_first_served(

@@ -8,9 +8,7 @@ An auth failure (401/403) makes the provider `misconfigured` until the daemon re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -70,9 +68,9 @@ class CircuitBreaker:
         if not self.admits():
             raise self._open_error()
 
-    @contextmanager
-    def attempt(self) -> Iterator[None]:
-        """Let one request through, or raise at once; judge the provider by how the body ends.
+    def attempt(self) -> _Attempt:
+        """`with`: let one request through, or raise at once; judge the provider by how the
+        body ends.
 
         A retryable ProviderError counts as a failure, an auth error marks the provider
         misconfigured, a rate limit (429) is no verdict, any other answer proves the provider
@@ -83,20 +81,21 @@ class CircuitBreaker:
         probe = self.state == HALF_OPEN
         if probe:
             self._probe_inflight = True
+        return _Attempt(self, probe)
+
+    def _judge(self, exc: BaseException | None, probe: bool) -> None:
         try:
-            yield
-        except ProviderError as exc:
-            if exc.kind == "auth":
-                self._auth_message = str(exc)
-            elif exc.kind == "rate_limited":
-                pass  # the provider is up and pacing us: Retry-After handles it, not the circuit
-            elif exc.retryable:
-                self._record_failure(str(exc), probe)
-            else:
+            if exc is None:
                 self._record_success()
-            raise
-        else:
-            self._record_success()
+            elif isinstance(exc, ProviderError):
+                if exc.kind == "auth":
+                    self._auth_message = str(exc)
+                elif exc.kind == "rate_limited":
+                    pass  # the provider is up and pacing us: Retry-After handles it, not the circuit
+                elif exc.retryable:
+                    self._record_failure(str(exc), probe)
+                else:
+                    self._record_success()
         finally:
             if probe:
                 self._probe_inflight = False
@@ -126,3 +125,19 @@ class CircuitBreaker:
             f"{self._last_failure}), so exai stopped sending it requests for now ({wait}, "
             "EXAI_CIRCUIT_COOLDOWN_SECS). Try again shortly or use a model of the other provider.",
         )
+
+
+class _Attempt:
+    """One request through a circuit (a class, not a generator: it wraps every attempt)."""
+
+    __slots__ = ("_circuit", "_probe")
+
+    def __init__(self, circuit: CircuitBreaker, probe: bool):
+        self._circuit = circuit
+        self._probe = probe
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._circuit._judge(exc, self._probe)

@@ -18,6 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
+from exai.limits import take_slot
 from exai.providers.base import CallBudget, Completion, OnText, ProviderError
 from exai.providers.catalog import (
     AUTO,
@@ -282,7 +283,8 @@ class ModelGateway:
                 await route.rate.wait_turn(deadline)
             try:
                 with route.circuit.attempt():
-                    async with route.limiter:
+                    await take_slot(route.limiter)
+                    try:
                         return await self._attempt(
                             route,
                             info,
@@ -292,6 +294,8 @@ class ModelGateway:
                             on_text=on_text,
                             log_context=(request_id, number, attempts),
                         )
+                    finally:
+                        route.limiter.release()
             except AttemptError as exc:
                 # A caller cancelled meanwhile (its deadline, say) gets Cancelled, not this error.
                 await trio.lowlevel.checkpoint_if_cancelled()
@@ -351,8 +355,8 @@ class ModelGateway:
             took = trio.current_time() - started
             if outcome != "cancelled":
                 route.stats.latencies.append(took)
-            metrics.provider_requests_total.labels(route.name, info.name, outcome).inc()
-            metrics.provider_latency.labels(route.name).observe(took)
+            metrics.labelled(metrics.provider_requests_total, route.name, info.name, outcome).inc()
+            metrics.labelled(metrics.provider_latency, route.name).observe(took)
             # Success is in the call's own log line; failures are events worth a line each.
             level = "DEBUG" if outcome in ("ok", "cancelled") else "WARNING"
             logger.bind(rid=request_id).log(

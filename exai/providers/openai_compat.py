@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import httpx
 import orjson
@@ -29,8 +29,6 @@ KEEPALIVE_EXPIRY_S: Final = 30.0
 PROGRESS_INTERVAL_S: Final = 0.1  # at most ~10 on_text calls per second, the first at once
 ERROR_DETAIL_CHARS: Final = 300
 USER_AGENT: Final = "exai/0.1"
-
-T = TypeVar("T")
 
 _CONTEXT_HINTS: Final = (
     "context length",
@@ -162,18 +160,20 @@ class OpenAICompatProvider:
         call_deadline = trio.current_effective_deadline()
         attempt_deadline = now + timeout_s
         left = max(0.0, min(timeout_s, call_deadline - now))
-        read_s = min(left, stream_idle_s + 1.0) if on_text is not None else left
+        # A stream's idle scope (stream_idle_s, around the head and every read) bounds its reads.
+        read_s = None if on_text is not None else left
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=read_s, write=left, pool=left)
         # Our own scope only when the provider timeout comes first: at the caller's deadline
         # the caller's Cancelled must propagate, not a retryable timeout.
         own = attempt_deadline < call_deadline
         self.open_requests += 1
         try:
-            with trio.CancelScope(deadline=attempt_deadline if own else math.inf) as scope:
+            if not own:
                 with self._map_transport_errors(model):
-                    if on_text is None:
-                        return await self._request(body, model, messages, timeout)
-                    return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
+                    return await self._exchange(body, model, messages, timeout, stream_idle_s, on_text)
+            with trio.CancelScope(deadline=attempt_deadline) as scope:
+                with self._map_transport_errors(model):
+                    return await self._exchange(body, model, messages, timeout, stream_idle_s, on_text)
         finally:
             self.open_requests -= 1
         assert scope.cancelled_caught
@@ -186,22 +186,40 @@ class OpenAICompatProvider:
             retryable=True,
         )
 
-    def _prepared_headers(self, stream: bool) -> httpx.Headers:
+    async def _exchange(
+        self,
+        body: dict[str, Any],
+        model: ModelInfo,
+        messages: list[dict[str, Any]],
+        timeout: httpx.Timeout,
+        stream_idle_s: float,
+        on_text: OnText | None,
+    ) -> Completion:
+        if on_text is None:
+            return await self._request(body, model, messages, timeout)
+        return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
+
+    def _prepared_headers(self, stream: bool) -> list[tuple[bytes, bytes]]:
         headers = self.client.build_request("POST", self.url, headers=_request_headers(stream)).headers
         del headers["Content-Length"]  # httpx's "0" for a POST without a body; each body sets its own
-        return headers
+        return headers.raw
 
     def _build_request(self, body: dict[str, Any], timeout: httpx.Timeout) -> httpx.Request:
-        """The request `client.build_request` would make, from the headers prepared once."""
-        # bytes content makes an httpx.ByteStream: sent with the head in one write, and
-        # replayable, so the transport may retry it on a fresh connection if a pooled one was stale.
-        return httpx.Request(
+        """The request `client.build_request` would make (the same headers, in the same order,
+        Content-Length last), from the headers prepared once: given its stream and its
+        Content-Length, httpx.Request skips its content encoding and header defaults."""
+        content = orjson.dumps(body)
+        # A ByteStream is sent with the head in one write, and is replayable, so the transport
+        # may retry it on a fresh connection if a pooled one was stale.
+        request = httpx.Request(
             "POST",
             self._url,
-            headers=self._headers[body["stream"]],
-            content=orjson.dumps(body),
+            headers=[*self._headers[body["stream"]], (b"Content-Length", str(len(content)).encode())],
+            stream=httpx.ByteStream(content),
             extensions={"timeout": timeout.as_dict()},
         )
+        request.read()  # `request.content`, as for any request built from bytes
+        return request
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """The response head; the body streams. The client's own per-request steps (auth,
@@ -246,14 +264,16 @@ class OpenAICompatProvider:
         on_text: OnText,
     ) -> Completion:
         state = _StreamState()
-        # One scope whose deadline moves forward with every event: headers and chunks alike.
+        # One scope whose deadline moves forward with the stream: the head, then each read
+        # that brought bytes (the events in one read arrived together).
         with trio.CancelScope(deadline=trio.current_time() + idle_s) as idle:
             response = await self._send(self._build_request(body, timeout))
             try:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._error_from_response(response, model, messages)
-                async with _finishing(_SSEData(_body_chunks(response))) as events:
+                async with _Finishing(_SSEData(_body_chunks(response))) as events:
+                    armed_at_read = 0  # the read the idle deadline last counted from
                     async for data in events:
                         now = trio.current_time()
                         if self._take_event(data, state, now):
@@ -261,7 +281,10 @@ class OpenAICompatProvider:
                             idle.deadline = math.inf
                             await on_text("".join(state.parts), state.tokens)
                             now = trio.current_time()
-                        idle.deadline = now + idle_s
+                            armed_at_read = -1
+                        if armed_at_read != events.reads:
+                            armed_at_read = events.reads
+                            idle.deadline = now + idle_s
             finally:
                 await response.aclose()
         if idle.cancelled_caught:
@@ -418,12 +441,15 @@ class OpenAICompatProvider:
             )
         return error("bad_request", f"{label} refused the request ({said}). Check the request's parameters.")
 
-    @contextmanager
-    def _map_transport_errors(self, model: ModelInfo) -> Iterator[None]:
+    def _map_transport_errors(self, model: ModelInfo) -> _TransportErrors:
         """The one place httpx exceptions become exai errors (`trio.Cancelled` passes untouched)."""
+        return _TransportErrors(self)
+
+    def _raise_mapped(self, error: BaseException) -> None:
+        """Raise the AttemptError for an httpx exception; return for anything else."""
         label = self.info.label
         try:
-            yield
+            raise error
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise AttemptError(
                 self.name,
@@ -462,6 +488,26 @@ class OpenAICompatProvider:
                 f"The request to {label} failed ({_describe(exc)}). Try again.",
                 retryable=True,
             ) from None
+        except BaseException:
+            return
+
+
+class _TransportErrors:
+    """`with`: an httpx exception leaving the body becomes the provider's AttemptError.
+
+    A class rather than a generator context manager: it wraps every provider attempt."""
+
+    __slots__ = ("_provider",)
+
+    def __init__(self, provider: OpenAICompatProvider):
+        self._provider = provider
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None and isinstance(exc, httpx.HTTPError | SSEError):
+            self._provider._raise_mapped(exc)
 
 
 @dataclass
@@ -492,13 +538,15 @@ class _SSEData:
     newlines; comments and the other fields are not used here; an event without data is not
     one). An event the stream does not finish with a blank line is dropped, as the format says."""
 
-    __slots__ = ("_buffer", "_chunks", "_data", "_ready")
+    __slots__ = ("_buffer", "_chunks", "_data", "_ready", "ended", "reads")
 
     def __init__(self, chunks: AsyncIterator[bytes]):
         self._chunks = chunks
         self._buffer = b""
         self._data: list[str] = []
         self._ready: deque[str] = deque()
+        self.reads = 0  # chunks read so far
+        self.ended = False  # the body was read to its end
 
     def __aiter__(self) -> _SSEData:
         return self
@@ -508,11 +556,13 @@ class _SSEData:
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
+                self.ended = True
                 if self._buffer:  # the last line, held back in case more of it followed
                     self._feed(b"", final=True)
                 if self._ready:
                     break
                 raise
+            self.reads += 1
             self._feed(chunk)
         return self._ready.popleft()
 
@@ -534,23 +584,31 @@ class _SSEData:
                 self._data.append((value[1:] if value[:1] == b" " else value).decode("utf-8", "replace"))
 
 
-@asynccontextmanager
-async def _finishing(events: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
-    """Yield `events`; on exit, make sure it and the generators under it have ended.
+class _Finishing:
+    """`async with`: gives `events`; on exit, makes sure it and the generators under it ended.
 
     httpx's streaming iterators are async generators nested in one another, and `aclose()`
     on the outer one leaves the inner ones suspended (trio then warns when they are
     collected). Reading on inside a cancelled scope ends them all from the inside: the next
     read raises Cancelled in the innermost one, or the body turns out to be complete.
     """
-    try:
-        yield events
-    finally:
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: _SSEData):
+        self._events = events
+
+    async def __aenter__(self) -> _SSEData:
+        return self._events
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._events.ended:
+            return  # nothing under it is left suspended
         with trio.CancelScope() as drain:
             drain.cancel()
             with suppress(Exception):  # StopAsyncIteration, or a read error: the exchange is over
                 while True:
-                    await events.__anext__()
+                    await self._events.__anext__()
 
 
 def context_too_long_message(model: ModelInfo, estimated: int, said: str = "") -> str:

@@ -37,6 +37,7 @@ DEFAULT_MAX_KEEPALIVE: Final = 64
 DEFAULT_KEEPALIVE_EXPIRY_S: Final = 30.0
 RECEIVE_BYTES: Final = 65536
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+MAX_CHECKED_HEADS: Final = 64  # distinct request heads remembered as checked by h11
 
 Origin = tuple[str, str, int]
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -57,7 +58,9 @@ class _io_phase:
     """Bound one I/O phase by `limit` and map its failures to that phase's httpx errors.
 
     `trio.fail_after` inside a generator-based context manager, written as one class: this
-    runs around every socket read and write, and the class costs half as much.
+    runs around every socket read and write, and the class costs half as much. When an
+    enclosing deadline comes strictly first (the call's, a stream's idle limit), the phase's
+    own could never fire, and no cancel scope is opened for it.
     """
 
     __slots__ = ("_limit", "_origin", "_phase", "_request", "_scope")
@@ -67,16 +70,21 @@ class _io_phase:
         self._origin = origin
         self._limit = limit
         self._request = request
-        self._scope = trio.CancelScope(deadline=trio.current_time() + limit)
+        deadline = trio.current_time() + limit
+        needed = deadline < math.inf and deadline <= trio.current_effective_deadline()
+        self._scope = trio.CancelScope(deadline=deadline) if needed else None
 
     def __enter__(self) -> None:
-        self._scope.__enter__()
+        if self._scope is not None:
+            self._scope.__enter__()
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._scope.__exit__(kind, exc, tb)  # True also when there was nothing to suppress
-        if self._scope.cancelled_caught:  # our own deadline cancelled the phase
+        scope = self._scope
+        if scope is not None:
+            scope.__exit__(kind, exc, tb)  # True also when there was nothing to suppress
+        if scope is not None and scope.cancelled_caught:  # our own deadline cancelled the phase
             timeout_error, _, too_slow, _ = _PHASES[self._phase]
             message = too_slow.format(where=_host_port(self._origin), limit=self._limit)
             raise timeout_error(message, request=self._request) from None
@@ -174,6 +182,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         self._active: set[_Connection] = set()
         self._opened_total = 0
         self._closed = False
+        self._checked_heads: set[tuple[object, ...]] = set()
 
     def statistics(self) -> dict[str, int]:
         """Sockets `open` now = `idle` (in the pool) + `active` (carrying a request or response)."""
@@ -337,9 +346,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 if content and not _declares_length(request):
                     headers = [*headers, (b"Content-Length", str(len(content)).encode())]
                 # Head, body and end in one write: one syscall for the common small request.
-                out = parser.send(
-                    h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
-                )
+                out = parser.send(self._request_event(request, headers))
                 if content:
                     out += parser.send(h11.Data(data=content))
                 out += parser.send(h11.EndOfMessage())
@@ -347,9 +354,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 return
             if not _declares_length(request):
                 headers = [*headers, (b"Transfer-Encoding", b"chunked")]
-            head = parser.send(
-                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
-            )
+            head = parser.send(self._request_event(request, headers))
             await self._send_all(conn, head, request, write_timeout)
             assert isinstance(body, httpx.AsyncByteStream), "an async client sends async streams"
             chunks = body.__aiter__()
@@ -369,6 +374,22 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             await self._send_all(conn, parser.send(h11.EndOfMessage()), request, write_timeout)
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(f"invalid request: {exc}", request=request) from None
+
+    def _request_event(self, request: httpx.Request, headers: list[tuple[bytes, bytes]]) -> h11.Request:
+        """The request head for h11. h11 checks every header name and value with regular
+        expressions; a provider sends the same method and headers each time (only the
+        Content-Length differs, which h11 checks on every request), so a head h11 has
+        accepted once is passed as already checked (`_parsed`) after that."""
+        key = (request.method, *(h for h in headers if h[0].lower() != b"content-length"))
+        if key not in self._checked_heads:
+            event = h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+            if len(self._checked_heads) >= MAX_CHECKED_HEADS:
+                self._checked_heads.clear()
+            self._checked_heads.add(key)
+            return event
+        return h11.Request(
+            method=request.method.encode("ascii"), target=request.url.raw_path, headers=headers, _parsed=True
+        )
 
     async def _send_all(
         self, conn: _Connection, data: bytes | None, request: httpx.Request, write_timeout: float
