@@ -37,7 +37,6 @@ DEFAULT_MAX_KEEPALIVE: Final = 64
 DEFAULT_KEEPALIVE_EXPIRY_S: Final = 30.0
 RECEIVE_BYTES: Final = 65536
 DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-MAX_CHECKED_HEADS: Final = 64  # distinct request heads remembered as checked by h11
 
 Origin = tuple[str, str, int]
 _IO_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -182,7 +181,6 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         self._active: set[_Connection] = set()
         self._opened_total = 0
         self._closed = False
-        self._checked_heads: set[tuple[object, ...]] = set()
 
     def statistics(self) -> dict[str, int]:
         """Sockets `open` now = `idle` (in the pool) + `active` (carrying a request or response)."""
@@ -346,7 +344,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 if content and not _declares_length(request):
                     headers = [*headers, (b"Content-Length", str(len(content)).encode())]
                 # Head, body and end in one write: one syscall for the common small request.
-                out = parser.send(self._request_event(request, headers))
+                out = parser.send(h11.Request(method=request.method, target=request.url.raw_path, headers=headers))
                 if content:
                     out += parser.send(h11.Data(data=content))
                 out += parser.send(h11.EndOfMessage())
@@ -354,7 +352,7 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 return
             if not _declares_length(request):
                 headers = [*headers, (b"Transfer-Encoding", b"chunked")]
-            head = parser.send(self._request_event(request, headers))
+            head = parser.send(h11.Request(method=request.method, target=request.url.raw_path, headers=headers))
             await self._send_all(conn, head, request, write_timeout)
             assert isinstance(body, httpx.AsyncByteStream), "an async client sends async streams"
             chunks = body.__aiter__()
@@ -374,22 +372,6 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             await self._send_all(conn, parser.send(h11.EndOfMessage()), request, write_timeout)
         except h11.LocalProtocolError as exc:
             raise httpx.LocalProtocolError(f"invalid request: {exc}", request=request) from None
-
-    def _request_event(self, request: httpx.Request, headers: list[tuple[bytes, bytes]]) -> h11.Request:
-        """The request head for h11. h11 checks every header name and value with regular
-        expressions; a provider sends the same method and headers each time (only the
-        Content-Length differs, which h11 checks on every request), so a head h11 has
-        accepted once is passed as already checked (`_parsed`) after that."""
-        key = (request.method, *(h for h in headers if h[0].lower() != b"content-length"))
-        if key not in self._checked_heads:
-            event = h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
-            if len(self._checked_heads) >= MAX_CHECKED_HEADS:
-                self._checked_heads.clear()
-            self._checked_heads.add(key)
-            return event
-        return h11.Request(
-            method=request.method.encode("ascii"), target=request.url.raw_path, headers=headers, _parsed=True
-        )
 
     async def _send_all(
         self, conn: _Connection, data: bytes | None, request: httpx.Request, write_timeout: float
