@@ -173,7 +173,7 @@ class HttpSession:
         self._no_open_streams.set()
         self.last_active = trio.current_time()
         self.ended = False  # no message reaches the session any more
-        self.reader_scope = trio.CancelScope()
+        self.expiry_scope = trio.CancelScope()
         self.finished = trio.Event()
         self.log = logger.bind(conn=connection_id)
 
@@ -192,7 +192,7 @@ class HttpSession:
                 session.call_ended = self._call_ended
                 task_status.started()
                 try:
-                    with self.reader_scope:
+                    with self.expiry_scope:
                         await self._expire()
                 except Exception:
                     self.end(f"ended by error {self._log_fault()}")
@@ -235,7 +235,7 @@ class HttpSession:
         self.transport.sessions.pop(self.secret, None)
         count = self.session.cancel_calls(CancelReason.DISCONNECT) if self.session else 0
         self.log.info("http session {} {}; cancelling {} call(s)", self.id, why, count)
-        self.reader_scope.cancel()
+        self.expiry_scope.cancel()
 
     async def _close(self) -> None:
         """Every stream ends; wait (bounded by open_session) until each writer has flushed."""
