@@ -78,8 +78,9 @@ class Session:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    async def dispatch(self, frame: str | bytes) -> None:
-        """Handle one incoming frame; answers go through `send`.
+    async def dispatch(self, frame: str | bytes | Message) -> None:
+        """Handle one incoming frame, or a message the transport has parsed already (HTTP
+        parses each POST to route its answer); answers go through `send`.
 
         Bad input is answered with the contract's code; a bug while handling this one frame
         is answered with -32603 and an error id, and the session goes on.
@@ -96,10 +97,10 @@ class Session:
         except Exception:
             await self.send(internal_error(answer.get("id"), f"answer on connection {self.id}", self.log))
 
-    def _answer(self, frame: str | bytes) -> dict[str, Any] | None:
+    def _answer(self, frame: str | bytes | Message) -> dict[str, Any] | None:
         message: Message | None = None
         try:
-            message = parse_message(frame)
+            message = parse_message(frame) if isinstance(frame, str | bytes) else frame
             if isinstance(message, Notification):
                 self._notification(message)
                 return None

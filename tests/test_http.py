@@ -20,6 +20,7 @@ import trio
 from httpx_sse import aconnect_sse
 from support import eventually
 
+from exai.transports import http as http_transport
 from exai.transports.http import REPLAY_MAX_EVENTS, accepts
 
 HANG = '#sim {"hang": true}'
@@ -371,6 +372,45 @@ async def test_last_event_id_with_non_ascii_digits_is_refused_with_400(daemon: A
             assert response.status_code == 400, response.text
             assert "Last-Event-ID" in response.json()["error"]["message"]
         await valid_call_works(client)
+
+
+async def test_a_kept_alive_connection_closes_when_idle_after_an_sse_answer(
+    daemons: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end of an SSE answer must leave hypercorn's connection in its keep-alive state
+    # (its idle timer running), not cut its bookkeeping short: else an idle client's
+    # connection stays open for good. Several at once, as the cut depended on task order.
+    monkeypatch.setattr(http_transport, "KEEP_ALIVE_S", 0.3)
+    bound = await daemons.start()
+    async with mcp_session(bound.http_url) as client:
+        url = httpx.URL(client.url)
+
+        async def call_then_idle(n: int) -> None:
+            body = json.dumps(call(n, "chat", {"prompt": "hi"}, progressToken=n)).encode()
+            head = "".join(f"{k}: {v}\r\n" for k, v in client.headers().items())
+            raw = f"POST /mcp HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+            received = b""
+            async with await trio.open_tcp_stream(url.host, url.port) as sock:
+                await sock.send_all(raw.encode() + body)
+                with trio.fail_after(3):
+                    while not received.endswith(b"\r\n0\r\n\r\n"):  # the answer's last chunk
+                        received += await sock.receive_some()
+                assert b'"result"' in received
+                with trio.fail_after(3):  # then nothing more: the server closes the idle connection
+                    assert await sock.receive_some() == b""
+
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(call_then_idle, n)
+
+
+async def test_requests_keep_a_session_from_its_idle_timeout(daemons: Any) -> None:
+    bound = await daemons.start(http_session_idle_secs=0.4)
+    async with mcp_session(bound.http_url) as client:
+        for n in range(8):  # 1.2 s in all, past the idle timeout three times over
+            await trio.sleep(0.15)
+            assert (await client.rpc(request(n, "ping")))["result"] == {}
+        await eventually(lambda: len(bound.daemon.connections) == 0, what="the idle session ended")
 
 
 async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any) -> None:

@@ -2,10 +2,14 @@
 
 Only moves messages. Each session runs as one task in the daemon's connection nursery that
 owns its Session (a connection like any WebSocket one: limits, `session:<id>` limiter,
-calls, status). ASGI handlers hand it the POSTed messages and write back what it sends:
-a request's answer, and the progress of a call, go to that request's stream. Calls belong
-to the session, not to an HTTP response: a dropped stream cancels nothing, and a client
-that comes back with `Last-Event-ID` gets what it missed.
+calls, status). ASGI handlers dispatch the POSTed messages to it and write back what it
+sends: a request's answer, and the progress of a call, go to that request's stream. Calls
+belong to the session, not to an HTTP response: a dropped stream cancels nothing, and a
+client that comes back with `Last-Event-ID` gets what it missed.
+
+Per call, the handler hypercorn spawns is the only task beside the call's own: it dispatches
+the message itself and waits for the stream's events and for the client leaving in one wait
+(see `Stream.wait`), so each event costs one wakeup and one write.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import secrets
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -33,6 +37,7 @@ from exai.protocol import (
     OVERLOADED,
     SUPPORTED_VERSIONS,
     BadMessage,
+    Message,
     Request,
     RequestId,
     error_message,
@@ -45,9 +50,9 @@ MCP_PATH: Final = "/mcp"
 # What one session keeps for Last-Event-ID replays; the oldest events go first.
 REPLAY_MAX_EVENTS: Final = 1024
 REPLAY_MAX_BYTES: Final = 4 * 1024 * 1024
-# Messages POSTed to a session and not yet dispatched (dispatch never waits, so few are).
-INBOX_SIZE: Final = 64
 SESSION_ID_BYTES: Final = 24  # secrets.token_urlsafe: 32 visible ASCII characters
+# hypercorn closes a kept-alive connection idle this long (its default, stated here).
+KEEP_ALIVE_S: Final = 5.0
 PRIMING_SINCE: Final = "2025-11-25"  # older clients may choke on an event with empty data
 
 Headers = list[tuple[bytes, bytes]]
@@ -57,6 +62,7 @@ AsgiReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _session_numbers = itertools.count(1)
 
 
+@lru_cache(maxsize=64)  # a client sends the same Accept with every request
 def accepts(accept: str, media_type: str) -> bool:
     """Whether an Accept header value admits `media_type` (wildcards included)."""
     kind = media_type.split("/")[0]
@@ -85,14 +91,17 @@ class Event:
 class Stream:
     """What one request (or the GET stream) gets back, in order, until it is done."""
 
+    __slots__ = ("_waiters", "done", "events", "number", "request_id", "resumable", "token", "writers")
+
     def __init__(self, number: int, request_id: RequestId | None, resumable: bool):
         self.number = number
         self.request_id = request_id
         self.resumable = resumable  # SSE: its events have ids and are kept for replay
+        self.token: str | int | None = None  # the progress token of its call, if any
         self.events: deque[Event] = deque()
         self.done = False
         self.writers = 0
-        self._changed = trio.Event()
+        self._waiters: list[trio.CancelScope] = []
 
     def push(self, event: Event) -> None:
         self.events.append(event)
@@ -103,14 +112,43 @@ class Stream:
         self._wake()
 
     def after(self, seq: int) -> list[Event]:
-        return [event for event in self.events if event.seq > seq]
+        """The events after `seq`, oldest first (read from the newest end: no scan of the rest)."""
+        newer: list[Event] = []
+        for event in reversed(self.events):
+            if event.seq <= seq:
+                break
+            newer.append(event)
+        newer.reverse()
+        return newer
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    async def wait(self, receive: AsgiReceive | None = None) -> bool:
+        """Wait until the stream changes, or the client leaves; True when it left.
+
+        One wait for both, in the caller's task: a change cancels the wait (`_wake`), while
+        the caller listens for hypercorn's `http.disconnect` on `receive` (a request's other
+        messages are skipped). No message is lost to the cancel: trio's channels are
+        cancel-safe. Outside cancellation passes through.
+        """
+        scope = trio.CancelScope()
+        self._waiters.append(scope)
+        try:
+            with scope:
+                if receive is None:
+                    await trio.sleep_forever()
+                else:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    return True
+            return False
+        finally:
+            if not scope.cancel_called:
+                self._waiters.remove(scope)
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for scope in waiters:
+                scope.cancel()
 
 
 class HttpSession:
@@ -122,7 +160,6 @@ class HttpSession:
         self.secret = secret  # the Mcp-Session-Id: a capability, never logged
         self.id = connection_id  # logs, /api/status, the session:<id> limiter
         self.session: Session | None = None
-        self.inbox_send, self.inbox = trio.open_memory_channel[bytes](INBOX_SIZE)
         self.pending: dict[RequestId, Stream] = {}  # requests not answered yet
         self.progress: dict[str | int, Stream] = {}  # progress tokens of pending calls
         self.streams: dict[int, Stream] = {}  # resumable streams, for Last-Event-ID
@@ -135,8 +172,8 @@ class HttpSession:
         self._no_open_streams = trio.Event()
         self._no_open_streams.set()
         self.last_active = trio.current_time()
-        self.ended = False
-        self.reader_scope = trio.CancelScope()
+        self.ended = False  # no message reaches the session any more
+        self.expiry_scope = trio.CancelScope()
         self.finished = trio.Event()
         self.log = logger.bind(conn=connection_id)
 
@@ -154,18 +191,19 @@ class HttpSession:
                 session.end_transport = partial(self.end, "server shutting down")
                 session.call_ended = self._call_ended
                 task_status.started()
-                with self.reader_scope:
-                    try:
-                        await self._read(session)
-                    except Exception:
-                        self.end(f"ended by error {self._log_fault()}")
+                try:
+                    with self.expiry_scope:
+                        await self._expire()
+                except Exception:
+                    self.end(f"ended by error {self._log_fault()}")
+                finally:
+                    self.ended = True  # whatever ended it, before its calls are waited for
         except Exception:
             self._log_fault()
         finally:
             self.ended = True
             self.daemon.connection_slots.release_on_behalf_of(self)
             self.transport.sessions.pop(self.secret, None)
-            self.inbox.close()
             self.replay.clear()
             self.streams.clear()
             self.finished.set()
@@ -176,18 +214,18 @@ class HttpSession:
         self.log.exception("http session {} failed, error id {}", self.id, error_id)
         return error_id
 
-    async def _read(self, session: Session) -> None:
+    async def _expire(self) -> None:
+        """Return when the session has been idle for EXAI_HTTP_SESSION_IDLE_SECS: no request
+        and no open stream. Wakes only at deadlines and when its last stream closes."""
         idle = float(self.daemon.settings.http_session_idle_secs)
         while True:
-            now = trio.current_time()
-            deadline = self.last_active + idle if self.open_streams == 0 else now + idle
-            frame = None
-            with trio.move_on_at(deadline):
-                frame = await self.inbox.receive()
-            if frame is not None:
-                await session.dispatch(frame)
-            elif self.open_streams == 0 and trio.current_time() >= self.last_active + idle:
+            if self.open_streams:
+                await self._no_open_streams.wait()
+                continue
+            if trio.current_time() >= self.last_active + idle:
                 self.end(f"idle for {idle:g} s with no request and no open stream")
+                return
+            await trio.sleep_until(self.last_active + idle)
 
     def end(self, why: str) -> None:
         """End the session: no new request reaches it, its calls are cancelled at once."""
@@ -197,7 +235,7 @@ class HttpSession:
         self.transport.sessions.pop(self.secret, None)
         count = self.session.cancel_calls(CancelReason.DISCONNECT) if self.session else 0
         self.log.info("http session {} {}; cancelling {} call(s)", self.id, why, count)
-        self.reader_scope.cancel()
+        self.expiry_scope.cancel()
 
     async def _close(self) -> None:
         """Every stream ends; wait (bounded by open_session) until each writer has flushed."""
@@ -209,15 +247,20 @@ class HttpSession:
 
     # -- messages in ------------------------------------------------------------------------
 
-    async def deliver(self, frame: bytes) -> bool:
-        """Hand one POSTed message to the session; False when the session has ended."""
-        if self.ended:
+    async def deliver(self, message: Message) -> bool:
+        """Dispatch one POSTed message in the caller's task; False when the session has ended.
+
+        Dispatch never waits here (a call starts in the session's nursery, `send` only routes
+        to streams), so messages reach the session in the order they arrived. The session's
+        fault boundary: an unexpected error is logged once with an error id and ends it.
+        """
+        if self.ended or self.session is None:
             return False
         self.touch()
         try:
-            await self.inbox_send.send(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
+            await self.session.dispatch(message)
+        except Exception:
+            self.end(f"ended by error {self._log_fault()}")
         return True
 
     def touch(self) -> None:
@@ -277,8 +320,8 @@ class HttpSession:
             stream.finish()
 
     def _drop_progress(self, stream: Stream) -> None:
-        for token in [t for t, s in self.progress.items() if s is stream]:
-            del self.progress[token]
+        if stream.token is not None and self.progress.get(stream.token) is stream:
+            del self.progress[stream.token]
 
     def _push(self, stream: Stream, data: str) -> None:
         event = Event(next(self._seqs), stream, data)
@@ -463,19 +506,19 @@ class HttpTransport:
             return
         new = isinstance(message, Request) and message.method == "initialize"
         if new and "mcp-session-id" not in headers:
-            await self._initialize(message, body, reply, json_ok)  # type: ignore[arg-type]
+            await self._initialize(message, reply, json_ok)  # type: ignore[arg-type]
             return
         session, why = self._session(headers)
         if session is None:
             await reply.refuse(400 if "mcp-session-id" not in headers else 404, why)
             return
         if not isinstance(message, Request):
-            if not await session.deliver(body):
+            if not await session.deliver(message):
                 await reply.refuse(404, "unknown or ended session: initialize a new one")
                 return
             await reply.empty(202)
             return
-        await self._answer(session, message, body, receive, reply, json_ok, sse_ok)
+        await self._answer(session, message, receive, reply, json_ok, sse_ok)
 
     async def _body(self, headers: dict[str, str], receive: AsgiReceive) -> bytes | None:
         """The request body, or None when it exceeds EXAI_MAX_MESSAGE_BYTES."""
@@ -497,7 +540,7 @@ class HttpTransport:
             if not event.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _initialize(self, message: Request, body: bytes, reply: Reply, json_ok: bool) -> None:
+    async def _initialize(self, message: Request, reply: Reply, json_ok: bool) -> None:
         daemon = self.daemon
         if daemon.draining:
             await reply.refuse(503, "server shutting down", OVERLOADED, {"retry_after_s": 1})
@@ -514,7 +557,7 @@ class HttpTransport:
         self.sessions[session.secret] = session
         session.log.info("http session {} open", session.id)
         stream = session.open_stream(message.id, resumable=not json_ok)
-        if not await session.deliver(body):
+        if not await session.deliver(message):
             session.forget(stream)
             await reply.refuse(404, "the session ended before it began")
             return
@@ -532,7 +575,6 @@ class HttpTransport:
         self,
         session: HttpSession,
         message: Request,
-        body: bytes,
         receive: AsgiReceive,
         reply: Reply,
         json_ok: bool,
@@ -549,7 +591,8 @@ class HttpTransport:
             token = meta.get("progressToken") if isinstance(meta, dict) else None
             if isinstance(token, str | int) and not isinstance(token, bool):
                 session.progress[token] = stream
-        if not await session.deliver(body):
+                stream.token = token
+        if not await session.deliver(message):
             session.forget(stream)
             await reply.refuse(404, "unknown or ended session: initialize a new one")
             return
@@ -563,7 +606,7 @@ class HttpTransport:
         session.stream_opened()
         try:
             while not stream.done:
-                await stream.changed()
+                await stream.wait()
         finally:
             session.stream_closed()
         return stream.events[-1].data if stream.events else None
@@ -589,7 +632,9 @@ class HttpTransport:
     ) -> None:
         """Write the stream's events after `cursor` until it is done or the client leaves.
 
-        A client leaving cancels nothing: the events stay kept for a Last-Event-ID replay.
+        What is there when the writer wakes goes out in one write; a done stream's last write
+        ends the response. A client leaving cancels nothing: the events stay kept for a
+        Last-Event-ID replay.
         """
         await reply.start(200, [
             (b"content-type", b"text/event-stream"),
@@ -599,29 +644,19 @@ class HttpTransport:
         stream.writers += 1
         session.stream_opened()
         gone = False
-
-        async def watch(cancel_scope: trio.CancelScope) -> None:
-            nonlocal gone
-            while receive is not None:
-                if (await receive())["type"] == "http.disconnect":
-                    gone = True
-                    cancel_scope.cancel()
-                    return
-
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch, nursery.cancel_scope)
-                ended = False
-                while not ended:
-                    events = stream.after(cursor)
-                    if not events and not stream.done:
-                        await stream.changed()
-                        continue
-                    ended = stream.done  # a done stream gets no more events: this is the rest
-                    if events:
-                        cursor = events[-1].seq
-                    await reply.body(b"".join(event.encode() for event in events), more=not ended)
-                nursery.cancel_scope.cancel()
+            ended = False
+            while not ended:
+                events = stream.after(cursor)
+                if not events and not stream.done:
+                    gone = await stream.wait(receive)
+                    if gone:
+                        break
+                    continue
+                ended = stream.done  # a done stream gets no more events: this is the rest
+                if events:
+                    cursor = events[-1].seq
+                await reply.body(b"".join(event.encode() for event in events), more=not ended)
             if gone and not stream.done:
                 session.log.info(
                     "http session {}: stream {} dropped by the client; its work goes on",
@@ -685,8 +720,10 @@ async def serve_http(
     config = Config()
     config.bind = [f"{shown}:{settings.http_port}"]
     config.accesslog = None
+    config.include_server_header = False  # one header less to build and validate per response
     config.loglevel = "WARNING"
     config.graceful_timeout = CLOSE_TIMEOUT_S
+    config.keep_alive_timeout = KEEP_ALIVE_S
     app: Any = transport.app  # hypercorn's ASGI types are stricter than a plain callable's
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(hypercorn_serve, app, config, mode="asgi"))
