@@ -7,8 +7,8 @@ event loop, where they cost a fraction of a thread hand-off; they never wait the
 would wait for the write lock (another process holds it) goes to the worker thread instead,
 which also runs everything else (listing, expiry), one statement at a time, on its own
 connection. WAL checkpoints (which sync the disk) run in a worker thread too, every
-CHECKPOINT_EVERY writes, never in a commit on the event loop. The `exai threads` commands read the same file directly, read-only
-(`read_threads`, `read_thread`).
+CHECKPOINT_EVERY writes, never in a commit on the event loop. The `exai threads` commands
+read the same file directly, read-only (`read_threads`, `read_thread`).
 """
 
 from __future__ import annotations
@@ -422,16 +422,16 @@ class ConversationStore:
 
     async def list(self) -> list[dict[str, Any]]:
         """Live threads (id, tool, turns, created, updated, expires, model, dropped), newest first."""
-        threads = await self._run(lambda: self._worker_rows.list())
+        threads = await self._run(self._worker_rows.list)
         return [thread.summary() for thread in threads]
 
     async def count(self) -> int:
         """How many live threads there are (the dashboard shows it)."""
-        return await self._run(lambda: self._worker_rows.count())
+        return await self._run(self._worker_rows.count)
 
     async def expire(self) -> int:
         """Delete expired threads; return how many."""
-        return await self._run(lambda: self._worker_rows.expire())
+        return await self._run(self._worker_rows.expire)
 
     async def _write(self, work: Callable[[ThreadRows], T]) -> T:
         """`work` on the event loop's connection; in the worker thread if that would wait."""

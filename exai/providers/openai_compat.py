@@ -168,12 +168,11 @@ class OpenAICompatProvider:
         own = attempt_deadline < call_deadline
         self.open_requests += 1
         try:
-            if not own:
+            with trio.CancelScope(deadline=attempt_deadline if own else math.inf) as scope:
                 with self._map_transport_errors(model):
-                    return await self._exchange(body, model, messages, timeout, stream_idle_s, on_text)
-            with trio.CancelScope(deadline=attempt_deadline) as scope:
-                with self._map_transport_errors(model):
-                    return await self._exchange(body, model, messages, timeout, stream_idle_s, on_text)
+                    if on_text is None:
+                        return await self._request(body, model, messages, timeout)
+                    return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
         finally:
             self.open_requests -= 1
         assert scope.cancelled_caught
@@ -185,19 +184,6 @@ class OpenAICompatProvider:
             "Try again, ask for a shorter answer, or raise EXAI_PROVIDER_TIMEOUT_SECS.",
             retryable=True,
         )
-
-    async def _exchange(
-        self,
-        body: dict[str, Any],
-        model: ModelInfo,
-        messages: list[dict[str, Any]],
-        timeout: httpx.Timeout,
-        stream_idle_s: float,
-        on_text: OnText | None,
-    ) -> Completion:
-        if on_text is None:
-            return await self._request(body, model, messages, timeout)
-        return await self._stream(body, model, messages, timeout, stream_idle_s, on_text)
 
     def _prepared_headers(self, stream: bool) -> list[tuple[bytes, bytes]]:
         headers = self.client.build_request("POST", self.url, headers=_request_headers(stream)).headers

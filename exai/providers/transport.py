@@ -344,7 +344,9 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 if content and not _declares_length(request):
                     headers = [*headers, (b"Content-Length", str(len(content)).encode())]
                 # Head, body and end in one write: one syscall for the common small request.
-                out = parser.send(h11.Request(method=request.method, target=request.url.raw_path, headers=headers))
+                out = parser.send(
+                    h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+                )
                 if content:
                     out += parser.send(h11.Data(data=content))
                 out += parser.send(h11.EndOfMessage())
@@ -352,7 +354,9 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 return
             if not _declares_length(request):
                 headers = [*headers, (b"Transfer-Encoding", b"chunked")]
-            head = parser.send(h11.Request(method=request.method, target=request.url.raw_path, headers=headers))
+            head = parser.send(
+                h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+            )
             await self._send_all(conn, head, request, write_timeout)
             assert isinstance(body, httpx.AsyncByteStream), "an async client sends async streams"
             chunks = body.__aiter__()
