@@ -19,6 +19,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from exai.errors import ExaiError
+
 ENV_FILE: Final = ".env"
 
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -448,7 +450,7 @@ ENV_NAMES: Final[dict[str, str]] = {
 _FIELD_OF_ENV: Final[dict[str, str]] = {env: name for name, env in ENV_NAMES.items()}
 
 
-class ConfigError(Exception):
+class ConfigError(ExaiError):
     """Invalid configuration. `str()` is one line: `VAR=value: rule`, several joined by `; `."""
 
     def __init__(self, problems: list[str]):
