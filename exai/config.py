@@ -36,6 +36,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from exai.errors import ExaiError
+
 ENV_FILE: Final = ".env"
 ENV_PREFIX: Final = "EXAI_"
 
@@ -498,7 +500,7 @@ def _rule(name: str) -> str | None:
     return rules[0] if rules else _RULES.get(name)
 
 
-class ConfigError(Exception):
+class ConfigError(ExaiError):
     """Invalid configuration. `str()` is one line: `VAR=value: rule`, several joined by `; `."""
 
     def __init__(self, problems: list[str]):

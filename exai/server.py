@@ -120,6 +120,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     store=store,
                     calls=daemon.calls,
                     status=daemon.status,
+                    draining=lambda: daemon.draining,
                 )
                 background.start_soon(heartbeat, daemon)
                 monitor_url = None

@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from exai.errors import ExaiError
+
 # A thread id is a UUID, hyphenated (new threads) or 32 hex digits (threads of the first schema).
 _THREAD_ID = re.compile(
     r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
@@ -16,7 +18,7 @@ _THREAD_ID = re.compile(
 _SHOWN_ID_CHARS: Final = 80
 
 
-class ThreadNotFound(Exception):
+class ThreadNotFound(ExaiError):
     """No live thread has this id: never created, expired, or not a thread id at all."""
 
     def __init__(self, thread_id: str):
@@ -27,7 +29,7 @@ class ThreadNotFound(Exception):
         self.thread_id = thread_id
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(ExaiError):
     """The store cannot be opened or read; `str()` is one line naming where it is and why."""
 
 

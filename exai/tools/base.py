@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
 from exai.store import Store
 
@@ -25,7 +26,7 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
-class ToolArgumentError(Exception):
+class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
 
