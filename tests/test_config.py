@@ -414,20 +414,24 @@ def test_config_check_invalid(
     assert err.count("\n") == 1
 
 
-@pytest.mark.slow
-def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
+def exai_config_check(cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`exai config --check` as a user runs it: its own process, only `variables` set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env["EXAI_PORT"] = "abc"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
-        env=env,
-        cwd=tmp_path,
+        env={**env, **variables},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = exai_config_check(tmp_path, EXAI_PORT="abc")
     assert result.returncode == 2
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -695,17 +699,7 @@ def test_unknown_variable_fails_config_and_check(
 @pytest.mark.slow
 def test_cli_config_check_refuses_unknown_variable_in_dotenv(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("EXAI_TOOL_TIMEOUT_SEC=5\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = exai_config_check(tmp_path)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "exai: invalid configuration: EXAI_TOOL_TIMEOUT_SEC is not a setting; "
