@@ -30,8 +30,19 @@ from support import eventually
 from exai.cli import main
 from exai.client import RpcError, connect
 from exai.config import Settings
-from exai.store import StoreUnavailable, ThreadNotFound, Turn, open_store, read_thread
-from exai.store.sqlite import CHECKPOINT_EVERY, DB_NAME, SqliteStore, ThreadRows
+from exai.store import (
+    NewTask,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskStatus,
+    ThreadNotFound,
+    TooManyTasks,
+    Turn,
+    open_store,
+    read_thread,
+)
+from exai.store.sqlite import CHECKPOINT_EVERY, DB_NAME, SCHEMA_VERSION, SqliteStore, ThreadRows
+from exai.store.tasks import LEASE_LOST
 from exai.tools.chat import SYSTEM
 
 HOUR = 3600.0
@@ -301,6 +312,122 @@ async def test_count_is_the_number_of_live_threads(store_settings: StoreSettings
         assert await store.count() == 0
 
 
+# -- tasks, every backend ----------------------------------------------------------------
+
+
+def new_task(task_id: str = "t1", *, owner: str = "alice", ttl_s: float = HOUR, lease_s: float = 60.0, runner: str = "r1") -> NewTask:
+    return NewTask(id=task_id, owner=owner, tool="chat", ttl_s=ttl_s, runner=runner, lease_s=lease_s, message="queued")
+
+
+async def test_a_task_round_trip_from_working_to_completed(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(), clock=clock) as store:
+        created = await store.create_task(new_task(), max_unfinished=4)
+        assert (created.status, created.created, created.expires) == (TaskStatus.WORKING, clock.now, clock.now + HOUR)
+        clock.now += 5
+        await store.update_task("t1", "running: 12 tokens")
+        seen = await store.task("t1", "alice")
+        assert (seen.status, seen.message, seen.updated) == (TaskStatus.WORKING, "running: 12 tokens", clock.now)
+        result = {"result": {"content": [{"type": "text", "text": "hi"}], "isError": False}}
+        done = await store.finish_task("t1", TaskStatus.COMPLETED, "done", result)
+        assert (done.status, done.outcome, done.message) == (TaskStatus.COMPLETED, result, "done")
+        # A finished task keeps its status, message and outcome whatever comes after.
+        again = await store.finish_task("t1", TaskStatus.CANCELLED, "too late", None)
+        await store.update_task("t1", "late progress")
+        assert again == done == await store.task("t1", None)
+    async with open_store(store_settings(), clock=clock) as store:
+        assert await store.task("t1", "alice") == done  # durable
+
+
+async def test_only_its_owner_sees_a_task(store_settings: StoreSettings) -> None:
+    async with open_store(store_settings(), clock=FakeClock()) as store:
+        await store.create_task(new_task("a1", owner="alice"), max_unfinished=4)
+        await store.create_task(new_task("b1", owner="bob"), max_unfinished=4)
+        with pytest.raises(TaskNotFound):
+            await store.task("a1", "bob")
+        with pytest.raises(TaskNotFound) as raised:
+            await store.task("no-such-task", "alice")
+        assert "no-such-task" in str(raised.value)
+        assert [t.id for t in await store.tasks("alice")] == ["a1"]
+        assert sorted(t.id for t in await store.tasks(None)) == ["a1", "b1"]
+
+
+async def test_tasks_expire_after_their_ttl_and_are_deleted(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(), clock=clock) as store:
+        await store.create_task(new_task("short", ttl_s=10), max_unfinished=4)
+        await store.create_task(new_task("long", ttl_s=100), max_unfinished=4)
+        clock.now += 10
+        assert (await store.task("short", "alice")).id == "short"  # kept for its whole ttl
+        clock.now += 1
+        with pytest.raises(TaskNotFound):
+            await store.task("short", "alice")
+        with pytest.raises(TaskNotFound):
+            await store.finish_task("short", TaskStatus.COMPLETED, "done", None)
+        assert [t.id for t in await store.tasks(None)] == ["long"]
+        assert await store.expire_tasks() == 1
+        assert await store.expire_tasks() == 0
+        assert (await store.count_tasks())[TaskStatus.WORKING] == 1
+
+
+async def test_at_most_max_unfinished_tasks(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(), clock=clock) as store:
+        await store.create_task(new_task("t1"), max_unfinished=2)
+        await store.create_task(new_task("t2"), max_unfinished=2)
+        with pytest.raises(TooManyTasks) as raised:
+            await store.create_task(new_task("t3"), max_unfinished=2)
+        assert "EXAI_MAX_TASKS=2" in str(raised.value)
+        with pytest.raises(TaskNotFound):
+            await store.task("t3", "alice")  # nothing of it was kept
+        await store.finish_task("t1", TaskStatus.FAILED, "boom", None)
+        await store.create_task(new_task("t3"), max_unfinished=2)  # a finished one frees its place
+
+
+async def test_a_working_task_whose_lease_runs_out_reads_failed(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(), clock=clock) as store:
+        await store.create_task(new_task("kept", lease_s=10), max_unfinished=1)
+        await store.create_task(new_task("other", lease_s=10, runner="r2"), max_unfinished=2)
+        clock.now += 8
+        assert await store.renew_tasks("r1", 10) == 1
+        clock.now += 8  # r1 renewed, r2 did not
+        assert (await store.task("kept", None)).status is TaskStatus.WORKING
+        lost = await store.task("other", None)
+        assert (lost.status, lost.message) == (TaskStatus.FAILED, LEASE_LOST)
+        assert lost.outcome == {"error": {"code": -32603, "message": LEASE_LOST}}
+        counts = await store.count_tasks()
+        assert (counts[TaskStatus.WORKING], counts[TaskStatus.FAILED]) == (1, 1)
+        # A lost task holds no place among the unfinished.
+        await store.create_task(new_task("new"), max_unfinished=2)
+
+
+async def test_fail_tasks_fails_only_that_runner_s_working_tasks(store_settings: StoreSettings) -> None:
+    async with open_store(store_settings(), clock=FakeClock()) as store:
+        await store.create_task(new_task("w1"), max_unfinished=9)
+        await store.create_task(new_task("w2", runner="r2"), max_unfinished=9)
+        await store.create_task(new_task("done"), max_unfinished=9)
+        await store.finish_task("done", TaskStatus.COMPLETED, "ok", {"result": {}})
+        assert await store.fail_tasks("r1", "the daemon stopped") == 1
+        failed = await store.task("w1", None)
+        assert (failed.status, failed.message) == (TaskStatus.FAILED, "the daemon stopped")
+        assert failed.outcome == {"error": {"code": -32603, "message": "the daemon stopped"}}
+        assert (await store.task("w2", None)).status is TaskStatus.WORKING
+        assert (await store.task("done", None)).status is TaskStatus.COMPLETED
+
+
+async def test_tasks_page_oldest_first_after_a_cursor(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(), clock=clock) as store:
+        for n in range(5):
+            await store.create_task(new_task(f"t{n}"), max_unfinished=9)
+            clock.now += 1 if n != 2 else 0  # two tasks created at the same time
+        first = await store.tasks("alice", limit=2)
+        assert [t.id for t in first] == ["t0", "t1"]
+        rest = await store.tasks("alice", after=(first[-1].created, first[-1].id), limit=10)
+        assert [t.id for t in rest] == ["t2", "t3", "t4"]
+
+
 # -- SQLite backend only: its file, WAL, locks, worker threads, schema -------------------
 
 
@@ -422,7 +549,7 @@ async def test_migrates_a_first_schema_database_without_losing_it(tmp_path: Path
         assert appended.thread_id == old_id
         assert [t.id for t in await store.list()] == [old_id]  # the expired one was removed
     db = sqlite3.connect(db_path(settings))
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert db.execute("SELECT COUNT(*) FROM threads").fetchone() == (1,)
     # Opening an up-to-date store again changes nothing.
     async with open_store(settings) as store:

@@ -1,4 +1,4 @@
-"""The store: conversation threads today (tasks, provider budgets, circuits and leases to come),
+"""The store: conversation threads and tasks (provider budgets, circuits and leases to come),
 behind one interface (`Store`, `ThreadReader` in exai.store.base) and chosen once from
 EXAI_STORE_URL by `open_store` / `open_reader`. Backends: exai.store.sqlite (`sqlite:///PATH`).
 
@@ -14,6 +14,14 @@ from contextlib import asynccontextmanager
 from exai.config import STORE_FILE, Settings, SqliteLocation
 from exai.store.base import Store, ThreadReader
 from exai.store.sqlite import SqliteReader, open_sqlite
+from exai.store.tasks import (
+    NewTask,
+    TaskCursor,
+    TaskNotFound,
+    TaskRecord,
+    TaskStatus,
+    TooManyTasks,
+)
 from exai.store.threads import (
     Appended,
     StoreUnavailable,
@@ -25,11 +33,17 @@ from exai.store.threads import (
 
 __all__ = [
     "Appended",
+    "NewTask",
     "Store",
     "StoreUnavailable",
+    "TaskCursor",
+    "TaskNotFound",
+    "TaskRecord",
+    "TaskStatus",
     "Thread",
     "ThreadNotFound",
     "ThreadReader",
+    "TooManyTasks",
     "Turn",
     "lookup_ids",
     "open_reader",

@@ -6,23 +6,24 @@ Two protocols, because the daemon and the `exai threads` commands use a store di
 while a daemon is using the same store).
 
 Later issues add their state here as methods of `Store` that every backend implements, so
-no caller changes when a backend arrives: durable tasks (create, get, finish, list, each with
-its TTL), provider rate windows, circuit state and slot leases (async context managers whose
+no caller changes when a backend arrives: durable tasks (below), provider rate windows, circuit state and slot leases (async context managers whose
 expiry frees what a dead process held). A backend is chosen once, by `open_store`, from
 EXAI_STORE_URL.
 """
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
+from exai.store.tasks import NewTask, TaskCursor, TaskRecord, TaskStatus
 from exai.store.threads import Appended, Thread, Turn
 
 
 class Store(Protocol):
-    """Conversation threads shared by every tool and client of the daemon.
+    """Conversation threads shared by every tool and client of the daemon, and tasks.
 
     Every method raises StoreUnavailable when the store cannot be reached; `get` and
     `append` raise ThreadNotFound for an id that names no live thread. A cancelled call
@@ -71,6 +72,50 @@ class Store(Protocol):
         """Delete expired threads; return how many."""
         ...
 
+    # -- tasks (exai.store.tasks): every read sees a working task whose lease ran out as failed,
+    # and never an expired task (created + ttl_s passed) or another owner's.
+
+    async def create_task(self, task: NewTask, *, max_unfinished: int) -> TaskRecord:
+        """Record a new working task; TooManyTasks when `max_unfinished` are unfinished."""
+        ...
+
+    async def task(self, task_id: str, owner: str | None) -> TaskRecord:
+        """One live task of `owner` (None: anyone's); TaskNotFound if there is none."""
+        ...
+
+    async def tasks(
+        self, owner: str | None, *, after: TaskCursor | None = None, limit: int = 100
+    ) -> builtins.list[TaskRecord]:
+        """Live tasks of `owner` (None: anyone's), oldest first, after a cursor."""
+        ...
+
+    async def update_task(self, task_id: str, message: str) -> None:
+        """Set a working task's message (what it is doing now); a finished one keeps its own."""
+        ...
+
+    async def finish_task(
+        self, task_id: str, status: TaskStatus, message: str, outcome: dict[str, Any] | None
+    ) -> TaskRecord:
+        """End a working task; one already finished keeps its status. The record as it stands
+        after; TaskNotFound if there is no live task."""
+        ...
+
+    async def renew_tasks(self, runner: str, lease_s: float) -> int:
+        """Extend the lease of `runner`'s working tasks to now + lease_s; return how many."""
+        ...
+
+    async def fail_tasks(self, runner: str, message: str) -> int:
+        """Fail every working task of `runner` (a daemon starting again: its old work is gone)."""
+        ...
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """Live tasks by status (anyone's)."""
+        ...
+
+    async def expire_tasks(self) -> int:
+        """Delete expired tasks; return how many."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the store holds; runs to its end even when cancelled."""
         ...
@@ -94,4 +139,12 @@ class ThreadReader(Protocol):
 
     def thread(self, thread_id: str) -> Thread:
         """One live thread; ThreadNotFound when there is none."""
+        ...
+
+    def tasks(self) -> list[TaskRecord]:
+        """Live tasks (anyone's), the newest first."""
+        ...
+
+    def task(self, task_id: str) -> TaskRecord:
+        """One live task (anyone's); TaskNotFound when there is none."""
         ...

@@ -13,6 +13,7 @@ thread too, every CHECKPOINT_EVERY writes, never in a commit on the event loop. 
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import sqlite3
@@ -30,6 +31,15 @@ import trio
 from loguru import logger
 
 from exai.config import STORE_FILE
+from exai.store.tasks import (
+    NewTask,
+    TaskCursor,
+    TaskNotFound,
+    TaskRecord,
+    TaskStatus,
+    TooManyTasks,
+    lost_outcome,
+)
 from exai.store.threads import (
     Appended,
     StoreUnavailable,
@@ -40,7 +50,7 @@ from exai.store.threads import (
 )
 
 DB_NAME: Final = STORE_FILE
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # Another process (a second daemon, `exai threads`) may hold the write lock briefly; the
 # worker thread waits up to this long for it (the event loop never waits).
 BUSY_TIMEOUT_MS: Final = 5000
@@ -62,6 +72,23 @@ CREATE TABLE IF NOT EXISTS threads (
     turns TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS threads_updated ON threads (updated);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    ttl_s REAL NOT NULL,
+    expires REAL NOT NULL,
+    runner TEXT NOT NULL,
+    lease_until REAL NOT NULL,
+    outcome TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_owner_created ON tasks (owner, created, id);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, runner);
+CREATE INDEX IF NOT EXISTS tasks_expires ON tasks (expires);
 """
 # Columns the first schema (id, tool, updated, turns) lacks, added in place by the migration.
 ADDED_COLUMNS: Final = {
@@ -221,6 +248,134 @@ class ThreadRows:
         )
 
 
+class TaskRows:
+    """Task rows on one SQLite connection. Blocking, like ThreadRows, and used the same way."""
+
+    def __init__(self, db: sqlite3.Connection, *, clock: Callable[[], float]):
+        self.db = db
+        self.clock = clock
+
+    def create(self, task: NewTask, max_unfinished: int) -> TaskRecord:
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")  # the count and the insert: one step
+            row = self.db.execute(
+                "SELECT COUNT(*) FROM tasks WHERE status = ? AND lease_until >= ? AND expires >= ?",
+                (TaskStatus.WORKING.value, now, now),
+            ).fetchone()
+            if int(row[0]) >= max_unfinished:
+                raise TooManyTasks(max_unfinished)
+            record = TaskRecord(
+                task.id, task.owner, task.tool, TaskStatus.WORKING, task.message,
+                now, now, task.ttl_s, task.runner, now + task.lease_s, None,
+            )
+            self.db.execute(
+                "INSERT INTO tasks (id, owner, tool, status, message, created, updated, ttl_s, expires,"
+                " runner, lease_until, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    record.id, record.owner, record.tool, record.status.value, record.message,
+                    now, now, record.ttl_s, record.expires, record.runner, record.lease_until,
+                ),
+            )
+        return record
+
+    def get(self, task_id: str, owner: str | None) -> TaskRecord:
+        now = self.clock()
+        row = self.db.execute("SELECT * FROM tasks WHERE id = ? AND expires >= ?", (task_id, now)).fetchone()
+        if row is None or (owner is not None and row["owner"] != owner):
+            raise TaskNotFound(task_id)
+        return _task(row).as_read(now)
+
+    def list(self, owner: str | None, after: TaskCursor | None, limit: int, newest_first: bool = False) -> list[TaskRecord]:
+        now = self.clock()
+        where: list[str] = ["expires >= ?"]
+        args: list[float | str] = [now]
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if after is not None:
+            where.append("(created, id) > (?, ?)")
+            args.extend(after)
+        order = "DESC" if newest_first else "ASC"
+        rows = self.db.execute(
+            f"SELECT * FROM tasks WHERE {' AND '.join(where)} ORDER BY created {order}, id {order} LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [_task(row).as_read(now) for row in rows]
+
+    def update(self, task_id: str, message: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE tasks SET message = ?, updated = ? WHERE id = ? AND status = ?",
+                (message, self.clock(), task_id, TaskStatus.WORKING.value),
+            )
+
+    def finish(self, task_id: str, status: TaskStatus, message: str, outcome: dict[str, Any] | None) -> TaskRecord:
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "UPDATE tasks SET status = ?, message = ?, outcome = ?, updated = ?"
+                " WHERE id = ? AND status = ? AND expires >= ?",
+                (status.value, message, _dumps(outcome), now, task_id, TaskStatus.WORKING.value, now),
+            )
+            return self.get(task_id, None)
+
+    def renew(self, runner: str, lease_s: float) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE tasks SET lease_until = ? WHERE runner = ? AND status = ?",
+                (self.clock() + lease_s, runner, TaskStatus.WORKING.value),
+            )
+        return cur.rowcount
+
+    def fail(self, runner: str, message: str) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE tasks SET status = ?, message = ?, outcome = ?, updated = ? WHERE runner = ? AND status = ?",
+                (
+                    TaskStatus.FAILED.value, message, _dumps(lost_outcome(message)), self.clock(),
+                    runner, TaskStatus.WORKING.value,
+                ),
+            )
+        return cur.rowcount
+
+    def count(self) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        now = self.clock()
+        for row in self.db.execute(
+            "SELECT status, lease_until < ? AS lost, COUNT(*) FROM tasks WHERE expires >= ? GROUP BY 1, 2",
+            (now, now),
+        ):
+            status = TaskStatus(row[0])
+            if status is TaskStatus.WORKING and row[1]:
+                status = TaskStatus.FAILED
+            counts[status] += int(row[2])
+        return counts
+
+    def expire(self) -> int:
+        with self.db:
+            cur = self.db.execute("DELETE FROM tasks WHERE expires < ?", (self.clock(),))
+        return cur.rowcount
+
+
+def _task(row: sqlite3.Row) -> TaskRecord:
+    outcome = row["outcome"]
+    return TaskRecord(
+        id=row["id"],
+        owner=row["owner"],
+        tool=row["tool"],
+        status=TaskStatus(row["status"]),
+        message=row["message"],
+        created=float(row["created"]),
+        updated=float(row["updated"]),
+        ttl_s=float(row["ttl_s"]),
+        runner=row["runner"],
+        lease_until=float(row["lease_until"]),
+        outcome=None if outcome is None or outcome == "null" else orjson.loads(outcome),
+    )
+
+
 def _dumps(value: Any) -> str:
     """JSON text of a column (turns are dataclasses): orjson, json's text for what it refuses."""
     try:
@@ -275,6 +430,8 @@ class SqliteStore:
     ):
         self._rows = rows  # used on the event loop
         self._worker_rows = worker_rows or rows  # used in the worker thread
+        self._tasks = TaskRows(self._rows.db, clock=rows.clock)
+        self._worker_tasks = TaskRows(self._worker_rows.db, clock=rows.clock)
         self._sqlite = trio.CapacityLimiter(1)  # one connection: one statement at a time
         self._holds: dict[str, _Hold] = {}
         self.checkpointer = checkpointer
@@ -341,6 +498,53 @@ class SqliteStore:
     async def expire(self) -> int:
         """Delete expired threads; return how many."""
         return await self._run(self._worker_rows.expire)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def create_task(self, task: NewTask, *, max_unfinished: int) -> TaskRecord:
+        return await self._write_tasks(lambda rows: rows.create(task, max_unfinished))
+
+    async def task(self, task_id: str, owner: str | None) -> TaskRecord:
+        return await self._write_tasks(lambda rows: rows.get(task_id, owner))
+
+    async def tasks(
+        self, owner: str | None, *, after: TaskCursor | None = None, limit: int = 100
+    ) -> builtins.list[TaskRecord]:
+        return await self._write_tasks(lambda rows: rows.list(owner, after, limit))
+
+    async def update_task(self, task_id: str, message: str) -> None:
+        await self._write_tasks(lambda rows: rows.update(task_id, message))
+
+    async def finish_task(
+        self, task_id: str, status: TaskStatus, message: str, outcome: dict[str, Any] | None
+    ) -> TaskRecord:
+        return await self._write_tasks(lambda rows: rows.finish(task_id, status, message, outcome))
+
+    async def renew_tasks(self, runner: str, lease_s: float) -> int:
+        return await self._write_tasks(lambda rows: rows.renew(runner, lease_s))
+
+    async def fail_tasks(self, runner: str, message: str) -> int:
+        return await self._write_tasks(lambda rows: rows.fail(runner, message))
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        return await self._run(self._worker_tasks.count)
+
+    async def expire_tasks(self) -> int:
+        return await self._run(self._worker_tasks.expire)
+
+    async def _write_tasks(self, work: Callable[[TaskRows], T]) -> T:
+        """Like `_write`, on the task rows: a few small statements, on the event loop unless
+        another process holds the write lock."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            result = work(self._tasks)
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or self._worker_tasks is self._tasks:
+                raise
+            result = await self._run(lambda: work(self._worker_tasks))
+        if self.checkpointer is not None:
+            self.checkpointer.wrote()
+        return result
 
     async def aclose(self) -> None:
         """Close every connection (shielded: a cancelled daemon still closes its file)."""
@@ -458,6 +662,7 @@ async def open_sqlite(
         try:
             await store._run(store._worker_rows.migrate)
             expired = await store.expire()
+            await store.expire_tasks()
         except sqlite3.Error as exc:
             raise unavailable(exc) from None
     except BaseException:
@@ -497,6 +702,24 @@ class SqliteReader:
             raise ThreadNotFound(thread_id)
 
         return self._read(lambda rows: rows.get(thread_id, touch=False), missing=missing)
+
+    def tasks(self) -> list[TaskRecord]:
+        return self._read_tasks(lambda rows: rows.list(None, None, -1, newest_first=True), missing=list)
+
+    def task(self, task_id: str) -> TaskRecord:
+        def missing() -> TaskRecord:
+            raise TaskNotFound(task_id)
+
+        return self._read_tasks(lambda rows: rows.get(task_id, None), missing=missing)
+
+    def _read_tasks(self, work: Callable[[TaskRows], T], *, missing: Callable[[], T]) -> T:
+        """`work` on the task rows; `missing()` when the file has none yet (an older schema)."""
+
+        def read(rows: ThreadRows) -> T:
+            has_tasks = rows.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'").fetchone()
+            return work(TaskRows(rows.db, clock=rows.clock)) if has_tasks else missing()
+
+        return self._read(read, missing=missing)
 
     def _read(self, work: Callable[[ThreadRows], T], *, missing: Callable[[], T]) -> T:
         if not self.path.is_file():
