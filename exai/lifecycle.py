@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 from loguru import logger
@@ -33,6 +33,9 @@ from exai.protocol import (
 from exai.providers.base import CallBudget, ProviderError
 from exai.store import Store
 from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
+
+if TYPE_CHECKING:
+    from exai.tasks import TaskRunner
 
 # At most this many progress notifications per second per call.
 PROGRESS_INTERVAL_S = 0.25
@@ -150,7 +153,7 @@ class Progress:
 
 @dataclass
 class Services:
-    """What calls share: configuration, limiters, providers, tools, the conversation store."""
+    """What calls share: configuration, limiters, providers, tools, the store, the tasks."""
 
     settings: Any
     limits: Limits
@@ -161,6 +164,7 @@ class Services:
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
     history: History = field(default_factory=History)
+    tasks: TaskRunner = field(init=False)  # set once the daemon's task runner is open
 
 
 async def run_tool_call(

@@ -64,6 +64,7 @@ class Daemon:
             "limiters": self.limits.statistics(),
             "providers": self.services.gateway.statistics(),
             "requests": self.calls.snapshot(),
+            "tasks": self.services.tasks.statistics(),
             "demo": bool(getattr(self.services.gateway, "demo", False)),
         }
 
@@ -94,6 +95,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
     from exai.store import open_store
+    from exai.tasks import open_task_runner
     from exai.tools import all_tools
 
     settings = daemon.settings
@@ -122,11 +124,13 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     status=daemon.status,
                     draining=lambda: daemon.draining,
                 )
-                background.start_soon(heartbeat, daemon)
-                monitor_url = None
-                if settings.monitor_port is not None and settings.monitor_port >= 0:
-                    monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)
-                await _serve_clients(daemon, monitor_url, task_status)
+                async with open_task_runner(daemon.services) as tasks:
+                    daemon.services.tasks = tasks
+                    background.start_soon(heartbeat, daemon)
+                    monitor_url = None
+                    if settings.monitor_port is not None and settings.monitor_port >= 0:
+                        monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)
+                    await _serve_clients(daemon, monitor_url, task_status)
         background.cancel_scope.cancel()
 
 

@@ -17,7 +17,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
-from exai.eras import Era, era_of
+from exai.eras import Era, Result, era_of
 from exai.lifecycle import (
     Alive,
     CancelReason,
@@ -90,6 +90,8 @@ class Session:
         self.nursery = nursery  # where this session's calls run
         self.hooks = hooks
         self.calls: dict[RequestId, InflightCall] = {}
+        # Requests other than calls answered later (tasks/result waits): cancelled like calls.
+        self.replies: dict[RequestId, trio.CancelScope] = {}
         self.initialized = False
         self.protocol_version: str | None = None
         self.failed = False  # set when an unexpected exception ends the session
@@ -103,6 +105,8 @@ class Session:
         calls = list(self.calls.values())
         for call in calls:
             call.cancel(reason)
+        for reply in list(self.replies.values()):
+            reply.cancel()
         return len(calls)
 
     # -- dispatch ----------------------------------------------------------------------
@@ -162,6 +166,9 @@ class Session:
                 reason = cancelled.reason[:REASON_SHOWN]
                 self.log.info("call {}/{} cancelled by client: {!r}", self.id, call.id, reason)
                 call.cancel(CancelReason.CLIENT)
+            reply = self.replies.get(cancelled.request_id)
+            if reply is not None:
+                reply.cancel()
         # notifications/initialized and others need no answer and change nothing.
 
     def _request(self, request: Request) -> dict[str, Any] | None:
@@ -180,12 +187,8 @@ class Session:
         """Start a tools/call in the session's nursery; RpcError when it cannot start."""
         services = self.services
         parsed = parse_tool_call(request.params)
-        tool = services.tools.get(parsed.name)
-        if tool is None:
-            known = ", ".join(sorted(services.tools))
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {parsed.name} (known: {known})")
-        if request.id in self.calls:
-            raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request.id!r} is already in flight")
+        tool = self.find_tool(parsed.name)
+        self._check_new_id(request.id)
         if services.draining():
             raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
         timeout = float(services.settings.tool_timeout_secs)
@@ -203,6 +206,44 @@ class Session:
         self.calls[request.id] = call
         services.calls.add((self.id, call.id), call)
         self.nursery.start_soon(self._run_call, call, parsed, tool, era_of(request))
+
+    def find_tool(self, name: str) -> Tool:
+        """The tool of that name; RpcError(-32602) naming the known ones if there is none."""
+        tool = self.services.tools.get(name)
+        if tool is None:
+            known = ", ".join(sorted(self.services.tools))
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name} (known: {known})")
+        return tool
+
+    def _check_new_id(self, request_id: RequestId) -> None:
+        if request_id in self.calls or request_id in self.replies:
+            raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request_id!r} is already in flight")
+
+    def start_reply(self, request: Request, work: Callable[[], Awaitable[Result]]) -> None:
+        """Answer `request` with what `work` returns, from a task in the session's nursery
+        (for answers that wait: a store, a task's end). RpcError from `work` is answered as
+        an error; the session's end or `notifications/cancelled` cancels it (no answer then).
+        """
+        self._check_new_id(request.id)
+        scope = trio.CancelScope()
+        self.replies[request.id] = scope
+        self.nursery.start_soon(self._reply, request, scope, work, era_of(request))
+
+    async def _reply(
+        self, request: Request, scope: trio.CancelScope, work: Callable[[], Awaitable[Result]], era: Era
+    ) -> None:
+        try:
+            with scope:
+                try:
+                    answer = result_message(request.id, era.finish(await work()))
+                except RpcError as exc:
+                    answer = error_message(request.id, exc.code, exc.message, exc.data)
+                except Exception:
+                    answer = internal_error(request.id, f"request {self.id}/{request.id} {request.method!r}", self.log)
+                await self._send_answer(answer)
+        finally:
+            del self.replies[request.id]
+            self.hooks.call_ended(request.id)
 
     async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: Tool, era: Era) -> None:
         try:
