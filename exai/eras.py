@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from exai import __version__
+from exai import __version__, legacytasks
 from exai.protocol import (
     INVALID_REQUEST,
     Request,
@@ -48,8 +48,23 @@ def list_tools(session: Session, request: Request) -> Result:
     return {"tools": [tool.describe() for tool in session.services.tools.values()]}
 
 
+def list_legacy_tools(session: Session, request: Request) -> Result:
+    """The tools, each saying it may run as a task (2025-11-25 experimental tasks)."""
+    listed = list_tools(session, request)
+    listed["tools"] = [{**tool, "execution": legacytasks.EXECUTION} for tool in listed["tools"]]
+    return listed
+
+
 def call_tool(session: Session, request: Request) -> None:
     session.start_call(request)
+
+
+def call_legacy_tool(session: Session, request: Request) -> None:
+    """A call, or with `params.task` a task (answered at once with its handle)."""
+    if "task" in request.params:
+        legacytasks.call_as_task(session, request)
+    else:
+        session.start_call(request)
 
 
 class Legacy:
@@ -61,8 +76,9 @@ class Legacy:
         self.methods: Mapping[str, Handler] = {
             "initialize": self.initialize,
             "ping": lambda session, request: {},
-            "tools/list": list_tools,
-            "tools/call": call_tool,
+            "tools/list": list_legacy_tools,
+            "tools/call": call_legacy_tool,
+            **legacytasks.METHODS,
         }
 
     def admit(self, session: Session, request: Request) -> None:
@@ -80,7 +96,7 @@ class Legacy:
         session.protocol_version = version
         return {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": {"tools": {"listChanged": False}, "tasks": legacytasks.CAPABILITY},
             "serverInfo": {"name": SERVER_NAME, "version": __version__},
             "instructions": INSTRUCTIONS,
         }

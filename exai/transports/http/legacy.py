@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 SESSION_ID_BYTES: Final = 24  # secrets.token_urlsafe: 32 visible ASCII characters
 ENDED: Final = "unknown or ended session: initialize a new one"
+# Requests that may take long get an SSE stream (resumable, primed) when the client takes one.
+LONG_METHODS: Final = frozenset({"tools/call", "tasks/result"})
 
 _session_numbers = itertools.count(1)
 
@@ -111,7 +113,7 @@ class LegacyHttp:
             error = error_message(message.id, INVALID_REQUEST, f"Invalid Request: id {message.id!r} is already in flight")
             await reply.json(200, dump_message(error).encode())
             return
-        sse = sse_ok and (message.method == "tools/call" or not json_ok)
+        sse = sse_ok and (message.method in LONG_METHODS or not json_ok)
         stream = session.open_stream(message.id, resumable=sse)
         if sse and message.method == "tools/call":
             meta = message.params.get("_meta")

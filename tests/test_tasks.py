@@ -1,0 +1,365 @@
+"""Tasks (contract 3d): calls whose work the daemon owns, polled for their result.
+
+Over real loopback sockets (WebSocket and Streamable HTTP) on the simulator over real HTTP,
+real time with short generous bounds; restarts run `exai serve` as a subprocess on one store
+(SIGTERM after the grace, SIGKILL). The runner's rules about time (TTL, expiry, deadline,
+leases) run in-process on `autojump_clock` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from support import eventually, serve_process
+
+from exai import legacytasks
+from exai.client import ExaiClient, RpcError, connect
+from exai.tasks import LOST_AT_START, STOPPED_AT_SHUTDOWN
+
+HANG = '#sim {"hang": true}'
+
+
+def sim_prompt(text: str, **behaviour: Any) -> str:
+    return f"{text}\n#sim {json.dumps(behaviour)}"
+
+
+async def create_task(client: ExaiClient, prompt: str, **task: Any) -> dict[str, Any]:
+    result = await client.request("tools/call", {"name": "chat", "arguments": {"prompt": prompt}, "task": task})
+    assert set(result) == {"task"}, result
+    return dict(result["task"])
+
+
+async def next_status(client: ExaiClient, task_id: str) -> dict[str, Any]:
+    """The next notifications/tasks/status of that task (other messages are skipped)."""
+    while True:
+        message = await client.receive_raw()
+        if message.get("method") == "notifications/tasks/status" and message["params"]["taskId"] == task_id:
+            return dict(message["params"])
+
+
+async def rpc_error(client: ExaiClient, method: str, params: dict[str, Any]) -> RpcError:
+    with pytest.raises(RpcError) as raised:
+        await client.request(method, params)
+    return raised.value
+
+
+# -- legacy 2025-11-25 over WebSocket ------------------------------------------------------
+
+
+async def test_initialize_and_tools_list_offer_tasks(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        assert client.capabilities["tasks"] == {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
+        tools = await client.list_tools()
+        assert tools and all(tool["execution"] == {"taskSupport": "optional"} for tool in tools)
+
+
+async def test_a_task_answers_at_once_and_its_result_is_the_call_s(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        prompt = sim_prompt("slow", chunks=4, chunk_delay_s=0.1, reply="the answer")
+        with trio.fail_after(0.3):  # well before the call could end
+            task = await create_task(client, prompt, ttl=60_000)
+        assert set(task) == {"taskId", "status", "statusMessage", "createdAt", "lastUpdatedAt", "ttl", "pollInterval"}
+        assert task["status"] == "working" and task["ttl"] == 60_000 and task["pollInterval"] > 0
+        assert len(task["taskId"]) >= 22 and re.fullmatch(r"[A-Za-z0-9_-]+", task["taskId"])  # >= 128 bits
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", task["createdAt"])
+        got = await client.request("tasks/get", {"taskId": task["taskId"]})
+        assert got["taskId"] == task["taskId"] and got["status"] == "working"
+        result = await client.request("tasks/result", {"taskId": task["taskId"]})
+        assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task["taskId"]}
+        assert result["isError"] is False and "the answer" in result["content"][0]["text"]
+        plain = await client.call_tool("chat", {"prompt": prompt})
+        same = re.compile(r"continuation_id: \S+")  # each call starts its own thread
+        assert same.sub("", plain.text) == same.sub("", result["content"][0]["text"])
+        done = await next_status(client, task["taskId"])
+        assert done["status"] == "completed" and done["statusMessage"] == "completed"
+        got = await client.request("tasks/get", {"taskId": task["taskId"]})
+        assert got["status"] == "completed" and got["lastUpdatedAt"] >= got["createdAt"]
+    assert simulator.stats.aborted == 0
+
+
+async def test_status_message_tracks_model_and_tokens(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        task = await create_task(client, sim_prompt("slow", chunks=30, chunk_delay_s=0.1))
+        messages: set[str] = set()
+        with trio.fail_after(10):
+            while True:
+                got = await client.request("tasks/get", {"taskId": task["taskId"]})
+                if got["status"] != "working":
+                    break
+                messages.add(got["statusMessage"])
+                await trio.sleep(0.1)
+        assert any(re.search(r"running, model kimi-k2-0905-preview, \d+ tokens", m) for m in messages), messages
+
+
+async def test_closing_the_connection_does_not_cancel_a_task(daemon: Any, simulator: Any) -> None:
+    prompt = sim_prompt("survives", chunks=3, chunk_delay_s=0.2, reply="still here")
+    async with connect(daemon.url) as client:
+        task = await create_task(client, prompt)
+        await client.close_abruptly()
+    await simulator.wait_until(lambda s: s.inflight == 1)
+    async with connect(daemon.url) as client:
+        with trio.fail_after(10):
+            result = await client.request("tasks/result", {"taskId": task["taskId"]})
+        assert "still here" in result["content"][0]["text"]
+    assert simulator.stats.aborted == 0
+
+
+async def test_tasks_cancel_stops_the_work_and_aborts_the_provider_request(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        task = await create_task(client, HANG)
+        await simulator.wait_until(lambda s: s.inflight == 1)
+        cancelled = await client.request("tasks/cancel", {"taskId": task["taskId"]})
+        assert cancelled["status"] == "cancelled" and cancelled["taskId"] == task["taskId"]
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.inflight == 0 and s.aborted == 1)
+        assert (await next_status(client, task["taskId"]))["status"] == "cancelled"
+        assert (await client.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "cancelled"
+        again = await rpc_error(client, "tasks/cancel", {"taskId": task["taskId"]})
+        assert again.code == -32602 and "terminal status 'cancelled'" in again.message
+        no_result = await rpc_error(client, "tasks/result", {"taskId": task["taskId"]})
+        assert "cancelled" in no_result.message
+
+
+async def test_a_finished_task_cannot_be_cancelled(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        task = await create_task(client, "quick")
+        await client.request("tasks/result", {"taskId": task["taskId"]})
+        refused = await rpc_error(client, "tasks/cancel", {"taskId": task["taskId"]})
+        assert refused.code == -32602 and "'completed'" in refused.message
+        assert (await client.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "completed"
+
+
+async def test_the_task_deadline_replaces_the_tool_timeout(daemons: Any, simulator: Any) -> None:
+    daemon = await daemons.start(tool_timeout_secs=0.5, provider_timeout_secs=0.5, task_timeout_secs=2.5)
+    async with connect(daemon.url) as client:
+        # A failed attempt, a retry, a slow answer: longer than the tool timeout in all.
+        prompt = sim_prompt("slower than the tool timeout", latency_s=0.3, status=503, fail_times=1, reply="made it")
+        started = trio.current_time()
+        task = await create_task(client, prompt)
+        result = await client.request("tasks/result", {"taskId": task["taskId"]})
+        assert "made it" in result["content"][0]["text"] and trio.current_time() - started > 0.5
+        task = await create_task(client, HANG)
+        with trio.fail_after(5):
+            timed_out = await rpc_error(client, "tasks/result", {"taskId": task["taskId"]})
+        assert timed_out.code == -32001 and timed_out.data == {"timeout_s": 2.5}
+        got = await client.request("tasks/get", {"taskId": task["taskId"]})
+        assert got["status"] == "failed" and "timed out after 2.5 s" in got["statusMessage"]
+    assert simulator.stats.aborted >= 1 and simulator.stats.inflight == 0
+
+
+async def test_a_tool_error_reads_failed_and_its_result_is_the_error_result(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        task = await create_task(client, "x", ttl=1000)
+        await client.request("tasks/result", {"taskId": task["taskId"]})
+        result = await client.request(
+            "tools/call", {"name": "chat", "arguments": {"prompt": 5}, "task": {}}
+        )
+        task_id = result["task"]["taskId"]
+        error_result = await client.request("tasks/result", {"taskId": task_id})
+        assert error_result["isError"] is True and "prompt" in error_result["content"][0]["text"]
+        got = await client.request("tasks/get", {"taskId": task_id})
+        assert got["status"] == "failed" and "isError" in got["statusMessage"]
+
+
+async def test_at_most_max_tasks_unfinished(daemons: Any) -> None:
+    daemon = await daemons.start(max_tasks=1)
+    async with connect(daemon.url) as client:
+        first = await create_task(client, HANG)
+        refused = await rpc_error(client, "tools/call", {"name": "chat", "arguments": {"prompt": "x"}, "task": {}})
+        assert refused.code == -32000 and refused.data["retry_after_s"] >= 1
+        assert "EXAI_MAX_TASKS=1" in refused.message
+        await client.request("tasks/cancel", {"taskId": first["taskId"]})
+        second = await create_task(client, "now there is room")
+        await client.request("tasks/result", {"taskId": second["taskId"]})
+
+
+async def test_a_longer_ttl_is_cut_and_a_shorter_one_kept(daemons: Any) -> None:
+    daemon = await daemons.start(task_ttl_secs=30)
+    async with connect(daemon.url) as client:
+        assert (await create_task(client, "a", ttl=10**9))["ttl"] == 30_000
+        assert (await create_task(client, "b", ttl=1500))["ttl"] == 1500
+        assert (await create_task(client, "c"))["ttl"] == 30_000
+        for task in (await client.request("tasks/list", {}))["tasks"]:
+            await client.request("tasks/result", {"taskId": task["taskId"]})
+
+
+@pytest.mark.parametrize("method", ["tasks/get", "tasks/result", "tasks/cancel"])
+async def test_unknown_or_malformed_task_ids_are_invalid_params(daemon: Any, method: str) -> None:
+    async with connect(daemon.url) as client:
+        for params in ({"taskId": "no-such-task"}, {"taskId": "x" * 500}, {}, {"taskId": 7}, {"taskId": ""}):
+            error = await rpc_error(client, method, params)
+            assert error.code == -32602, (params, error)
+        await client.ping()
+
+
+async def test_bad_task_params_are_invalid_params_and_start_nothing(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        for task in ([], "soon", {"ttl": -1}, {"ttl": "long"}, {"ttl": True}):
+            error = await rpc_error(client, "tools/call", {"name": "chat", "arguments": {"prompt": "x"}, "task": task})
+            assert error.code == -32602 and "task" in error.message
+        unknown = await rpc_error(client, "tools/call", {"name": "nope", "task": {}})
+        assert unknown.code == -32602 and "Unknown tool" in unknown.message
+        assert (await client.request("tasks/list", {}))["tasks"] == []
+        for cursor in ("not-a-cursor", 5, "WzEsMl0=", "bnVsbA=="):
+            error = await rpc_error(client, "tasks/list", {"cursor": cursor})
+            assert error.code == -32602
+
+
+async def test_tasks_list_pages_with_next_cursor(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(legacytasks, "PAGE_SIZE", 2)
+    async with connect(daemon.url) as client:
+        created = [(await create_task(client, f"task {n}"))["taskId"] for n in range(5)]
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            page = await client.request("tasks/list", {"cursor": cursor} if cursor else {})
+            pages += 1
+            seen.extend(task["taskId"] for task in page["tasks"])
+            cursor = page.get("nextCursor")
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(created) and pages == 3
+        for task_id in created:
+            await client.request("tasks/result", {"taskId": task_id})
+
+
+async def test_only_the_same_credentials_see_a_task(daemons: Any, tmp_path: Path) -> None:
+    daemon = await daemons.start(auth_token="first-token")
+    async with connect(daemon.url, token="first-token") as client:
+        task = await create_task(client, "mine")
+        await client.request("tasks/result", {"taskId": task["taskId"]})
+    daemon.daemon.request_shutdown()
+    await daemon.daemon.stopped.wait()
+    other = await daemons.start(auth_token="second-token")
+    async with connect(other.url, token="second-token") as client:
+        assert (await rpc_error(client, "tasks/get", {"taskId": task["taskId"]})).code == -32602
+        assert (await client.request("tasks/list", {}))["tasks"] == []
+    again = await daemons.start(auth_token="first-token")
+    async with connect(again.url, token="first-token") as client:
+        assert (await client.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "completed"
+
+
+async def test_status_and_tasks_in_api_status(daemon: Any) -> None:
+    async with connect(daemon.url) as client, httpx.AsyncClient(base_url=daemon.monitor_url) as http:
+        task = await create_task(client, HANG)
+        await eventually(lambda: daemon.daemon.status()["tasks"]["running"] != [], what="the task is listed")
+        status = (await http.get("/api/status")).json()
+        assert status["tasks"]["working"] == 1
+        [running] = status["tasks"]["running"]
+        assert running["tool"] == "chat" and running["age_s"] >= 0 and "message" in running
+        assert task["taskId"] not in json.dumps(status)  # the id is a capability: only its start is shown
+        assert task["taskId"].startswith(running["id"])
+        await client.request("tasks/cancel", {"taskId": task["taskId"]})
+        await eventually(lambda: daemon.daemon.status()["tasks"]["cancelled"] == 1, what="the count follows")
+        assert daemon.daemon.status()["tasks"]["working"] == 0
+
+
+# -- Streamable HTTP -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def http_session(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url.removesuffix("/mcp"), timeout=10) as http:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+        answer = await http.post("/mcp", json=init, headers={**headers, "Accept": "application/json"})
+        assert answer.json()["result"]["capabilities"]["tasks"]["requests"] == {"tools": {"call": {}}}
+        headers["Mcp-Session-Id"] = answer.headers["mcp-session-id"]
+        yield http, headers
+        await http.delete("/mcp", headers=headers)
+
+
+def sse_response(text: str) -> dict[str, Any]:
+    messages = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip()]
+    return next(m for m in messages if "id" in m)
+
+
+async def test_over_streamable_http_a_dropped_result_stream_cancels_nothing(daemon: Any, simulator: Any) -> None:
+    async with http_session(daemon.http_url) as (http, headers):
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chat", "arguments": {"prompt": sim_prompt("x", latency_s=0.6, reply="over http")}, "task": {}},
+        }
+        answer = await http.post("/mcp", json=call, headers={**headers, "Accept": "application/json"})
+        task_id = answer.json()["result"]["task"]["taskId"]
+        wait = {"jsonrpc": "2.0", "id": 2, "method": "tasks/result", "params": {"taskId": task_id}}
+        async with http.stream("POST", "/mcp", json=wait, headers=headers) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            # Dropped before the task ends.
+        await simulator.wait_until(lambda s: s.completed == 1)
+        again = {"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": task_id}}
+        answer = await http.post("/mcp", json=again, headers=headers)
+        result = sse_response(answer.text)["result"]
+        assert "over http" in result["content"][0]["text"]
+        got = await http.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": task_id}},
+            headers={**headers, "Accept": "application/json"},
+        )
+        assert got.json()["result"]["status"] == "completed"
+    assert simulator.stats.aborted == 0
+
+
+async def test_a_task_outlives_its_http_session(daemon: Any, simulator: Any) -> None:
+    async with http_session(daemon.http_url) as (http, headers):
+        call = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "chat", "arguments": {"prompt": sim_prompt("x", latency_s=0.4, reply="later")}, "task": {}},
+        }
+        answer = await http.post("/mcp", json=call, headers={**headers, "Accept": "application/json"})
+        task_id = answer.json()["result"]["task"]["taskId"]
+    # The session is deleted; the task goes on and a new connection reads its result.
+    async with connect(daemon.url) as client:
+        result = await client.request("tasks/result", {"taskId": task_id})
+        assert "later" in result["content"][0]["text"]
+    assert simulator.stats.aborted == 0
+
+
+# -- durable: restarts on one store ----------------------------------------------------------
+
+
+async def read_task(url: str, task_id: str) -> dict[str, Any]:
+    async with connect(url) as client:
+        return dict(await client.request("tasks/get", {"taskId": task_id}))
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+async def test_after_a_restart_finished_tasks_answer_and_working_ones_read_failed(tmp_path: Path, stop: str) -> None:
+    env = {"EXAI_SHUTDOWN_GRACE_SECS": "0.3"}
+    async with serve_process(tmp_path, "--demo", **env) as first:
+        async with connect(first.url) as client:
+            done = await create_task(client, "finished before the stop")
+            finished = await client.request("tasks/result", {"taskId": done["taskId"]})
+            working = await create_task(client, HANG)
+        if stop == "sigterm":
+            first.proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                assert await first.proc.wait() == 0
+        else:
+            first.proc.kill()
+            await first.proc.wait()
+    async with serve_process(tmp_path, "--demo", **env) as second:
+        async with connect(second.url) as client:
+            again = await client.request("tasks/result", {"taskId": done["taskId"]})
+            assert again == finished
+            lost = await client.request("tasks/get", {"taskId": working["taskId"]})
+            assert lost["status"] == "failed"
+            assert lost["statusMessage"] == (STOPPED_AT_SHUTDOWN if stop == "sigterm" else LOST_AT_START)
+            error = await rpc_error(client, "tasks/result", {"taskId": working["taskId"]})
+            assert error.code == -32603
+        second.proc.send_signal(signal.SIGTERM)
+        await second.proc.wait()
