@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,20 @@ from support import eventually, serve_process
 
 from exai import legacytasks
 from exai.client import ExaiClient, RpcError, connect
-from exai.tasks import LOST_AT_START, STOPPED_AT_SHUTDOWN
+from exai.config import Settings
+from exai.lifecycle import Calls, Services
+from exai.limits import Limits
+from exai.protocol import RpcError as ProtocolRpcError
+from exai.protocol import ToolCall
+from exai.store import TaskStatus, open_store
+from exai.tasks import (
+    EXPIRE_EVERY_S,
+    LOST_AT_START,
+    STOPPED_AT_SHUTDOWN,
+    TaskRunner,
+    open_task_runner,
+)
+from exai.tools.base import Tool, ToolArgs, ToolContext, ToolOutput
 
 HANG = '#sim {"hang": true}'
 
@@ -147,12 +160,14 @@ async def test_the_task_deadline_replaces_the_tool_timeout(daemons: Any, simulat
         task = await create_task(client, prompt)
         result = await client.request("tasks/result", {"taskId": task["taskId"]})
         assert "made it" in result["content"][0]["text"] and trio.current_time() - started > 0.5
+    shorter = await daemons.start(tool_timeout_secs=5, provider_timeout_secs=5, task_timeout_secs=1.0)
+    async with connect(shorter.url) as client:
         task = await create_task(client, HANG)
-        with trio.fail_after(5):
+        with trio.fail_after(4):
             timed_out = await rpc_error(client, "tasks/result", {"taskId": task["taskId"]})
-        assert timed_out.code == -32001 and timed_out.data == {"timeout_s": 2.5}
+        assert timed_out.code == -32001 and timed_out.data == {"timeout_s": 1.0}
         got = await client.request("tasks/get", {"taskId": task["taskId"]})
-        assert got["status"] == "failed" and "timed out after 2.5 s" in got["statusMessage"]
+        assert got["status"] == "failed" and "timed out after 1 s" in got["statusMessage"]
     assert simulator.stats.aborted >= 1 and simulator.stats.inflight == 0
 
 
@@ -363,3 +378,109 @@ async def test_after_a_restart_finished_tasks_answer_and_working_ones_read_faile
             assert error.code == -32603
         second.proc.send_signal(signal.SIGTERM)
         await second.proc.wait()
+
+
+# -- the runner's rules about time, in-process on the autojump clock ---------------------------
+
+
+class NapArgs(ToolArgs):
+    seconds: float = 1.0
+    steps: int = 1
+
+
+class Nap(Tool):
+    """A tool that takes its time in steps, saying which one it is on (no provider)."""
+
+    name = "nap"
+    description = "sleeps"
+    Args = NapArgs
+
+    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+        for step in range(1, args.steps + 1):
+            ctx.activity["step"] = f"{step}/{args.steps}"
+            await trio.sleep(args.seconds / args.steps)
+        return ToolOutput(f"slept {args.seconds:g} s")
+
+
+def nap(seconds: float, steps: int = 1) -> ToolCall:
+    return ToolCall("nap", {"seconds": seconds, "steps": steps}, None, None)
+
+
+WALL: float = 1_000_000.0  # the store's wall clock is trio's plus this
+
+
+def wall_clock() -> Callable[[], float]:
+    """The store's clock: trio's (its worker threads read it too), so autojump moves both."""
+    clock = trio.lowlevel.current_clock()
+    return lambda: WALL + clock.current_time()
+
+
+@asynccontextmanager
+async def runner_on_autojump(tmp_path: Path, **overrides: Any) -> AsyncIterator[TaskRunner]:
+    """A TaskRunner over a real SQLite store on trio's clock."""
+    settings = Settings(state_dir=tmp_path / "state", **overrides)
+    async with open_store(settings, clock=wall_clock()) as store:
+        services = Services(
+            settings=settings,
+            limits=Limits.from_settings(settings),
+            gateway=None,
+            tools={"nap": Nap()},
+            store=store,
+            calls=Calls(),
+            status=dict,
+        )
+        async with open_task_runner(services) as runner:
+            yield runner
+
+
+async def nobody(message: Any) -> None:
+    pass
+
+
+async def test_a_task_is_kept_for_its_ttl_then_gone(tmp_path: Path, autojump_clock: Any, log_lines: list[str]) -> None:
+    async with runner_on_autojump(tmp_path, task_ttl_secs=600) as runner:
+        record = await runner.start(nap(1), Nap(), ttl_s=30, send=nobody, notify=nobody)
+        assert record.ttl_s == 30
+        assert (await runner.wait(record.id)).status is TaskStatus.COMPLETED
+        await trio.sleep_until(record.created - WALL + 29)
+        assert (await runner.get(record.id)).status is TaskStatus.COMPLETED
+        await trio.sleep(2)
+        with pytest.raises(ProtocolRpcError) as raised:
+            await runner.get(record.id)
+        assert raised.value.code == -32602
+        await trio.sleep(EXPIRE_EVERY_S)  # the record itself is deleted within EXPIRE_EVERY_S
+        assert "tasks: deleted 1 expired task(s)" in log_lines
+        longest = await runner.start(nap(1), Nap(), ttl_s=10**6, send=nobody, notify=nobody)
+        assert longest.ttl_s == 600  # cut to EXAI_TASK_TTL_SECS
+        await runner.wait(longest.id)
+
+
+async def test_the_deadline_is_the_task_timeout_but_never_past_the_ttl(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path, task_timeout_secs=100) as runner:
+        long = await runner.start(nap(50), Nap(), ttl_s=None, send=nobody, notify=nobody)
+        assert (await runner.wait(long.id)).status is TaskStatus.COMPLETED
+        short_lived = await runner.start(nap(50), Nap(), ttl_s=5, send=nobody, notify=nobody)
+        ended = await runner.wait(short_lived.id)
+        assert ended.status is TaskStatus.FAILED and ended.message == "failed: Request timed out after 5 s"
+        too_long = await runner.start(nap(150), Nap(), ttl_s=None, send=nobody, notify=nobody)
+        ended = await runner.wait(too_long.id)
+        assert ended.status is TaskStatus.FAILED and ended.message == "failed: Request timed out after 100 s"
+        assert ended.outcome == {"error": {"code": -32001, "message": "Request timed out after 100 s", "data": {"timeout_s": 100.0}}}
+
+
+async def test_a_task_longer_than_the_tool_timeout_and_its_lease_keeps_working(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path, tool_timeout_secs=10, provider_timeout_secs=10, replica_lease_secs=3) as runner:
+        record = await runner.start(nap(60, steps=3), Nap(), ttl_s=None, send=nobody, notify=nobody)
+        await trio.sleep(30)  # ten leases long: renewed all along
+        now = await runner.get(record.id)
+        assert now.status is TaskStatus.WORKING and now.message == "running, step 2/3"
+        assert (await runner.wait(record.id)).status is TaskStatus.COMPLETED
+
+
+async def test_leaving_the_runner_fails_what_still_works(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path) as runner:
+        record = await runner.start(nap(1000), Nap(), ttl_s=None, send=nobody, notify=nobody)
+        await trio.sleep(1)
+    async with open_store(Settings(state_dir=tmp_path / "state"), clock=wall_clock()) as store:
+        ended = await store.task(record.id, None)
+        assert ended.status is TaskStatus.FAILED and ended.message == STOPPED_AT_SHUTDOWN

@@ -6,7 +6,8 @@ write of its thread (`get`, `append`: a few small statements, committed to the W
 call answers) run on the event loop, where they cost a fraction of a thread hand-off; they
 never wait there: one that would wait for the write lock (another process holds it) goes to
 the worker thread instead, which also runs everything else (listing, expiry), one statement
-at a time, on its own connection. WAL checkpoints (which sync the disk) run in a worker
+at a time, on its own connection. Task records (tasks table) are all small indexed statements,
+run on the event loop the same way. WAL checkpoints (which sync the disk) run in a worker
 thread too, every CHECKPOINT_EVERY writes, never in a commit on the event loop. The
 `exai threads` commands read the same file directly, read-only (`SqliteReader`).
 """
@@ -527,10 +528,11 @@ class SqliteStore:
         return await self._write_tasks(lambda rows: rows.fail(runner, message))
 
     async def count_tasks(self) -> dict[TaskStatus, int]:
-        return await self._run(self._worker_tasks.count)
+        # On the event loop like the rest: the runner asks every second, one indexed query.
+        return await self._write_tasks(lambda rows: rows.count())
 
     async def expire_tasks(self) -> int:
-        return await self._run(self._worker_tasks.expire)
+        return await self._write_tasks(lambda rows: rows.expire())
 
     async def _write_tasks(self, work: Callable[[TaskRows], T]) -> T:
         """Like `_write`, on the task rows: a few small statements, on the event loop unless
