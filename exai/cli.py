@@ -41,6 +41,7 @@ def serve(
 @click.option("--timeout", type=float, default=None, help="deadline of the call in seconds")
 @click.option("--url", default=None, help="daemon URL, ws://HOST:PORT/")
 @click.option("--token", default=None, help="bearer token (EXAI_AUTH_TOKEN)")
+@click.option("--task", "as_task", is_flag=True, help="run it as a task on the daemon and poll it")
 def call(
     tool: str,
     pairs: tuple[str, ...],
@@ -48,9 +49,11 @@ def call(
     timeout: float | None,
     url: str | None,
     token: str | None,
+    as_task: bool,
 ) -> None:
     """Call one tool: exai call chat prompt='hello'."""
     from exai.clientcli import run_call
+    from exai.taskscli import run_call_task
 
     arguments: dict[str, object] = {}
     if json_args is not None:
@@ -66,7 +69,8 @@ def call(
         if not sep or not key:
             raise click.UsageError(f"argument {pair!r} is not key=value")
         arguments[key] = _parse_value(value)
-    sys.exit(run_call(tool, arguments, timeout=timeout, url=url, token=token))
+    run = run_call_task if as_task else run_call
+    sys.exit(run(tool, arguments, timeout=timeout, url=url, token=token))
 
 
 def _parse_value(text: str) -> object:
@@ -155,6 +159,25 @@ def run_config_command(check: bool) -> int:
     for env, value, source in rows:
         print(f"{env:<{env_width}}  {value:<{value_width}}  ({source})")
     return 0
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def tasks(as_json: bool) -> None:
+    """List the stored tasks (id, tool, status, created, expires, message)."""
+    from exai.taskscli import run_tasks
+
+    sys.exit(run_tasks(as_json=as_json))
+
+
+@main.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def task(task_id: str, as_json: bool) -> None:
+    """Show one stored task, with its result once it has finished."""
+    from exai.taskscli import run_task
+
+    sys.exit(run_task(task_id, as_json=as_json))
 
 
 @main.command()

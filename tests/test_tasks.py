@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from support import eventually, serve_process
+from click.testing import CliRunner
+from support import EXAI, eventually, serve_process
 
 from exai import legacytasks
+from exai.cli import main
 from exai.client import ExaiClient, RpcError, connect
 from exai.config import Settings
 from exai.lifecycle import Calls, Services
@@ -484,3 +487,60 @@ async def test_leaving_the_runner_fails_what_still_works(tmp_path: Path, autojum
     async with open_store(Settings(state_dir=tmp_path / "state"), clock=wall_clock()) as store:
         ended = await store.task(record.id, None)
         assert ended.status is TaskStatus.FAILED and ended.message == STOPPED_AT_SHUTDOWN
+
+
+# -- exai tasks / exai task ID / exai call --task -------------------------------------------------
+
+
+def run_cli(settings: Settings, *args: str) -> Any:
+    where = {"EXAI_STATE_DIR": str(settings.state_dir), "EXAI_STORE_URL": settings.store_url, "COLUMNS": "200"}
+    return CliRunner().invoke(main, list(args), env=where)
+
+
+async def run_exai(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(20):
+        return await trio.run_process([*EXAI, *args], capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def test_exai_tasks_and_task_read_the_store(daemon: Any) -> None:
+    async with connect(daemon.url) as client:
+        done = await create_task(client, sim_prompt("x", reply="stored answer"))
+        await client.request("tasks/result", {"taskId": done["taskId"]})
+        cancelled = await create_task(client, HANG)
+        await client.request("tasks/cancel", {"taskId": cancelled["taskId"]})
+    settings = daemon.daemon.settings
+    listed = run_cli(settings, "tasks", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(row["id"], row["status"]) for row in rows] == [(cancelled["taskId"], "cancelled"), (done["taskId"], "completed")]
+    table = run_cli(settings, "tasks")
+    assert table.exit_code == 0 and "completed" in table.output and "cancelled" in table.output
+    shown = run_cli(settings, "task", done["taskId"])
+    assert shown.exit_code == 0, shown.output
+    assert done["taskId"] in shown.output and "stored answer" in shown.output and "completed" in shown.output
+    as_json = json.loads(run_cli(settings, "task", done["taskId"], "--json").output)
+    assert "stored answer" in as_json["outcome"]["result"]["content"][0]["text"]
+    unknown = run_cli(settings, "task", "no-such-task")
+    assert unknown.exit_code == 1 and "unknown or expired" in unknown.output
+
+
+def test_exai_tasks_without_a_store(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "nothing-here")
+    listed = run_cli(settings, "tasks")
+    assert listed.exit_code == 0 and "no tasks in" in listed.output
+    assert run_cli(settings, "task", "abc").exit_code == 1
+    assert not (tmp_path / "nothing-here").exists()  # reading creates nothing
+
+
+@pytest.mark.slow
+async def test_exai_call_task_polls_to_the_result(daemon: Any) -> None:
+    url = daemon.url
+    ok = await run_exai("call", "chat", f"prompt={sim_prompt('x', chunks=8, chunk_delay_s=0.4, reply='polled answer')}", "--task", "--url", url, "--token", "unused")
+    assert ok.returncode == 0, ok.stderr
+    assert b"polled answer" in ok.stdout
+    assert b"task " in ok.stderr and b"running" in ok.stderr  # the task's status messages, polled
+    failed = await run_exai("call", "chat", f"prompt={HANG}", "--timeout", "0.5", "--task", "--url", url, "--token", "unused")
+    assert failed.returncode == 3 and b"timed out" in failed.stderr
+    unknown = await run_exai("call", "nope", "--task", "--url", url, "--token", "unused")
+    assert unknown.returncode == 2 and b"Unknown tool" in unknown.stderr
+    assert b"Traceback" not in ok.stderr + failed.stderr + unknown.stderr
