@@ -32,6 +32,8 @@ VIEW = """(() => {
     })),
     more: document.getElementById('inflight-more').hidden ? null : document.getElementById('inflight-more').textContent,
     failures: Array.from(document.querySelectorAll('#failures tr')).map(cells),
+    tasks: Array.from(document.querySelectorAll('#tasks tr')).map(cells),
+    tasksCount: document.getElementById('tasks-count').textContent,
     providers: Array.from(document.querySelectorAll('#providers .provider .name')).map(n => n.textContent),
     limiters: Array.from(document.querySelectorAll('#limiters .limiter .name')).map(n => n.textContent),
     images: document.querySelectorAll('img').length,
@@ -150,3 +152,20 @@ async def test_dashboard_signs_in_once_with_the_token_in_a_real_browser(daemons:
         assert view["limiters"][:3] == ["global", "kimi", "glm"] and view["errors"] == []
         await page.goto(f"{bound.monitor_url}/")  # later visits need no token
         await seen(page, lambda v: v["live"] == "live", "itself live on a plain visit")
+
+
+async def test_dashboard_shows_the_working_tasks_and_the_counts(daemon: Any, tmp_path: Any) -> None:
+    async with open_page(tmp_path / "profile") as page:
+        await page.goto(f"{daemon.monitor_url}/")
+        await seen(page, lambda v: v["live"] == "live", "itself live")
+        async with connect(daemon.url) as client:
+            params = {"name": "chat", "arguments": {"prompt": '#sim {"hang": true}'}, "task": {}}
+            task_id = (await client.request("tools/call", params))["task"]["taskId"]
+            view = await seen(page, lambda v: len(v["tasks"]) == 1, "the working task")
+            ((shown_id, tool, message, age),) = view["tasks"]
+            assert task_id.startswith(shown_id.rstrip("…")) and task_id not in json.dumps(view)
+            assert tool == "chat" and message.startswith(("queued", "running")) and age
+            assert view["tasksCount"].startswith("(1 working")
+            await client.request("tasks/cancel", {"taskId": task_id})
+            view = await seen(page, lambda v: not v["tasks"] and "1 cancelled" in v["tasksCount"], "the task cancelled")
+            assert view["errors"] == []

@@ -403,6 +403,26 @@ function renderInflight(requests) {
   if (more > 0) setText($('inflight-more'), `and ${more} more (deadlines further away)`);
 }
 
+function renderTasks(tasks) {
+  const running = (tasks.running || []).slice().sort((a, b) => b.age_s - a.age_s);
+  const rows = keepChildren($('tasks'), running.length, () => {
+    const tr = el('tr');
+    tr.append(el('td', 'mono'), el('td'), el('td', 'message'), el('td', 'num'));
+    return tr;
+  });
+  running.forEach((t, i) => {
+    const cells = rows[i].children;
+    setText(cells[0], `${t.id}…`);
+    setText(cells[1], t.tool);
+    setText(cells[2], t.message);
+    cells[2].title = t.message;
+    setText(cells[3], dur(t.age_s));
+  });
+  const counts = ['working', 'completed', 'failed', 'cancelled'].map(k => `${tasks[k] || 0} ${k}`);
+  setText($('tasks-count'), `(${counts.join(', ')})`);
+  $('tasks-empty').hidden = running.length > 0;
+}
+
 const OUTCOME_PILL = {
   tool_error: 'pill warn', error: 'pill bad', overloaded: 'pill info', cancelled_deadline: 'pill bad', cancelled_shutdown: 'pill',
 };
@@ -577,6 +597,7 @@ async function refresh() {
     renderSummary(status);
     renderCharts();
     renderInflight(status.requests || []);
+    renderTasks(status.tasks || {});
     renderFailures(state.failures);
     renderProviders(status.providers || {}, status.limiters || {});
     renderLimiters(status.limiters || {});
