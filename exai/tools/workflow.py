@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
-from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.context import fit_context, fit_result, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -55,7 +55,7 @@ class Issue(BaseModel):
 
 # The fields every step of an investigating workflow tool takes.
 # No docstring: pydantic would put it into every tool's schema.
-class StepArgs(ToolArgs):
+class StepArgs(ModelArgs):
     step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
     step_number: int = Field(ge=1, description="This step's number, from 1.")
     total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
@@ -426,7 +426,7 @@ class WorkflowTool(Tool):
             "findings": run.findings,
             "confidence": run.confidence,
             "files_used": run.embedded,
-            "usage": dict(ctx.usage),
+            "usage": ctx.usage.as_dict(ctx.budget.used),
         }
         if run.hypothesis:
             structured["hypothesis"] = run.hypothesis
