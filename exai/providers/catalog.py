@@ -138,7 +138,12 @@ def catalog(demo: bool, models_file: Path | None = None) -> dict[str, ModelInfo]
 
 
 class ModelsFileError(ExaiError):
-    """EXAI_MODELS_FILE cannot be used; `str()` is one line naming the file, the model and the problem."""
+    """EXAI_MODELS_FILE cannot be used; `str()` is one line naming the file, the model and the
+    problem, `problem` the same without the file."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"EXAI_MODELS_FILE={path}: {problem}")
+        self.problem = problem
 
 
 class _ModelEntry(BaseModel):
@@ -173,7 +178,7 @@ def read_models_file(path: Path, known: dict[str, ModelInfo]) -> dict[str, Model
     """
 
     def problem(what: str) -> ModelsFileError:
-        return ModelsFileError(f"EXAI_MODELS_FILE={path}: {what}")
+        return ModelsFileError(path, what)
 
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -95,7 +95,7 @@ class ModelGateway:
         self.settings = settings
         self.routes = routes
         self.demo = demo
-        self.models: dict[str, ModelInfo] = catalog(demo, getattr(settings, "models_file", None))
+        self.models: dict[str, ModelInfo] = catalog(demo, settings.models_file)
         self.rng = random.Random()
 
     @classmethod
