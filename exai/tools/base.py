@@ -125,6 +125,17 @@ class ToolContext:
         return completion
 
 
+def turn_usage(completion: Completion) -> dict[str, Any]:
+    """What a thread's assistant turn records of the completion behind it (`exai thread ID`)."""
+    usage = completion.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost_usd": None if completion.cost_usd is None else round(completion.cost_usd, 6),
+    }
+
+
 def _tail(text: str, width: int = 60) -> str:
     # Only the end matters: a long answer is not re-split on every chunk.
     flat = " ".join(text[-4 * width :].split())

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from exai.store import ThreadNotFound, Turn
-from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput, turn_usage
 from exai.tools.context import fit_context, keep_under, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -67,7 +67,7 @@ class Chat(Tool):
                 self.name,
                 [
                     Turn("user", context.messages[-1]["content"], self.name, files=context.embedded, versions=context.versions),
-                    Turn("assistant", completion.text, self.name, model=completion.model),
+                    Turn("assistant", completion.text, self.name, model=completion.model, usage=turn_usage(completion)),
                 ],
                 files=context.embedded,
                 model=completion.model,
