@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from providers_support import limiters, settings
 from support import EXAI
 from test_serve_cli import clean_env
 
 from exai.providers.base import Usage
 from exai.providers.catalog import CATALOG, ModelsFileError, catalog, read_models_file
+from exai.providers.gateway import ModelGateway
 
 GOOD = """
 [models."glm-4.6"]
@@ -93,3 +95,11 @@ def test_serve_stops_with_one_line_on_a_bad_models_file(tmp_path: Any) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert str(path) in lines[0] and "'mine'" in lines[0] and "needs context_window" in lines[0]
+
+
+def test_the_gateway_routes_and_prices_by_the_models_file(tmp_path: Path) -> None:
+    gw = ModelGateway.from_settings(settings(models_file=write(tmp_path, GOOD)), limiters())
+    assert gw.resolve("my-kimi") == ("kimi", "my-kimi")
+    assert gw.models["glm-4.6"].input_usd == 1.5
+    listed = {m["name"]: m for m in gw.list_models()}
+    assert listed["my-kimi"]["context_window"] == 65536

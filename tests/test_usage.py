@@ -128,3 +128,20 @@ async def test_a_thread_sums_its_turns_usage_across_a_workflow_and_a_restart(dae
     assert shown["usage"]["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in calls), abs=1e-5)
     text = CliRunner().invoke(main, ["thread", cid], env={"EXAI_STATE_DIR": str(second.daemon.settings.state_dir)}).output
     assert "out tokens, $" in text and "usage" in text
+
+
+async def test_a_workflow_tool_takes_thinking_too(daemon: Any, simulator: Any) -> None:
+    args = {
+        "step": "conclude",
+        "step_number": 1,
+        "total_steps": 1,
+        "next_step_required": False,
+        "findings": "the lock is taken twice",
+        "model": "glm-4.6",
+        "thinking": "enabled",
+    }
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("thinkdeep", args)
+    assert not result.is_error, result.text
+    assert simulator.recent[-1]["thinking"] == {"type": "enabled"}
+    assert result.structured["usage"]["provider_calls"] == 1  # type: ignore[index]

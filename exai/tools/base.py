@@ -110,7 +110,7 @@ class ToolContext:
 
         with contextlib.suppress(ProviderError):  # for the monitor; an unknown model fails just below
             self.activity["model"] = self.gateway.resolve(model)[1]
-        completion = await self.gateway.complete(
+        completion: Completion = await self.gateway.complete(
             model=model,
             messages=messages,
             budget=self.budget,
