@@ -35,7 +35,7 @@ class RequestRateLimiter:
         self.held_until = max(self.held_until, trio.current_time() + seconds)
 
     async def wait_turn(self, deadline: float) -> None:
-        """Sleep until this request may be sent.
+        """Sleep until this request may be sent (at once, without a checkpoint, when it may go now).
 
         Raises ProviderError(kind="rate_limited") at once, without booking, when the turn
         would come after `deadline`. A cancelled waiter's booked turn is not given back
@@ -64,6 +64,8 @@ class RequestRateLimiter:
                 f"{because} and only {left:.1f} s were left before this call's deadline. {action}.",
             )
         self._next_free = booked + self.interval_s
+        if send_at <= now:
+            return  # a turn free now is taken without a task switch (the caller checkpoints next)
         self.waiting += 1
         try:
             await trio.sleep_until(send_at)
