@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.store import Store
 
 
 class ToolArgs(BaseModel):
@@ -80,7 +81,7 @@ class ToolContext:
     settings: Any
     gateway: Any
     budget: CallBudget
-    store: Any
+    store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
     usage: CallUsage = field(default_factory=CallUsage)
