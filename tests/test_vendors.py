@@ -247,6 +247,10 @@ async def test_kimi_web_search_echoes_the_call_back_and_each_round_trip_is_a_cal
     assert echo[-1] == {"role": "tool", "tool_call_id": call["id"], "name": "$web_search", "content": call["function"]["arguments"]}
     assert [s.url for s in result.sources] == ["https://search.example/kimi/1", "https://search.example/kimi/2"]
     assert result.usage.prompt_tokens > 0 and simulator.stats.statuses == {200: 2}
+    # the tokens of both round trips, and Kimi's fee for the one search
+    info = CATALOG[KIMI]
+    tokens = result.usage.prompt_tokens * info.input_usd + result.usage.completion_tokens * info.output_usd  # type: ignore[operator]
+    assert result.cost_usd == pytest.approx(tokens / 1e6 + 0.004)
 
 
 async def test_a_bad_echo_is_refused_by_the_simulator(simulator: Simulator) -> None:

@@ -47,7 +47,7 @@ from exai.providers.openai_compat import (
 from exai.providers.ratelimit import RequestRateLimiter
 from exai.providers.retry import retry_wait, too_late_message
 from exai.providers.transport import TrioH11Transport
-from exai.providers.vendors import link_sources
+from exai.providers.vendors import DIALECTS, link_sources
 
 DEMO_API_KEY: Final = "exai-demo-key"
 NOT_CONFIGURED: Final = "not_configured"
@@ -287,9 +287,14 @@ class ModelGateway:
         calls `$web_search`; its arguments go back as the tool message, as Kimi's docs require)."""
         completion = await self._call(provider, model_id, messages=messages, web_search=web_search, **call)
         usage, cost, sources = completion.usage, completion.cost_usd, list(completion.sources)
+        fee = DIALECTS[provider].search_fee_usd
         for _ in range(MAX_SEARCH_ROUNDS):
             if not completion.tool_calls:
                 break
+            if fee is not None:
+                searches = fee * len(completion.tool_calls)
+                self.routes[provider].stats.cost_usd += searches
+                cost = None if cost is None else cost + searches
             messages = [*messages, *_echo(completion)]
             completion = await self._call(provider, model_id, messages=messages, web_search=web_search, **call)
             usage = Usage(

@@ -286,14 +286,18 @@ class Dialect:
     # The tool-call name the vendor expects echoed back (Kimi's builtin), or None when the
     # search runs inside the one request (GLM).
     echo_tool: str | None
+    # What one search costs besides the tokens (USD), where the vendor publishes it.
+    search_fee_usd: float | None = None
 
 
 DIALECTS: Final[dict[str, Dialect]] = {
     # https://docs.z.ai/guides/tools/web-search: results come back in the answer's `web_search`.
+    # Z.ai's fee per search is not confirmed here: searches count by their tokens only.
     "glm": Dialect({"type": "web_search", "web_search": {"enable": True, "search_result": True}}, None),
     # https://platform.moonshot.ai/docs/guide/use-web-search: the model calls `$web_search`;
     # the client sends the call's arguments back as the tool message, and the model answers.
-    "kimi": Dialect({"type": "builtin_function", "function": {"name": "$web_search"}}, "$web_search"),
+    # The fee: $0.004 per `$web_search` call (https://www.kimi.com/help/kimi-api/api-pricing).
+    "kimi": Dialect({"type": "builtin_function", "function": {"name": "$web_search"}}, "$web_search", 0.004),
 }
 
 
