@@ -347,3 +347,20 @@ def test_a_usage_cap_reset_is_read_from_a_field_or_the_message() -> None:
 
 async def _ignore(text: str, tokens: int, thinking: bool) -> None:
     pass
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_error_inside_a_200_answer_goes_by_the_table(stream: bool) -> None:
+    body = {"error": {"code": "1301", "message": "unsafe content"}}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if stream:
+            return httpx.Response(200, content=f"data: {json.dumps(body)}\n\n".encode(), headers={"content-type": "text/event-stream"})
+        return httpx.Response(200, json=body)
+
+    p = OpenAICompatProvider("glm", "http://glm.test/v4", KEY, max_connections=2, transport=httpx.MockTransport(handler))
+    async with p.client:
+        with pytest.raises(AttemptError) as caught:
+            await p.attempt(model=CATALOG[GLM], messages=prompt(), timeout_s=5, stream_idle_s=5, on_text=_ignore if stream else None)
+    assert (caught.value.kind, caught.value.retryable) == (ErrorKind.CONTENT_FILTERED, False)
+    assert "GLM (Z.ai)" in str(caught.value) and "1301" in str(caught.value)

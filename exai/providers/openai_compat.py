@@ -239,6 +239,11 @@ class OpenAICompatProvider:
             raise self._error_from_response(response, model, messages)
         try:
             payload = orjson.loads(response.content)
+        except ValueError:
+            raise self._bad_response("an answer that is not a chat completion") from None
+        if isinstance(payload, dict) and "error" in payload:
+            raise self._stream_error(payload)  # an error answered with 200
+        try:
             choice = payload["choices"][0]
             message = choice["message"]
             text = message.get("content") or ""
@@ -248,8 +253,6 @@ class OpenAICompatProvider:
                 raise TypeError("content is not text")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise self._bad_response("an answer that is not a chat completion") from None
-        if "error" in payload:
-            raise self._stream_error(payload)
         self._check_finish(finish)
         usage = _usage(payload.get("usage")) or Usage(estimate_tokens(messages), 0)
         return Completion(
@@ -445,8 +448,8 @@ class OpenAICompatProvider:
         return f"{cause.format(**fields)} ({said}). {action.format(**fields)}."
 
     def _stream_error(self, chunk: dict[str, Any]) -> AttemptError:
-        """An error object inside a 200 answer: the vendor's table when it names a known code
-        or type, else a retryable failure."""
+        """An error object inside a 200 answer (a streamed chunk, or the whole body): the
+        vendor's table when it names a known code or type, else a retryable failure."""
         error = chunk.get("error")
         error = error if isinstance(error, dict) else {}
         detail, code, error_type = _error_detail(error, orjson.dumps(chunk).decode(), self._api_key)
