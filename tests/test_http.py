@@ -429,13 +429,14 @@ async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any
 async def test_open_get_stream_keeps_an_idle_session(daemons: Any) -> None:
     bound = await daemons.start(http_session_idle_secs=0.3)
     async with mcp_session(bound.http_url) as client:
-        with trio.move_on_after(0.8):
+        with trio.move_on_after(0.8) as held:
             async with aconnect_sse(client.http, "GET", client.url, headers=client.headers()) as source:
                 assert source.response.status_code == 200
                 conflict = await client.http.get(client.url, headers=client.headers())
                 assert conflict.status_code == 409
                 async for _ in source.aiter_sse():
                     pass
+        assert held.cancelled_caught, "the GET stream ended before the client closed it"
         assert (await client.rpc(request(1, "ping")))["result"] == {}
         await trio.sleep(0.6)
         assert (await client.post(request(2, "ping"))).status_code == 404
