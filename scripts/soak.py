@@ -1640,6 +1640,24 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     return ok
 
 
+def summary(soak: Soak, ok: bool, took: float) -> dict[str, Any]:
+    """What the report prints, as numbers (`--json`): what tests assert on, not the prose."""
+    return {
+        "result": "pass" if ok else "FAIL",
+        "took_s": round(took, 1),
+        "seed": soak.args.seed,
+        "samples": soak.samples,
+        "checks": {c.name: {"ok": c.ok, "failures": c.failures, "detail": c.detail} for c in soak.checks.values()},
+        "ws": {"outcomes": dict(soak.outcomes), "by_action": {k: dict(v) for k, v in soak.by_action.items()},
+               "fuzz_frames": sum(soak.fuzz.values()), "fuzz_answers": dict(soak.fuzz_codes)},
+        "http": {"sessions": dict(soak.http), "outcomes": dict(soak.http_outcomes),
+                 "by_action": {k: dict(v) for k, v in soak.http_by_action.items()},
+                 "fuzz_requests": sum(soak.http_fuzz.values()), "fuzz_kinds": len(soak.http_fuzz),
+                 "fuzz_answers": dict(soak.http_fuzz_answers)},
+        "rss_kib": dict(soak.rss),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
@@ -1654,6 +1672,7 @@ def main() -> int:
         help="leave out the inputs known to kill today's daemon: the four of issue 6 "
         "(deep nesting, unhashable requestId, half handshake, non-ASCII bearer) and a lone surrogate in an id",
     )
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the report's numbers to PATH as JSON")
     args = parser.parse_args()
     if args.seed is None:
         args.seed = int(time.time()) % 100_000
@@ -1667,7 +1686,11 @@ def main() -> int:
             traceback.print_exception(exc)
             soak.check("the soak itself ran to its end").fail(f"{type(exc).__name__}: {exc} (traceback on stderr)")
             final = {}
-    ok = report(soak, final, time.monotonic() - started)
+    took = time.monotonic() - started
+    ok = report(soak, final, took)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(summary(soak, ok, took), out, indent=1, sort_keys=True)
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
