@@ -139,8 +139,9 @@ class Inbox(Protocol):
     def connection_lost(self, reason: str) -> None:
         """The wire is gone for good."""
 
-    def request_lost(self, request_id: RequestId, reason: str) -> None:
-        """The wire cannot bring this one request's answer; the connection lives on."""
+    def request_lost(self, request_id: RequestId, reason: str, *, owed: bool) -> None:
+        """This one request gets no answer (the connection lives on): `owed` when one was
+        due and the wire could not bring it, else the daemon owes none (cancelled, ended)."""
 
 
 class Wire(Protocol):
@@ -430,12 +431,14 @@ class ExaiClient:
         self._to_raw(message)
         return message
 
-    def request_lost(self, request_id: RequestId, reason: str) -> None:
-        """The wire cannot bring this one request's answer (the connection may live on)."""
+    def request_lost(self, request_id: RequestId, reason: str, *, owed: bool) -> None:
+        """This one request gets no answer. A caller waiting for it gets ConnectionLost; a
+        raw request (send_raw) whose owed answer cannot come gets a -32603 on receive_raw, so
+        that a bridge's client is answered; one owed nothing gets nothing, as on a WebSocket."""
         waiter = self._pending.get(request_id) if isinstance(request_id, int) else None
         if waiter is not None:
             waiter.send_nowait(("lost", {"reason": reason}))
-        else:
+        elif owed:
             self._to_raw({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": reason}})
 
     def _to_raw(self, message: Any) -> None:
@@ -511,7 +514,9 @@ class _Exchange:
     request_id: RequestId | None
     task_status: trio.TaskStatus[None]
     started: bool = False
-    answered: bool = False
+    streamed: bool = False  # the answer is an SSE stream
+    broken: bool = False  # ... cut short by the network, not ended by the daemon
+    answered: bool = False  # ... and it brought the response to request_id
     last_event: str | None = None
 
     def start(self) -> None:
@@ -592,9 +597,9 @@ class HttpWire:
             if self._inbox is not None:
                 self._inbox.connection_lost(reason)
 
-    def _request_lost(self, request_id: RequestId | None, reason: str) -> None:
+    def _request_lost(self, request_id: RequestId | None, reason: str, *, owed: bool = True) -> None:
         if request_id is not None and self._inbox is not None:
-            self._inbox.request_lost(request_id, reason)
+            self._inbox.request_lost(request_id, reason, owed=owed)
 
     def _headers(self, **extra: str) -> dict[str, str]:
         return {"Accept": ACCEPT_BOTH, **self.era.http_headers(), **extra}
@@ -612,8 +617,10 @@ class HttpWire:
                 headers = self._headers(**{"Content-Type": "application/json"})
                 async with self._request("POST", headers, text) as response:
                     await self._answer(response, exchange)
-                if exchange.last_event is not None and not exchange.answered:
+                if exchange.broken and not exchange.answered:
                     await self._resume(exchange)
+                elif exchange.streamed and not exchange.answered:
+                    self._request_lost(request_id, NOT_OWED, owed=False)
             except WireClosed as exc:
                 if not exchange.started:
                     raise
@@ -642,20 +649,22 @@ class HttpWire:
             return
         exchange.start()
         if _is_sse(response):
+            exchange.streamed = True
             await self._read_events(response, exchange)
             return
         body = await response.aread()
         if body:
             self._deliver(body)
         elif exchange.request_id is not None:  # 202 to a request: cancelled, or its session ended
-            self._request_lost(exchange.request_id, "the daemon owes this request no answer (HTTP 202)")
+            self._request_lost(exchange.request_id, NOT_OWED, owed=False)
 
     def _deliver(self, text: str | bytes) -> Any:
         return self._inbox.deliver(text) if self._inbox is not None else None
 
     async def _read_events(self, response: httpx.Response, exchange: _Exchange) -> None:
-        """Deliver an SSE stream's messages. A stream cut short by the network ends like one
-        the daemon closed: the caller decides whether to resume."""
+        """Deliver an SSE stream's messages; note in `exchange.broken` whether the stream was
+        cut short (a network error) rather than ended by the daemon."""
+        exchange.broken = False
         try:
             async with aclosing(EventSource(response).aiter_sse()) as events:
                 async for event in events:
@@ -665,6 +674,7 @@ class HttpWire:
                         message = self._deliver(event.data)
                         exchange.answered = exchange.answered or _answers(message, exchange.request_id)
         except httpx.TransportError as exc:
+            exchange.broken = True
             logger.debug("an SSE stream from the daemon dropped: {}", exc or type(exc).__name__)
 
     async def _resume(self, exchange: _Exchange) -> None:
@@ -685,20 +695,23 @@ class HttpWire:
                 await self._read_events(response, exchange)
             if exchange.answered:
                 return
+            if not exchange.broken:
+                self._request_lost(exchange.request_id, NOT_OWED, owed=False)
+                return
             if exchange.last_event != last:
                 attempts = 0  # it brought something: the stream is alive, keep following it
-        self._request_lost(exchange.request_id, "the answer's SSE stream ended without the response")
+        self._request_lost(exchange.request_id, "the answer's SSE stream dropped and could not be resumed")
 
     async def _refused(self, response: httpx.Response, request_id: RequestId | None) -> None:
-        """An HTTP error. With no session yet, the daemon turned the client away: raises
-        CannotConnect. 404 in a session: the session is over, raises WireClosed. Else the
-        JSON-RPC error in the body answers this request (it gets the request's id)."""
+        """An HTTP error. 401, 403 or 5xx with no session yet: the daemon turned the client
+        away, raises CannotConnect. 404 in a session: the session is over, raises WireClosed.
+        Else the JSON-RPC error in the body answers this request (it gets the request's id)."""
         body = (await response.aread()).decode("utf-8", errors="replace")
         message = _json_or_none(body)
         error = message.get("error") if isinstance(message, dict) else None
         why = str(error.get("message", "")) if isinstance(error, dict) else body.strip()[:300]
         status = response.status_code
-        if not self.era.http_session:
+        if not self.era.http_session and (status in (401, 403) or status >= 500):
             hint = HINTS.get(status, "")
             raise CannotConnect(f"daemon at {self.url} rejected the connection: HTTP {status}: {why}{hint}")
         if status == 404:
@@ -713,6 +726,7 @@ class HttpWire:
             self._request_lost(request_id, f"the daemon answered HTTP {status}: {why}")
 
 
+NOT_OWED: Final = "the daemon ended this request's answer without a response (cancelled, or its session ended)"
 HINTS: Final = {
     401: " (wrong or missing token: set EXAI_AUTH_TOKEN or pass --token)",
     503: " (the daemon is at its connection limit or not ready)",

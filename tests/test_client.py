@@ -494,7 +494,7 @@ async def test_cannot_connect_to_an_invalid_url() -> None:
 
 
 async def test_cannot_connect_over_http_to_a_closed_port() -> None:
-    with pytest.raises(CannotConnect, match="cannot connect to http://127.0.0.1:1/mcp"):
+    with pytest.raises(CannotConnect, match=r"cannot connect to http://127\.0\.0\.1:1/mcp"):
         async with connect("http://127.0.0.1:1/mcp"):
             pass
 

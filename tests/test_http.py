@@ -19,6 +19,7 @@ import pytest
 import trio
 from httpx_sse import aconnect_sse
 from support import eventually
+from test_error_table import INVALID_FRAMES
 
 from exai.transports import http as http_transport
 from exai.transports.http import REPLAY_MAX_EVENTS, accepts
@@ -519,42 +520,20 @@ async def test_replay_kept_is_bounded_per_session(daemon: Any) -> None:
     await eventually(lambda: not http_session.replay and not http_session.streams, what="freed")
 
 
-# -- the contract's error table, every row, over HTTP --------------------------------------
+# -- the contract's error table: tests/test_error_table.py (both transports); here what HTTP adds
 
 
-async def test_not_json_is_a_parse_error(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        response = await client.post("{not json")
-        assert response.status_code == 400
-        assert response.json()["id"] is None and response.json()["error"]["code"] == -32700
-        await valid_call_works(client)
-
-
-@pytest.mark.parametrize(
-    "frame, expected_id",
-    [
-        ('{"id": 7, "method": "ping"}', 7),
-        ('{"jsonrpc": "1.0", "id": 8, "method": "ping"}', 8),
-        ('[{"jsonrpc": "2.0", "id": 9, "method": "ping"}]', None),
-        ('{"jsonrpc": "2.0", "id": null, "method": "ping"}', None),
-        ('{"jsonrpc": "2.0", "id": 10, "method": 5}', 10),
-        ('"just a string"', None),
-        ('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', None),
-    ],
-)
-async def test_invalid_requests(daemon: Any, frame: str, expected_id: Any) -> None:
+@pytest.mark.parametrize("frame", ["{not json", *(frame for frame, _ in INVALID_FRAMES)])
+async def test_a_frame_the_error_table_refuses_is_http_400(daemon: Any, frame: str) -> None:
     async with mcp_session(daemon.http_url) as client:
         response = await client.post(frame)
         assert response.status_code == 400
-        assert response.json()["error"]["code"] == -32600
-        assert response.json()["id"] == expected_id
-        await valid_call_works(client)
+        assert response.json()["error"]["code"] in (-32700, -32600)
 
 
-async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
+async def test_without_a_session_only_initialize_and_a_failed_one_makes_none(daemon: Any) -> None:
     async with httpx.AsyncClient() as http:
         client = McpHttp(http, daemon.http_url)
-        # Without a session only initialize is possible; a failed initialize makes none.
         bad = await client.post(request(0, "initialize", {"protocolVersion": 5}))
         assert bad.json()["error"]["code"] == -32602 and "mcp-session-id" not in bad.headers
         assert (await client.post(request(1, "tools/list"))).status_code == 400
@@ -563,111 +542,6 @@ async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
         assert again["error"]["code"] == -32600
         await valid_call_works(client)
         assert (await client.delete()).status_code == 204
-
-
-@pytest.mark.parametrize(
-    "requested, answered",
-    [("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"), ("2024-11-05", "2025-11-25")],
-)
-async def test_version_negotiation(daemon: Any, requested: str, answered: str) -> None:
-    async with httpx.AsyncClient() as http:
-        client = McpHttp(http, daemon.http_url)
-        result = (await client.initialize(requested))["result"]
-        assert result["protocolVersion"] == answered
-        assert result["serverInfo"]["name"] == "exai"
-        assert (await client.delete()).status_code == 204
-
-
-async def test_unknown_method(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        assert (await client.rpc(request(1, "resources/list")))["error"]["code"] == -32601
-        await valid_call_works(client)
-
-
-@pytest.mark.parametrize(
-    "params, fragment",
-    [
-        ({"name": "no-such-tool", "arguments": {}}, "Unknown tool"),
-        ({"arguments": {}}, "name"),
-        ({"name": "chat", "arguments": [1, 2]}, "arguments"),
-        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"exai/timeout": -1}}, "exai/timeout"),
-        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"progressToken": [1]}}, "progressToken"),
-    ],
-)
-async def test_bad_call_params(daemon: Any, params: dict[str, Any], fragment: str) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        reply = await client.rpc(request(1, "tools/call", params))
-        assert reply["error"]["code"] == -32602 and fragment in reply["error"]["message"]
-        await valid_call_works(client)
-
-
-async def test_tool_arguments_failing_the_schema_name_each_field(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        result = (await client.call_tool("chat", {"temperature": 9, "bogus": 1}))["result"]
-        assert result["isError"] is True
-        for field in ("prompt", "temperature", "bogus"):
-            assert field in result["content"][0]["text"]
-
-
-async def test_deadline_gives_32001_and_frees_everything(daemon: Any, simulator: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        started = trio.current_time()
-        reply = await client.call_tool("chat", {"prompt": f"slow\n{HANG}"}, **{"exai/timeout": 1})
-        assert 1.0 <= trio.current_time() - started <= 1.3
-        assert reply["error"] == {"code": -32001, "message": "Request timed out after 1 s", "data": {"timeout_s": 1}}
-        with trio.fail_after(1):
-            await simulator.wait_until(lambda s: s.aborted == 1 and s.inflight == 0)
-        await valid_call_works(client)
-
-
-async def test_overloaded_when_queue_full(daemons: Any) -> None:
-    bound = await daemons.start(global_max_inflight=1, session_max_inflight=1, max_queued=1)
-    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
-        for n in range(2):
-            nursery.start_soon(client.post, call(f"hold-{n}", "chat", {"prompt": f"hold\n{HANG}"}))
-        await eventually(lambda: bound.daemon.limits.queued == 1)
-        started = trio.current_time()
-        reply = await client.call_tool("chat", {"prompt": "one too many"})
-        assert trio.current_time() - started < 5  # refused, not queued behind a call that hangs
-        assert reply["error"]["code"] == -32000 and reply["error"]["message"] == "Server overloaded"
-        assert reply["error"]["data"]["retry_after_s"] >= 1
-        assert (await client.delete()).status_code == 204
-
-
-async def test_duplicate_inflight_id_is_refused_and_first_goes_on(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
-        first: list[dict[str, Any]] = []
-        message = call(42, "chat", {"prompt": sim_prompt("slow", latency_s=0.5)})
-
-        async def post_first() -> None:
-            first.append(await client.rpc(message))
-
-        nursery.start_soon(post_first)
-        await eventually(lambda: len(daemon.daemon.calls) == 1)
-        second = await client.rpc(message)
-        assert second["id"] == 42 and second["error"]["code"] == -32600
-        await eventually(lambda: bool(first))
-        assert first[0]["id"] == 42 and first[0]["result"]["isError"] is False
-
-
-async def test_unexpected_error_is_32603_with_logged_error_id(daemon: Any, log_lines: list[str]) -> None:
-    from test_daemon import Boom
-
-    daemon.daemon.services.tools["boom"] = Boom()
-    async with mcp_session(daemon.http_url) as client:
-        reply = await client.call_tool("boom", {})
-        assert reply["error"]["code"] == -32603 and reply["error"]["message"] == "Internal error"
-        assert "Traceback" not in json.dumps(reply)
-        assert any(reply["error"]["data"]["error_id"] in line for line in log_lines)
-        await valid_call_works(client)
-
-
-async def test_provider_failure_is_an_iserror_result_naming_the_provider(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        prompt = sim_prompt("x", status=400, error_body={"error": {"message": "bad thing", "type": "invalid_request_error"}})
-        result = (await client.call_tool("chat", {"prompt": prompt}))["result"]
-        assert result["isError"] is True and "kimi" in result["content"][0]["text"].lower()
-        await valid_call_works(client)
 
 
 # -- small pure parts ---------------------------------------------------------------------------
