@@ -155,6 +155,13 @@ class RawMcpHttp:
         assert response is not None, answer.describe()
         return response
 
+    async def call_tool(self, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
+        """The response to one tools/call (`meta` goes to `_meta`)."""
+        params: dict[str, Any] = {"name": tool, "arguments": arguments}
+        if meta:
+            params["_meta"] = meta
+        return await self.rpc(request(f"c-{tool}-{trio.current_time()}", "tools/call", params))
+
     async def delete(self) -> httpx.Response:
         return await self.http.delete(self.url, headers=self.headers())
 
@@ -186,10 +193,14 @@ class RawMcpHttp:
                     except ValueError:
                         answer.text = body.decode(errors="replace")
                 return answer
+            # Leaving is a cancellation, not a break: it unwinds httpx's own generators too
+            # (a break would leave them to the garbage collector, a ResourceWarning).
             answer.dropped = True
-            with trio.move_on_after(hold_s):
+            with trio.move_on_after(hold_s) as leave:
                 async with aclosing(EventSource(response).aiter_sse()) as events:
                     async for event in events:
+                        if leave.cancel_called:
+                            continue  # already buffered; the next read raises Cancelled
                         answer.event_ids.append(event.id)
                         if event.data:
                             try:
@@ -199,7 +210,7 @@ class RawMcpHttp:
                             if progressed is not None and answer.progress_count():
                                 progressed.set()
                         if drop_when is not None and drop_when(answer):
-                            return answer
+                            leave.cancel()
                 answer.dropped = False
             return answer
 
