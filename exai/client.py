@@ -352,7 +352,7 @@ class ExaiClient:
             sent = True
             await self._send_text(json.dumps(self.era.frame(frame)), request_id)
             await trio.lowlevel.checkpoint_if_cancelled()
-            async with recv:
+            with recv:  # closed without a checkpoint: no message can come to a closed channel
                 async for kind, message in recv:
                     if kind == "response":
                         answered = True
@@ -419,14 +419,14 @@ class ExaiClient:
                     else None
                 )
                 if waiter is not None:
-                    waiter.send_nowait(("response", message))
+                    _hand(waiter, ("response", message))
                     return message
             elif message.get("method") == "notifications/progress":
                 params = message.get("params")
                 token = params.get("progressToken") if isinstance(params, dict) else None
                 waiter = self._progress.get(token) if _hashable(token) else None
                 if waiter is not None and isinstance(params, dict):
-                    waiter.send_nowait(("progress", params))
+                    _hand(waiter, ("progress", params))
                     return message
         self._to_raw(message)
         return message
@@ -437,7 +437,7 @@ class ExaiClient:
         that a bridge's client is answered; one owed nothing gets nothing, as on a WebSocket."""
         waiter = self._pending.get(request_id) if isinstance(request_id, int) else None
         if waiter is not None:
-            waiter.send_nowait(("lost", {"reason": reason}))
+            _hand(waiter, ("lost", {"reason": reason}))
         elif owed:
             self._to_raw({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": reason}})
 
@@ -762,6 +762,14 @@ def _request_id_of(text: str) -> RequestId | None:
         if isinstance(request_id, str | int) and not isinstance(request_id, bool):
             return request_id
     return None
+
+
+def _hand(waiter: trio.MemorySendChannel[tuple[str, dict[str, Any]]], item: tuple[str, dict[str, Any]]) -> None:
+    """Give a waiting caller its message; one that just stopped waiting needs none."""
+    try:
+        waiter.send_nowait(item)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 def _hashable(value: Any) -> bool:

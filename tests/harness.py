@@ -195,7 +195,6 @@ class RawMcpHttp:
                 return answer
             # Leaving is a cancellation, not a break: it unwinds httpx's own generators too
             # (a break would leave them to the garbage collector, a ResourceWarning).
-            answer.dropped = True
             with trio.move_on_after(hold_s) as leave:
                 async with aclosing(EventSource(response).aiter_sse()) as events:
                     async for event in events:
@@ -211,7 +210,8 @@ class RawMcpHttp:
                                 progressed.set()
                         if drop_when is not None and drop_when(answer):
                             leave.cancel()
-                answer.dropped = False
+            # Left, even when the rest was already buffered (and skipped): its end unseen.
+            answer.dropped = leave.cancel_called
             return answer
 
 
