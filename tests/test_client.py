@@ -806,3 +806,30 @@ async def test_exai_top_refreshes_until_ctrl_c(nursery: trio.Nursery) -> None:
             await monitor.served_three.wait()
         process.send_signal(signal.SIGINT)
     assert process.returncode == 0
+
+
+@pytest.mark.slow
+async def test_exai_call_over_streamable_http_same_contract(daemon: Any, simulator: Any, log_lines: list[str]) -> None:
+    """`--url http://.../mcp`: the same command through the same library, on the real daemon:
+    result on stdout, progress on stderr, exit 0; Ctrl-C cancels the call on the daemon (130)."""
+    prompt = 'hi\n#sim {"chunks": 3, "chunk_delay_s": 0.01}'
+    ok = await run_exai("call", "chat", f"prompt={prompt}", "--url", daemon.http_url, *NO_CONFIG)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() and b"tokens" in ok.stderr
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*EXAI, "call", "chat", 'prompt=x\n#sim {"hang": true}', "--url", daemon.http_url, *NO_CONFIG],
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with trio.fail_after(BOUND):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        process.send_signal(signal.SIGINT)
+    assert process.returncode == 130
+    with trio.fail_after(BOUND):
+        await simulator.wait_until(lambda s: s.aborted == 1)  # cancelled on the daemon, not left running
+    # by notifications/cancelled (the DELETE that follows would cancel it too, but later)
+    assert any("cancelled by client: 'client cancelled'" in line for line in log_lines), log_lines[-10:]
