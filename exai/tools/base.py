@@ -9,7 +9,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.store import Store
 
 
 class ToolArgs(BaseModel):
@@ -24,7 +26,7 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
-class ToolArgumentError(Exception):
+class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
 
@@ -36,7 +38,7 @@ class ToolContext:
     settings: Any
     gateway: Any
     budget: CallBudget
-    store: Any
+    store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
