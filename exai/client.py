@@ -750,7 +750,7 @@ def _answers(message: Any, request_id: RequestId | None) -> bool:
 def _json_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # send_raw may carry anything, 100 000 "[" too
         return None
 
 

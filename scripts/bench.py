@@ -63,7 +63,7 @@ from exai.store import read_thread
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from h11sim import H11Sim
-from harness import read_until
+from harness import read_until, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
@@ -93,14 +93,6 @@ def compared(direct: list[float], through: list[float], added: str = "added") ->
         f"{added}_p50_ms": ms(pct(through, 0.5) - pct(direct, 0.5)),
         f"{added}_p99_ms": ms(pct(through, 0.99) - pct(direct, 0.99)),
     }
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def cpu_times(pid: int) -> tuple[float, float]:

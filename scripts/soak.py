@@ -56,7 +56,7 @@ from trio_websocket import ConnectionClosed
 from exai.client import CannotConnect, ConnectionLost, ExaiClient, RpcError, connect, open_websocket
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from harness import HttpAnswer, RawMcpHttp, read_until, status_leaks, stop_process
+from harness import HttpAnswer, RawMcpHttp, read_until, rss_kib, status_leaks, stop_process
 
 EXAI: Final = [sys.executable, "-c", "from exai.cli import main; main()"]
 TOKEN: Final = "soak-token-0123456789"
@@ -95,14 +95,6 @@ RSS_GROWTH_MAX: Final = 0.10
 
 
 # -- processes -------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 # -- bookkeeping -------------------------------------------------------------------------

@@ -218,6 +218,15 @@ class RawMcpHttp:
 # -- processes ---------------------------------------------------------------------------------
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident set size, KiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 async def read_until(stream: Any, pattern: bytes, seen: bytearray | None = None) -> re.Match[bytes]:
     """Read a process's output until `pattern` matches what came (kept in `seen`)."""
     seen = bytearray() if seen is None else seen
