@@ -480,3 +480,4 @@ async def test_a_failing_monitor_request_ends_only_that_request(
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/api/history")).status_code == 200
     assert any(error_id.group(1) in line and "/api/status" in line for line in log_lines)
+    monkeypatch.undo()  # the leak check after the test reads the daemon's status too
