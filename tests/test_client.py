@@ -833,3 +833,62 @@ async def test_exai_call_over_streamable_http_same_contract(daemon: Any, simulat
         await simulator.wait_until(lambda s: s.aborted == 1)  # cancelled on the daemon, not left running
     # by notifications/cancelled (the DELETE that follows would cancel it too, but later)
     assert any("cancelled by client: 'client cancelled'" in line for line in log_lines), log_lines[-10:]
+
+
+# -- Streamable HTTP: a stream the network drops is resumed ---------------------------------
+
+
+class CuttingProxy:
+    """A loopback TCP relay to the daemon that cuts the first connection whose answer carries
+    a progress notification, as a flaky network would; it notes what the client sent."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.cuts = 0
+        self.sent = b""
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.relay, listeners)
+
+    async def relay(self, client: trio.SocketStream) -> None:
+        try:
+            await self._relay(client)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # either side went away: so does the relay
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.upstream_port) as daemon:
+
+            async def up() -> None:
+                while data := await client.receive_some():
+                    self.sent += data
+                    await daemon.send_all(data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(up)
+                while data := await daemon.receive_some():
+                    if self.cuts == 0 and b"notifications/progress" in data:
+                        self.cuts += 1
+                        break  # leaving closes both sockets mid-answer
+                    await client.send_all(data)
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_sse_stream_the_network_drops_is_resumed_with_last_event_id(
+    daemon: Any, simulator: Any, nursery: trio.Nursery
+) -> None:
+    proxy = CuttingProxy(int(daemon.http_url.rsplit(":", 1)[1].split("/")[0]))
+    port = await nursery.start(proxy.serve)
+    progress: list[float] = []
+    async with connect(f"http://127.0.0.1:{port}/mcp") as client:
+        prompt = 'slow\n#sim {"chunks": 5, "chunk_delay_s": 0.1}'
+        with trio.fail_after(BOUND):
+            result = await client.call_tool("chat", {"prompt": prompt}, on_progress=lambda p: progress.append(p["progress"]))
+        assert not result.is_error, result.text
+        await client.ping()  # the client goes on after the cut
+    assert proxy.cuts == 1
+    assert b"last-event-id: " in proxy.sent.lower() and b"GET /mcp" in proxy.sent
+    assert progress == sorted(set(progress)) and progress
+    assert simulator.stats.aborted == 0  # the call ran on through the cut, as the contract says
