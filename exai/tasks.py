@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -80,10 +81,17 @@ def describe(activity: dict[str, Any]) -> str:
 
 
 @dataclass(eq=False)
-class _Running:
-    record: TaskRecord
+class _Work:
+    """One call the runner runs: a task once it has a record (from the start, or handed off)."""
+
     call: InflightCall
-    done: trio.Event
+    parsed: ToolCall
+    tool: Tool
+    send: Send
+    notify: Notify
+    done: trio.Event = field(default_factory=trio.Event)  # set once its end is recorded
+    record: TaskRecord | None = None
+    response: dict[str, Any] | None = None
     message: str = "queued"
 
 
@@ -101,11 +109,12 @@ class TaskRunner:
         self.nursery = nursery
         self.runner_id = runner_id
         self.owner = owner
-        self.running: dict[str, _Running] = {}
+        self.running: dict[str, _Work] = {}  # tasks whose work runs here, by task id
         # Tasks take their slots here instead of a connection's (a task outlives its connection).
         self.slots = trio.CapacityLimiter(self.settings.max_tasks)
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self._mean_task_s = 5.0  # to tell a refused creator when to come back
+        self._calls = itertools.count(1)
 
     # -- creating --------------------------------------------------------------------------
 
@@ -116,79 +125,148 @@ class TaskRunner:
         `send` takes the call's progress notifications, `notify` the task's last state; both
         go to whoever asked, for as long as it is there (a gone one is skipped).
         """
-        settings = self.settings
+        self._refuse_when_draining()
+        # Shielded: a record is never left without its work, nor work without its record.
+        with trio.CancelScope(shield=True):
+            record = await self._create(parsed.name, ttl_s)
+            work = self._launch(parsed, tool, _quiet(send), _quiet_notify(notify), self._task_timeout(parsed, record))
+            self._adopt(work, record)
+        return record
+
+    async def call_or_task(
+        self, parsed: ToolCall, tool: Tool, *, after_s: float, send: Send, notify: Notify
+    ) -> dict[str, Any] | TaskRecord | None:
+        """Run a call; if it is still running after `after_s`, make it a task.
+
+        Returns the call's response (a JSON-RPC result or error message) when it ends within
+        `after_s`, None when it was cancelled, or the new task's record. Until then the call
+        is its caller's: cancelling this cancels it, and its progress goes to `send`; once it
+        is a task, neither (its deadline becomes EXAI_TASK_TIMEOUT_SECS from its arrival).
+        At EXAI_MAX_TASKS it stays a plain call to its end.
+        """
+        self._refuse_when_draining()
+        timeout = float(self.settings.tool_timeout_secs)
+        if parsed.timeout is not None:
+            timeout = min(timeout, parsed.timeout)
+        quiet = _quiet(send)
+        work: _Work
+
+        async def until_a_task(message: dict[str, Any]) -> None:
+            if work.record is None:
+                await quiet(message)
+
+        work = self._launch(parsed, tool, until_a_task, _quiet_notify(notify), timeout)
+        try:
+            with trio.move_on_after(after_s):
+                await work.done.wait()
+            if work.done.is_set():
+                return work.response
+            with trio.CancelScope(shield=True):
+                try:
+                    record = await self._create(parsed.name, None)
+                except RpcError:  # no room for one more task: it stays a plain call
+                    record = None
+                if record is not None:
+                    call = work.call
+                    call.deadline = call.arrived + self._task_timeout(parsed, record)
+                    call.scope.deadline = call.deadline
+                    self._adopt(work, record)
+                    if work.done.is_set():  # it ended while its record was written
+                        await self._finish(work)
+                    return record
+            await work.done.wait()
+            return work.response
+        except BaseException:
+            if work.record is None:
+                work.call.cancel(CancelReason.DISCONNECT)
+            raise
+
+    def _refuse_when_draining(self) -> None:
         if self.services.draining():
             raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
+
+    def _task_timeout(self, parsed: ToolCall, record: TaskRecord) -> float:
+        timeout = min(float(self.settings.task_timeout_secs), record.ttl_s)
+        return timeout if parsed.timeout is None else min(timeout, parsed.timeout)
+
+    async def _create(self, tool: str, ttl_s: float | None) -> TaskRecord:
+        settings = self.settings
         ttl = float(settings.task_ttl_secs) if ttl_s is None else min(float(settings.task_ttl_secs), ttl_s)
         new = NewTask(
             id=secrets.token_urlsafe(TASK_ID_BYTES),
             owner=self.owner,
-            tool=parsed.name,
+            tool=tool,
             ttl_s=ttl,
             runner=self.runner_id,
             lease_s=float(settings.replica_lease_secs),
             message="queued",
         )
-        # Shielded: a record is never left without its work, nor work without its record.
-        with trio.CancelScope(shield=True):
-            try:
-                record = await self.store.create_task(new, max_unfinished=settings.max_tasks)
-            except TooManyTasks as exc:
-                raise RpcError(OVERLOADED, str(exc), {"retry_after_s": self.retry_after()}) from None
-            self._launch(record, parsed, tool, _quiet(send), _quiet_notify(notify))
+        try:
+            record = await self.store.create_task(new, max_unfinished=settings.max_tasks)
+        except TooManyTasks as exc:
+            raise RpcError(OVERLOADED, str(exc), {"retry_after_s": self.retry_after()}) from None
         logger.info("task {} tool={} started, ttl {:g} s", _shown(record.id), record.tool, ttl)
         return record
 
-    def _launch(self, record: TaskRecord, parsed: ToolCall, tool: Tool, send: Send, notify: Notify) -> None:
-        timeout = min(float(self.settings.task_timeout_secs), record.ttl_s)
-        if parsed.timeout is not None:
-            timeout = min(timeout, parsed.timeout)
+    def _launch(self, parsed: ToolCall, tool: Tool, send: Send, notify: Notify, timeout: float) -> _Work:
         now = trio.current_time()
         call = InflightCall(
-            id=f"task {_shown(record.id)}",
+            id=f"call {next(self._calls)}",
             connection_id=TASK_CONNECTION,
-            tool=record.tool,
+            tool=parsed.name,
             arrived=now,
             deadline=now + timeout,
             scope=trio.CancelScope(deadline=now + timeout),
         )
-        running = _Running(record, call, trio.Event())
-        self.running[record.id] = running
+        work = _Work(call, parsed, tool, send, notify)
         self.services.calls.add((TASK_CONNECTION, call.id), call)
-        self.counts[TaskStatus.WORKING] += 1
-        self.nursery.start_soon(self._run, running, parsed, tool, send, notify)
+        self.nursery.start_soon(self._run, work)
+        return work
 
-    async def _run(self, running: _Running, parsed: ToolCall, tool: Tool, send: Send, notify: Notify) -> None:
-        call = running.call
-        response: dict[str, Any] | None = None
-        final = running.record
+    def _adopt(self, work: _Work, record: TaskRecord) -> None:
+        """The work is now this task's: its end goes into the record."""
+        work.record = record
+        self.running[record.id] = work
+        self.counts[TaskStatus.WORKING] += 1
+
+    async def _run(self, work: _Work) -> None:
+        call = work.call
         try:
             async with trio.open_nursery() as tracking:
-                tracking.start_soon(self._track, running)
-                response = await run_tool_call(self.services, call, parsed, tool, self.slots, send)
+                tracking.start_soon(self._track, work)
+                work.response = await run_tool_call(self.services, call, work.parsed, work.tool, self.slots, work.send)
                 tracking.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(FINISH_TIMEOUT_S):
-                status, message, outcome = _ending(call, response)
+                self.services.calls.remove((TASK_CONNECTION, call.id))
                 try:
-                    final = await self.store.finish_task(running.record.id, status, message, outcome)
+                    if work.record is not None:
+                        await self._finish(work)
                 finally:
-                    del self.running[running.record.id]
-                    self.services.calls.remove((TASK_CONNECTION, call.id))
-                    running.done.set()
-                took = trio.current_time() - call.arrived
-                self._mean_task_s = 0.9 * self._mean_task_s + 0.1 * took
-                logger.info("task {} tool={} {} after {:.3f}s: {}", _shown(final.id), final.tool, final.status, took, final.message)
-                await self._refresh_counts()
-                await notify(final)
+                    work.done.set()
 
-    async def _track(self, running: _Running) -> None:
+    async def _finish(self, work: _Work) -> None:
+        """Record how the task's call ended and tell whoever asked (shielded by the caller)."""
+        assert work.record is not None
+        call = work.call
+        status, message, outcome = _ending(call, work.response)
+        try:
+            final = await self.store.finish_task(work.record.id, status, message, outcome)
+        finally:
+            self.running.pop(work.record.id, None)
+        took = trio.current_time() - call.arrived
+        self._mean_task_s = 0.9 * self._mean_task_s + 0.1 * took
+        logger.info("task {} tool={} {} after {:.3f}s: {}", _shown(final.id), final.tool, final.status, took, final.message)
+        await self._refresh_counts()
+        await work.notify(final)
+
+    async def _track(self, work: _Work) -> None:
         """Keep the record's message on what the call is doing, at most every MESSAGE_EVERY_S."""
         while True:
-            message = describe(running.call.activity)
-            if message != running.message:
-                running.message = message
-                await self.store.update_task(running.record.id, message)
+            message = describe(work.call.activity)
+            if work.record is not None and message != work.message:
+                work.message = message
+                await self.store.update_task(work.record.id, message)
             await trio.sleep(MESSAGE_EVERY_S)
 
     def retry_after(self) -> float:
@@ -209,9 +287,9 @@ class TaskRunner:
             record = await self.get(task_id)
             if record.status.finished:
                 return record
-            running = self.running.get(task_id)
-            if running is not None:
-                await running.done.wait()
+            work = self.running.get(task_id)
+            if work is not None:
+                await work.done.wait()
             else:  # another daemon's work: its record says when it ends
                 await trio.sleep(POLL_INTERVAL_S)
 
@@ -224,9 +302,9 @@ class TaskRunner:
             return record, False
         with trio.CancelScope(shield=True):  # the record and the work stop together
             final = await self.store.finish_task(task_id, TaskStatus.CANCELLED, CANCELLED, None)
-            running = self.running.get(task_id)
-            if running is not None and final.status is TaskStatus.CANCELLED:
-                running.call.cancel(CancelReason.CLIENT)
+            work = self.running.get(task_id)
+            if work is not None and final.status is TaskStatus.CANCELLED:
+                work.call.cancel(CancelReason.CLIENT)
         return final, final.status is TaskStatus.CANCELLED
 
     async def page(self, after: TaskCursor | None, limit: int) -> tuple[list[TaskRecord], TaskCursor | None]:
@@ -246,11 +324,11 @@ class TaskRunner:
         working = [
             {
                 "id": _shown(task_id),
-                "tool": running.record.tool,
-                "age_s": round(now - running.call.arrived_monotonic, 3),
-                "message": running.message,
+                "tool": work.call.tool,
+                "age_s": round(now - work.call.arrived_monotonic, 3),
+                "message": work.message,
             }
-            for task_id, running in list(self.running.items())
+            for task_id, work in list(self.running.items())
         ]
         return {**{status.value: count for status, count in self.counts.items()}, "running": working}
 
@@ -276,8 +354,8 @@ class TaskRunner:
 
     async def stop(self) -> None:
         """Cancel whatever still runs (shutdown) and wait until each has recorded its end."""
-        for running in list(self.running.values()):
-            running.call.cancel(CancelReason.SHUTDOWN)
+        for work in list(self.running.values()):
+            work.call.cancel(CancelReason.SHUTDOWN)
         while self.running:
             await next(iter(self.running.values())).done.wait()
 

@@ -31,7 +31,7 @@ from exai.lifecycle import Calls, Services
 from exai.limits import Limits
 from exai.protocol import RpcError as ProtocolRpcError
 from exai.protocol import ToolCall
-from exai.store import TaskStatus, open_store
+from exai.store import TaskRecord, TaskStatus, open_store
 from exai.tasks import (
     EXPIRE_EVERY_S,
     LOST_AT_START,
@@ -544,3 +544,40 @@ async def test_exai_call_task_polls_to_the_result(daemon: Any) -> None:
     unknown = await run_exai("call", "nope", "--task", "--url", url, "--token", "unused")
     assert unknown.returncode == 2 and b"Unknown tool" in unknown.stderr
     assert b"Traceback" not in ok.stderr + failed.stderr + unknown.stderr
+
+
+async def test_call_or_task_answers_a_fast_call_as_usual(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path) as runner:
+        response = await runner.call_or_task(nap(1.5), Nap(), after_s=2, send=nobody, notify=nobody)
+        assert isinstance(response, dict) and response["result"]["content"][0]["text"] == "slept 1.5 s"
+        assert await runner.store.tasks(None) == []  # no task was ever recorded
+
+
+async def test_call_or_task_hands_a_slow_call_off_as_a_task(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path, tool_timeout_secs=5, provider_timeout_secs=5) as runner:
+        started = trio.current_time()
+        record = await runner.call_or_task(nap(20, steps=4), Nap(), after_s=2, send=nobody, notify=nobody)
+        assert isinstance(record, TaskRecord) and trio.current_time() - started == pytest.approx(2)
+        assert record.status is TaskStatus.WORKING
+        ended = await runner.wait(record.id)  # past the 5 s tool timeout: a task's deadline is its own
+        assert ended.status is TaskStatus.COMPLETED and ended.outcome is not None
+        assert ended.outcome["result"]["content"][0]["text"] == "slept 20 s"
+        always = await runner.call_or_task(nap(0.1), Nap(), after_s=0, send=nobody, notify=nobody)
+        assert isinstance(always, TaskRecord)  # EXAI_TASK_AFTER_SECS=0: always a task
+        assert (await runner.wait(always.id)).status is TaskStatus.COMPLETED
+
+
+async def test_call_or_task_cancelled_before_it_is_a_task_stops_the_call(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path) as runner:
+        with trio.move_on_after(1):
+            await runner.call_or_task(nap(100), Nap(), after_s=2, send=nobody, notify=nobody)
+        await trio.sleep(0.1)
+        assert len(runner.services.calls) == 0 and await runner.store.tasks(None) == []
+
+
+async def test_call_or_task_at_max_tasks_stays_a_plain_call(tmp_path: Path, autojump_clock: Any) -> None:
+    async with runner_on_autojump(tmp_path, max_tasks=1) as runner:
+        busy = await runner.start(nap(50), Nap(), ttl_s=None, send=nobody, notify=nobody)
+        response = await runner.call_or_task(nap(5), Nap(), after_s=2, send=nobody, notify=nobody)
+        assert isinstance(response, dict) and response["result"]["content"][0]["text"] == "slept 5 s"
+        await runner.wait(busy.id)
