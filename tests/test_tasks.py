@@ -145,6 +145,16 @@ async def test_tasks_cancel_stops_the_work_and_aborts_the_provider_request(daemo
         assert "cancelled" in no_result.message
 
 
+
+async def test_giving_up_on_tasks_result_cancels_the_wait_not_the_task(daemon: Any, simulator: Any) -> None:
+    async with connect(daemon.url) as client:
+        task = await create_task(client, sim_prompt("x", latency_s=0.5, reply="kept going"))
+        with trio.move_on_after(0.1):  # the client library sends notifications/cancelled
+            await client.request("tasks/result", {"taskId": task["taskId"]})
+        result = await client.request("tasks/result", {"taskId": task["taskId"]})
+        assert "kept going" in result["content"][0]["text"]
+    assert simulator.stats.aborted == 0
+
 async def test_a_finished_task_cannot_be_cancelled(daemon: Any) -> None:
     async with connect(daemon.url) as client:
         task = await create_task(client, "quick")
