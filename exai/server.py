@@ -93,12 +93,14 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
     from exai.monitor import heartbeat, serve_monitor
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
+    from exai.stalls import watch_stalls
     from exai.store import open_store
     from exai.tools import all_tools
 
     settings = daemon.settings
     no_keys = settings.kimi_api_key is None and settings.glm_api_key is None
     async with trio.open_nursery() as background:
+        background.start_soon(watch_stalls)
         simulator_url = None
         if demo or no_keys:
             simulator = await background.start(serve_simulator, "127.0.0.1", 0)
