@@ -18,6 +18,18 @@ from exai.limits import Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon as the monitor's thread sees it: built on the event loop, never changed after.
+    The monitor reads the one reference the daemon swaps; it touches no live object."""
+
+    beat: float  # time.monotonic() when it was built: /healthz's proof that the loop runs
+    ready: bool
+    draining: bool
+    status: dict[str, Any]  # the /api/status document, made for this snapshot alone
+    limits: dict[str, int]  # the ceilings /api/history draws its gauges against
+
+
 @dataclass
 class Bound:
     """Where a started daemon listens."""
@@ -41,7 +53,7 @@ class Daemon:
         self.connection_slots = trio.CapacityLimiter(settings.max_connections)
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
-        self.heartbeat = time.monotonic()
+        self.snapshot = Snapshot(time.monotonic(), False, False, {}, {})
         self.ready = False
         self.draining = False
         self.stopping = trio.Event()
@@ -51,8 +63,14 @@ class Daemon:
     def request_shutdown(self) -> None:
         self.stopping.set()
 
+    def publish(self) -> None:
+        """Build the monitor's next snapshot and swap it in; on the daemon's loop only."""
+        status = self.status() | {"threads": self.services.history.threads}
+        limits = {"inflight": int(self.limits.global_slots.total_tokens), "queued": self.limits.max_queued}
+        self.snapshot = Snapshot(time.monotonic(), self.ready, self.draining, status, limits)
+
     def status(self) -> dict[str, Any]:
-        """The snapshot behind /api/status and the `status` tool."""
+        """What /api/status and the `status` tool show, as of now; on the daemon's loop only."""
         return {
             "version": __version__,
             "ready": self.ready,
@@ -123,7 +141,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     calls=daemon.calls,
                     status=daemon.status,
                 )
-                background.start_soon(heartbeat, daemon)
+                await background.start(heartbeat, daemon)
                 monitor_url = None
                 if settings.monitor_port is not None and settings.monitor_port >= 0:
                     monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)
@@ -144,10 +162,12 @@ async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: A
             # finishing within the grace period still reach their clients; it stops last.
             http_url = await connections.start(serve_http, daemon)
             daemon.ready = True
+            daemon.publish()  # readiness reaches the monitor at once, not a beat later
             task_status.started(Bound(url, monitor_url, daemon, http_url))
             await daemon.stopping.wait()
             daemon.ready = False
             daemon.draining = True
+            daemon.publish()
             accepting.cancel_scope.cancel()
         await _drain(daemon)
         connections.cancel_scope.cancel()

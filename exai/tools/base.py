@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -24,6 +24,23 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What a call is doing now, as /api/status shows it. Never changed in place: a change is a
+    new value, so a status snapshot always holds one whole state of the call."""
+
+    state: Literal["queued", "running"] = "queued"
+    model: str | None = None
+    step: str | None = None  # a workflow's "step/total"
+    message: str | None = None  # the last progress message
+
+
+class Shown(Protocol):
+    """What holds a call's current Activity (the call in flight)."""
+
+    activity: Activity
+
+
 class ToolArgumentError(Exception):
     """The arguments failed the tool's schema; the message names each bad field."""
 
@@ -39,8 +56,15 @@ class ToolContext:
     store: Any
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
+    call: Shown
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
-    activity: dict[str, Any] = field(default_factory=dict)
+    # The thread this call saved its work to: an answer to a cancelled call names it.
+    continuation_id: str | None = None
+
+    def show(self, *, model: str | None = None, step: str | None = None) -> None:
+        """Tell the monitor which model or step the call is at (None: unchanged)."""
+        now = self.call.activity
+        self.call.activity = replace(now, model=model or now.model, step=step or now.step)
 
     async def complete(
         self,
@@ -59,7 +83,7 @@ class ToolContext:
             await self.report(f"{tokens} tokens: {_tail(text)}")
 
         with contextlib.suppress(ProviderError):  # for the monitor; an unknown model fails just below
-            self.activity["model"] = self.gateway.resolve(model)[1]
+            self.show(model=self.gateway.resolve(model)[1])
         completion = await self.gateway.complete(
             model=model,
             messages=messages,
@@ -68,7 +92,7 @@ class ToolContext:
             on_text=on_text,
             request_id=self.request_id,
         )
-        self.activity["model"] = completion.model
+        self.show(model=completion.model)
         self.usage["prompt_tokens"] += completion.usage.prompt_tokens
         self.usage["completion_tokens"] += completion.usage.completion_tokens
         return completion
