@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import time
@@ -213,6 +214,11 @@ def run_serve(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             bound: Bound = await nursery.start(partial(serve, settings, demo=demo))
+            # What start-up built (modules, models, settings: about 60,000 objects) lives as long
+            # as the process. Frozen out of the collector's sight, a full collection walks only
+            # what calls left behind, instead of stopping the loop for ~40 ms every few seconds.
+            gc.collect()
+            gc.freeze()
             print(f"exai listening on {bound.url.rstrip('/')}", flush=True)
             if bound.monitor_url and settings.monitor_port == 0:
                 print(f"exai monitor on {bound.monitor_url}", flush=True)
