@@ -4,9 +4,9 @@ It runs on its own thread and event loop, and answers from the snapshot the daem
 publishes (server.Snapshot: built on the daemon's loop, never changed after), so it stays fast
 while the daemon is saturated and never reads the daemon's live objects; the one exception is
 the History, a ring made for this with its own lock. Status is at most one beat old.
- With EXAI_AUTH_TOKEN set, everything but
-/healthz and /readyz needs the token: a Bearer header, or the dashboard's cookie, which
-`/?token=` sets once.
+
+With EXAI_AUTH_TOKEN set, everything but /healthz and /readyz needs the token: a Bearer
+header, or the dashboard's cookie, which `/?token=` sets once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 import uuid
 from functools import cache, partial
 from importlib.resources import files
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_to_bytes
 
 import trio
@@ -32,6 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exai import metrics
 from exai.asgi import lifespan
+
+if TYPE_CHECKING:
+    from exai.server import Daemon
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, str, bytes, Headers]
@@ -57,7 +60,7 @@ PAGE_HEADERS: Final = [
 ]
 
 
-async def heartbeat(daemon: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Publish the monitor's snapshot every beat (its time proves, for /healthz, that the
     daemon's loop runs); feed the history its load gauges and provider totals, and now and
     then the stored threads' count; until cancelled. Started once the first one is out."""
@@ -95,7 +98,7 @@ async def _count_threads(store: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def monitor_app(daemon: Any) -> Any:
+def monitor_app(daemon: Daemon) -> Any:
     """The ASGI app over a Daemon's state."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -124,7 +127,7 @@ def monitor_app(daemon: Any) -> Any:
     return app
 
 
-def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
+def route(daemon: Daemon, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
     """(status, content type, body, extra headers) for one monitor request."""
     if method not in ("GET", "HEAD"):
         return 405, "text/plain", b"method not allowed\n", [(b"allow", b"GET, HEAD")]
@@ -213,7 +216,7 @@ def _json(obj: Any) -> bytes:
 
 
 async def serve_monitor(
-    daemon: Any, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    daemon: Daemon, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the monitor until cancelled; task_status gets its base URL (real port).
 
