@@ -30,6 +30,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.store import Store
 from exai.tools.base import Activity, Shown, Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -151,9 +152,10 @@ class Services:
     limits: Limits
     gateway: Any
     tools: dict[str, Tool]
-    store: Any
+    store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
+    draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
     history: History = field(default_factory=History)
 
 

@@ -9,7 +9,9 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.store import Store
 
 
 class ToolArgs(BaseModel):
@@ -41,7 +43,7 @@ class Shown(Protocol):
     activity: Activity
 
 
-class ToolArgumentError(Exception):
+class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
 
@@ -53,7 +55,7 @@ class ToolContext:
     settings: Any
     gateway: Any
     budget: CallBudget
-    store: Any
+    store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
     call: Shown
