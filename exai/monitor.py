@@ -43,6 +43,10 @@ Response = tuple[int, str, bytes, Headers]
 # it has been silent this long.
 HEARTBEAT_S: Final = 0.1
 HEALTH_STALL_S: Final = 2.0
+# /api/status and /metrics ask the daemon's loop for a snapshot of this moment and wait this
+# long for it; a saturated loop that has not built it by then gets the last beat's.
+FRESH_WAIT_S: Final = 0.05
+FRESH_PATHS: Final = frozenset({"/api/status", "/metrics"})
 THREADS_EVERY: Final = 100  # heartbeats between two counts of the stored threads (10 s)
 MAX_SINCE_DIGITS: Final = 12  # /api/history?since= is a Unix second
 COOKIE: Final = b"exai_dashboard"
@@ -102,6 +106,8 @@ def monitor_app(daemon: Daemon) -> Any:
         if scope["type"] != "http":
             return
         try:
+            if scope["path"] in FRESH_PATHS:
+                await fresh_snapshot(daemon)
             status, content_type, body, extra = route(
                 daemon, scope["method"], scope["path"], scope.get("query_string", b""), scope.get("headers", [])
             )
@@ -119,6 +125,31 @@ def monitor_app(daemon: Daemon) -> Any:
         await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
 
     return app
+
+
+async def fresh_snapshot(daemon: Daemon, wait: float = FRESH_WAIT_S) -> None:
+    """On the monitor's loop: have the daemon's loop publish a snapshot of now, waiting at most
+    `wait` for it (a call that just ended is not shown as running for a heartbeat). The
+    daemon's loop builds it, as every snapshot; this thread still reads only the reference."""
+    if daemon.loop is None:
+        return
+    built = trio.Event()
+    monitor = trio.lowlevel.current_trio_token()
+
+    def publish() -> None:  # on the daemon's loop; nothing may escape a run_sync_soon callback
+        try:
+            daemon.publish()
+        except Exception:
+            logger.exception("the monitor's snapshot could not be built; the last one is shown")
+        with contextlib.suppress(trio.RunFinishedError):
+            monitor.run_sync_soon(built.set)
+
+    try:
+        daemon.loop.run_sync_soon(publish)
+    except trio.RunFinishedError:  # the daemon's loop is gone: its last snapshot stands
+        return
+    with trio.move_on_after(wait):
+        await built.wait()
 
 
 def route(daemon: Daemon, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:

@@ -55,6 +55,7 @@ class Daemon:
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
         self.snapshot = Snapshot(time.monotonic(), False, False, {}, {})
+        self.loop: trio.lowlevel.TrioToken | None = None  # set by serve(): where publish() runs
         self.ready = False
         self.draining = False
         self.stopping = trio.Event()
@@ -143,6 +144,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     status=daemon.status,
                     draining=lambda: daemon.draining,
                 )
+                daemon.loop = trio.lowlevel.current_trio_token()
                 await background.start(heartbeat, daemon)
                 monitor_url = None
                 if settings.monitor_port is not None and settings.monitor_port >= 0:

@@ -95,6 +95,25 @@ async def test_api_status_shows_calls_limiters_and_providers(daemons: Any, simul
     assert "test-kimi-key" not in str(status)
 
 
+async def test_api_status_is_of_this_moment_not_of_the_last_heartbeat(daemon: Any, simulator: Any) -> None:
+    """The daemon's loop builds the snapshot when /api/status asks: a call is shown the moment
+    it runs and gone the moment it ended, with no wait for the next beat."""
+    async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
+        for _ in range(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.call_tool, "chat", {"prompt": f"x\n{HANG}"})
+                with trio.fail_after(2):
+                    await simulator.wait_until(lambda s: s.inflight == 1)
+                running = (await http.get("/api/status")).json()
+                nursery.cancel_scope.cancel()
+            assert running["inflight"] == 1 and len(running["requests"]) == 1
+            with trio.fail_after(2):
+                await simulator.wait_until(lambda s: s.inflight == 0)
+            await client.call_tool("version", {})  # the cancelled call has been seen out by now
+            ended = (await http.get("/api/status")).json()
+            assert ended["inflight"] == 0 and ended["requests"] == []
+
+
 async def test_readyz_is_503_while_draining(daemons: Any, simulator: Any) -> None:
     bound = await daemons.start(shutdown_grace_secs=1.0)
     async with httpx.AsyncClient(base_url=bound.monitor_url) as http, connect(bound.url) as client:
