@@ -21,7 +21,6 @@ import hmac
 import itertools
 import math
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from loguru import logger
 from exai.lifecycle import CancelReason, InflightCall, Send, run_tool_call
 from exai.protocol import INVALID_PARAMS, OVERLOADED, RpcError, ToolCall
 from exai.store import NewTask, TaskCursor, TaskNotFound, TaskRecord, TaskStatus, TooManyTasks
-from exai.tools.base import Tool
+from exai.tools.base import Activity, Tool
 
 if TYPE_CHECKING:
     from exai.lifecycle import Services
@@ -68,15 +67,15 @@ def task_owner(token: str | None) -> str:
     return "bearer:" + hmac.new(OWNER_KEY, token.encode(), hashlib.sha256).hexdigest()
 
 
-def describe(activity: dict[str, Any]) -> str:
+def describe(activity: Activity) -> str:
     """A working task's message from its call's activity: state, model, step, progress."""
-    parts = [str(activity.get("state", "queued"))]
-    if activity.get("model"):
-        parts.append(f"model {activity['model']}")
-    if activity.get("step"):
-        parts.append(f"step {activity['step']}")
-    if activity.get("message"):
-        parts.append(str(activity["message"]))
+    parts: list[str] = [activity.state]
+    if activity.model:
+        parts.append(f"model {activity.model}")
+    if activity.step:
+        parts.append(f"step {activity.step}")
+    if activity.message:
+        parts.append(activity.message)
     return ", ".join(parts)
 
 
@@ -320,12 +319,12 @@ class TaskRunner:
 
     def statistics(self) -> dict[str, Any]:
         """For /api/status: tasks by status and the working ones of this daemon."""
-        now = time.monotonic()
+        now = trio.current_time()
         working = [
             {
                 "id": _shown(task_id),
                 "tool": work.call.tool,
-                "age_s": round(now - work.call.arrived_monotonic, 3),
+                "age_s": round(now - work.call.arrived, 3),
                 "message": work.message,
             }
             for task_id, work in list(self.running.items())

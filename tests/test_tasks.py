@@ -410,7 +410,7 @@ class Nap(Tool):
 
     async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
         for step in range(1, args.steps + 1):
-            ctx.activity["step"] = f"{step}/{args.steps}"
+            ctx.show(step=f"{step}/{args.steps}")
             await trio.sleep(args.seconds / args.steps)
         return ToolOutput(f"slept {args.seconds:g} s")
 
