@@ -14,6 +14,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +592,23 @@ async def test_call_or_task_at_max_tasks_stays_a_plain_call(tmp_path: Path, auto
         response = await runner.call_or_task(nap(5), Nap(), after_s=2, send=nobody, notify=nobody)
         assert isinstance(response, dict) and response["result"]["content"][0]["text"] == "slept 5 s"
         await runner.wait(busy.id)
+
+
+@pytest.mark.slow
+async def test_exai_call_task_ctrl_c_cancels_the_task(daemon: Any, simulator: Any) -> None:
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*EXAI, "call", "chat", f"prompt={HANG}", "--task", "--url", daemon.url, "--token", "unused"],
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with trio.fail_after(10):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        process.send_signal(signal.SIGINT)
+    assert process.returncode == 130
+    with trio.fail_after(2):
+        await simulator.wait_until(lambda s: s.inflight == 0 and s.aborted == 1)
+    assert daemon.daemon.status()["tasks"]["cancelled"] == 1
