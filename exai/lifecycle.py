@@ -31,7 +31,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
-from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import ServedTool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
 PROGRESS_INTERVAL_S = 0.25
@@ -154,7 +154,7 @@ class Services:
     settings: Any
     limits: Limits
     gateway: Any
-    tools: dict[str, Tool]
+    tools: dict[str, ServedTool]
     store: Any
     calls: Calls
     status: Callable[[], dict[str, Any]]
@@ -165,7 +165,7 @@ async def run_tool_call(
     services: Services,
     call: InflightCall,
     request: ToolCall,
-    tool: Tool,
+    tool: ServedTool,
     session_slots: trio.CapacityLimiter,
     send: Send,
 ) -> dict[str, Any] | None:
@@ -195,10 +195,10 @@ async def run_tool_call(
     try:
         with call.scope:
             try:
-                args = tool.parse(request.arguments)
+                run = tool.bind(request.arguments)
                 async with services.limits.admit(session_slots):
                     call.activity["state"] = "running"
-                    output = await tool.run(args, ctx)
+                    output = await run(ctx)
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
             except ProviderError as exc:

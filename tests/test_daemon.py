@@ -222,12 +222,12 @@ async def test_duplicate_inflight_id_is_refused_and_first_goes_on(
         assert second["id"] == 42 and second["result"]["isError"] is False
 
 
-class Boom(Tool):
+class Boom(Tool[ToolArgs]):
     name = "boom"
     description = "fails on purpose"
     Args = ToolArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolOutput:
         raise RuntimeError("secret internals test-kimi-key")
 
 

@@ -15,7 +15,7 @@ class AnalyzeArgs(StepArgs):
     )
 
 
-class Analyze(WorkflowTool):
+class Analyze(WorkflowTool[AnalyzeArgs]):
     name = "analyze"
     description = (
         "Analyze code in steps (architecture, performance, security, quality): each call records "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from functools import partial
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -80,10 +81,27 @@ def _tail(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else "…" + flat[-width:]
 
 
-class Tool:
+A = TypeVar("A", bound=ToolArgs)
+ToolRun = Callable[[ToolContext], Awaitable[ToolOutput]]
+
+
+class ServedTool(Protocol):
+    """A tool as the daemon serves it, whatever its argument model."""
+
+    @property
+    def name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def bind(self, arguments: dict[str, Any]) -> ToolRun: ...
+
+
+class Tool(Generic[A]):
+    """A tool over its argument model `A`: `run` gets the arguments parsed and checked."""
+
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[ToolArgs]]
+    Args: type[A]
 
     def input_schema(self) -> dict[str, Any]:
         schema = self.Args.model_json_schema()
@@ -93,13 +111,17 @@ class Tool:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputSchema": self.input_schema()}
 
-    def parse(self, arguments: dict[str, Any]) -> ToolArgs:
+    def parse(self, arguments: dict[str, Any]) -> A:
         try:
             return self.Args.model_validate(arguments)
         except ValidationError as exc:
             raise ToolArgumentError(describe_validation_error(self.name, exc)) from None
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    def bind(self, arguments: dict[str, Any]) -> ToolRun:
+        """The call to run, its arguments checked now (ToolArgumentError names each bad field)."""
+        return partial(self.run, self.parse(arguments))
+
+    async def run(self, args: A, ctx: ToolContext) -> ToolOutput:
         raise NotImplementedError
 
 

@@ -30,7 +30,7 @@ class ChatArgs(ToolArgs):
     )
 
 
-class Chat(Tool):
+class Chat(Tool[ChatArgs]):
     name = "chat"
     description = (
         "Ask a model (GLM or Kimi) a question or think through a problem together. "
@@ -38,7 +38,7 @@ class Chat(Tool):
     )
     Args = ChatArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: ChatArgs, ctx: ToolContext) -> ToolOutput:
         async with ctx.store.hold(args.continuation_id):
             history: list[Turn] = []
             if args.continuation_id:

@@ -15,7 +15,7 @@ class CodeReviewArgs(StepArgs):
     standards: str | None = Field(None, description="Coding standards to enforce.")
 
 
-class CodeReview(WorkflowTool):
+class CodeReview(WorkflowTool[CodeReviewArgs]):
     name = "codereview"
     description = (
         "Review code in steps: each call records what you reviewed and the issues found "

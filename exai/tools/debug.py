@@ -5,7 +5,7 @@ from __future__ import annotations
 from exai.tools.workflow import StepArgs, WorkflowTool
 
 
-class Debug(WorkflowTool):
+class Debug(WorkflowTool[StepArgs]):
     name = "debug"
     description = (
         "Root-cause a bug in steps. You investigate between calls: each call reports one step "

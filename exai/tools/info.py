@@ -15,12 +15,12 @@ class NoArgs(ToolArgs):
     pass
 
 
-class Version(Tool):
+class Version(Tool[NoArgs]):
     name = "version"
     description = "The exai version, MCP protocol revision, Python and platform of the daemon."
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         info = {
             "exai": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -32,7 +32,7 @@ class Version(Tool):
         return ToolOutput(text, structured=info)
 
 
-class ListModels(Tool):
+class ListModels(Tool[NoArgs]):
     name = "listmodels"
     description = (
         "List the models exai can use, by provider, with context window, availability and the "
@@ -40,7 +40,7 @@ class ListModels(Tool):
     )
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         models = ctx.gateway.list_models()
         lines = []
         for m in models:
@@ -52,12 +52,12 @@ class ListModels(Tool):
         return ToolOutput("\n".join(lines) or "no models", structured={"models": models})
 
 
-class Status(Tool):
+class Status(Tool[NoArgs]):
     name = "status"
     description = "The daemon's live status: connections, calls in flight, limiters, provider circuits."
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         import json
 
         snapshot = ctx.status()

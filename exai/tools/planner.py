@@ -67,7 +67,7 @@ def plan_of(turns: list[Turn]) -> Plan:
     return plan
 
 
-class Planner(Tool):
+class Planner(Tool[PlannerArgs]):
     name = "planner"
     description = (
         "Build a plan step by step (no model is called: you think, exai keeps the plan). Each call adds "
@@ -87,7 +87,7 @@ class Planner(Tool):
             "When every step is concrete and ordered, send the last one with next_step_required: false.",
         ]
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: PlannerArgs, ctx: ToolContext) -> ToolOutput:
         total = max(args.total_steps, args.step_number)
         async with ctx.store.hold(args.continuation_id):
             thread = await open_thread(ctx, args.continuation_id)
@@ -124,7 +124,7 @@ class Planner(Tool):
         text, structured = fit_result(render_plan, structured, int(ctx.settings.max_result_tokens))
         return ToolOutput(text, structured=structured)
 
-    def check(self, args: Any, plan: Plan) -> tuple[int | None, str | None, int | None]:
+    def check(self, args: PlannerArgs, plan: Plan) -> tuple[int | None, str | None, int | None]:
         """(revised step, branch, branch start) after checking them against the plan so far."""
         revises = None
         if args.is_step_revision:

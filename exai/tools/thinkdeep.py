@@ -12,7 +12,7 @@ class ThinkDeepArgs(StepArgs):
     focus_areas: list[str] = Field(default_factory=list, description="E.g. architecture, performance, security.")
 
 
-class ThinkDeep(WorkflowTool):
+class ThinkDeep(WorkflowTool[ThinkDeepArgs]):
     name = "thinkdeep"
     description = (
         "Think a hard problem through in steps (design, trade-offs, a tricky decision): each call "

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,11 +76,14 @@ class StepArgs(ToolArgs):
     )
 
 
+S = TypeVar("S", bound=StepArgs)
+
+
 @dataclass
-class StepRun:
+class StepRun(Generic[S]):
     """One call's view of its thread while it runs."""
 
-    args: Any
+    args: S
     ctx: ToolContext
     thread_id: str | None
     history: list[Turn]
@@ -155,10 +158,9 @@ def parse_json(text: str) -> Any:
     return value if isinstance(value, dict) else None
 
 
-class WorkflowTool(Tool):
-    """A workflow tool: a declaration the engine runs."""
+class WorkflowTool(Tool[S]):
+    """A workflow tool: a declaration the engine runs, over its step argument model `S`."""
 
-    Args: ClassVar[type[StepArgs]] = StepArgs
     work: ClassVar[str]  # status while steps remain: pause_for_<work>
     system: ClassVar[str]
     final_requires: ClassVar[tuple[str, ...]] = ()
@@ -177,7 +179,7 @@ class WorkflowTool(Tool):
             return list(early)
         return list(converging if rank(confidence) >= CONFIDENCE.index("medium") else exploring)
 
-    def task_details(self, args: Any) -> str:
+    def task_details(self, args: S) -> str:
         """The tool's own fields (review_type, focus_areas...) as lines for the model."""
         base = set(StepArgs.model_fields)
         lines = []
@@ -188,7 +190,7 @@ class WorkflowTool(Tool):
 
     # -- the engine ----------------------------------------------------------------------
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: S, ctx: ToolContext) -> ToolOutput:
         total = max(args.total_steps, args.step_number)
         limit = int(ctx.settings.max_auto_steps)
         auto = min(args.auto_steps, limit) if self.auto_capable else 0
@@ -241,7 +243,7 @@ class WorkflowTool(Tool):
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
 
-    async def read(self, run: StepRun, paths: list[str]) -> list[FileContent]:
+    async def read(self, run: StepRun[S], paths: list[str]) -> list[FileContent]:
         """The files' text for a model call; the result names those trimmed to EXAI_MAX_FILE_BYTES."""
         settings = run.ctx.settings
         contents = await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes))
@@ -250,7 +252,7 @@ class WorkflowTool(Tool):
             run.notes.append(note)
         return contents
 
-    def check_final(self, args: Any, files: list[str]) -> None:
+    def check_final(self, args: S, files: list[str]) -> None:
         missing = [name for name in self.final_requires if not (files if name == "relevant_files" else getattr(args, name))]
         if missing:
             raise ToolArgumentError(
@@ -258,7 +260,7 @@ class WorkflowTool(Tool):
                 + ", ".join(missing)
             )
 
-    def render_step(self, args: Any) -> str:
+    def render_step(self, args: S) -> str:
         lines = [f"[{self.name} step {args.step_number}] {args.step}", f"Findings: {args.findings}"]
         if args.hypothesis:
             lines.append(f"Hypothesis: {args.hypothesis}")
@@ -275,7 +277,7 @@ class WorkflowTool(Tool):
             lines.append(details)
         return "\n".join(lines)
 
-    async def auto_run(self, run: StepRun, steps: int, *, clamped: bool) -> ToolOutput:
+    async def auto_run(self, run: StepRun[S], steps: int, *, clamped: bool) -> ToolOutput:
         """Run up to `steps` further steps, one provider call each; a loop, never recursion.
 
         Stops early at high confidence, after STALL_STEPS steps with nothing new, or when
@@ -352,19 +354,19 @@ class WorkflowTool(Tool):
         run.notes.append(_STOP_NOTES[stop].format(limit=ctx.settings.max_auto_steps, budget=ctx.budget.max_calls))
         return self.result(run, status=status)
 
-    def task_lines(self, run: StepRun, heading: str, findings: list[str]) -> list[str]:
+    def task_lines(self, run: StepRun[S], heading: str, findings: list[str]) -> list[str]:
         """The task, the tool's own fields, the findings and the hypothesis, for a prompt."""
         lines = [f"Task ({self.name}): {run.args.step}", self.task_details(run.args), heading, *(f"- {f}" for f in findings)]
         if run.hypothesis:
             lines.append(f"Current hypothesis: {run.hypothesis}")
         return lines
 
-    def auto_prompt(self, run: StepRun, number: int) -> str:
+    def auto_prompt(self, run: StepRun[S], number: int) -> str:
         lines = self.task_lines(run, "Findings so far:", run.findings[-20:])
         lines.append(f"Run step {number} of {run.total_steps} now; current confidence: {run.confidence}.")
         return "\n".join(line for line in lines if line)
 
-    async def finish(self, run: StepRun) -> ToolOutput:
+    async def finish(self, run: StepRun[S]) -> ToolOutput:
         """The final step: the expert's analysis unless certain or not wanted."""
         args, ctx = run.args, run.ctx
         if not args.use_assistant_model or args.confidence == "certain":
@@ -396,7 +398,7 @@ class WorkflowTool(Tool):
         )
         return self.result(run, status="calling_expert_analysis", final=True, expert=expert)
 
-    def expert_prompt(self, run: StepRun) -> str:
+    def expert_prompt(self, run: StepRun[S]) -> str:
         args = run.args
         lines = self.task_lines(run, "Consolidated findings, step by step:", run.findings)
         # Every step's issues, as render_step kept them in the thread (this step's included).
@@ -410,7 +412,7 @@ class WorkflowTool(Tool):
         lines.append(f"The assistant's confidence: {args.confidence}.")
         return "\n".join(line for line in lines if line)
 
-    def result(self, run: StepRun, *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
+    def result(self, run: StepRun[S], *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
         ctx = run.ctx
         actions = [] if final else self.required_actions(run.step_number, run.confidence)
         if run.suggested and not final:
