@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any
 
 from exai import __version__
 from exai.protocol import PROTOCOL_VERSION
