@@ -56,24 +56,22 @@ class Issue(BaseModel):
 # The fields every step of an investigating workflow tool takes (CONTRACT section 4).
 # No docstring: pydantic would put it into every tool's schema.
 class StepArgs(ToolArgs):
-    step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
-    step_number: int = Field(ge=1, description="This step's number, from 1.")
-    total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
-    next_step_required: bool = Field(description="true: you will investigate further; false: final step, gets the expert analysis.")
-    findings: str = Field(description="What you found in this step: facts, with file:line evidence.")
-    files_checked: list[str] = Field(default_factory=list, description="Absolute paths you examined.")
-    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter; their text is sent to the model.")
-    relevant_context: list[str] = Field(default_factory=list, description="Functions, classes or modules that matter.")
-    issues_found: list[Issue] = Field(default_factory=list, description="Problems found so far.")
-    hypothesis: str | None = Field(None, description="Your current best explanation.")
-    confidence: Confidence = Field("exploring", description="How sure you are of the findings.")
-    continuation_id: str | None = Field(None, description="Thread id from an earlier step's result; omit on step 1.")
-    model: str | None = Field(None, description="Model for model calls, or 'auto'.")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature, 0 to 2.")
-    use_assistant_model: bool = Field(True, description="false: no expert model call on the final step.")
-    auto_steps: int = Field(
-        0, ge=0, description="Let exai run up to this many further steps itself, one model call each (EXAI_MAX_AUTO_STEPS caps it)."
-    )
+    step: str = Field(min_length=1, description="This step; on the final step, your conclusion.")
+    step_number: int = Field(ge=1)
+    total_steps: int = Field(ge=1, description="Steps expected in all.")
+    next_step_required: bool = Field(description="false: the final step (expert analysis).")
+    findings: str = Field(description="What this step found (file:line).")
+    files_checked: list[str] = Field(default_factory=list, description="Paths examined.")
+    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths sent to the model.")
+    relevant_context: list[str] = Field(default_factory=list, description="Functions or classes that matter.")
+    issues_found: list[Issue] = Field(default_factory=list)
+    hypothesis: str | None = None
+    confidence: Confidence = "exploring"
+    continuation_id: str | None = Field(None, description="Thread id of an earlier result.")
+    model: str | None = Field(None, description="Model name, or 'auto'.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    use_assistant_model: bool = Field(True, description="false: no expert call.")
+    auto_steps: int = Field(0, ge=0, description="Steps exai runs itself, a model call each.")
 
 
 S = TypeVar("S", bound=StepArgs)
@@ -112,14 +110,19 @@ class StepRun(Generic[S]):
 
 
 def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema without titles, null alternatives and empty defaults: a third of the bytes."""
+    """The schema without titles, null alternatives, empty defaults and $defs (each used once,
+    inlined where it is used): a third of the bytes."""
+    definitions = schema.get("$defs", {})
 
     def walk(node: Any) -> Any:
         if isinstance(node, list):
             return [walk(item) for item in node]
         if not isinstance(node, dict):
             return node
-        node = {k: v for k, v in node.items() if k != "title"}
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/") and len(node) == 1:
+            node = definitions[ref.removeprefix("#/$defs/")]
+        node = {k: v for k, v in node.items() if k not in ("title", "$defs")}
         options = node.get("anyOf")
         if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
             node.pop("anyOf")
@@ -243,10 +246,18 @@ class WorkflowTool(Tool[S]):
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
 
+    async def material(self, run: StepRun[S]) -> list[FileContent]:
+        """What the tool itself gathers for a model call, ahead of the files (precommit: the diff)."""
+        return []
+
     async def read(self, run: StepRun[S], paths: list[str]) -> list[FileContent]:
-        """The files' text for a model call; the result names those trimmed to EXAI_MAX_FILE_BYTES."""
+        """The tool's material and the files' text for a model call; the result names those
+        trimmed to EXAI_MAX_FILE_BYTES."""
         settings = run.ctx.settings
-        contents = await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes))
+        contents = [
+            *await self.material(run),
+            *await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes)),
+        ]
         note = trimmed_note(contents)
         if note and note not in run.notes:
             run.notes.append(note)
