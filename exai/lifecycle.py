@@ -158,6 +158,7 @@ class Services:
     store: Any
     calls: Calls
     status: Callable[[], dict[str, Any]]
+    draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
     history: History = field(default_factory=History)
 
 

@@ -120,6 +120,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     store=store,
                     calls=daemon.calls,
                     status=daemon.status,
+                    draining=lambda: daemon.draining,
                 )
                 background.start_soon(heartbeat, daemon)
                 monitor_url = None
@@ -178,11 +179,12 @@ def run_serve(
     """`exai serve`: 0 after a clean shutdown, 2 on invalid configuration."""
     from exai.config import ConfigError, load_settings
     from exai.logs import setup_logging
+    from exai.tools import TOOL_NAMES
 
     given = {"host": host, "port": port, "monitor_port": monitor_port, "http_port": http_port}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(known_tools=TOOL_NAMES, **overrides)
     except ConfigError as exc:
         print(f"exai: invalid configuration: {exc}", file=sys.stderr)
         return 2

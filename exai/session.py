@@ -3,23 +3,34 @@
 A transport (WebSocket, Streamable HTTP) opens a session with `open_session`, hands it each
 incoming frame, and gives it a `send` for what goes back. The session owns its calls: they
 run in the session's nursery, so when the session ends, every call it started has ended.
+What differs between protocol eras is asked of the request's era (`exai.eras`), never here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final
 
 import trio
 from loguru import logger
 
-from exai import __version__, metrics
-from exai.lifecycle import CancelReason, InflightCall, internal_error, run_tool_call
+from exai import metrics
+from exai.eras import Era, era_of
+from exai.lifecycle import (
+    Alive,
+    CancelReason,
+    InflightCall,
+    Services,
+    internal_error,
+    run_tool_call,
+)
 from exai.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    OVERLOADED,
     BadMessage,
     Message,
     Notification,
@@ -27,14 +38,14 @@ from exai.protocol import (
     RequestId,
     Response,
     RpcError,
+    ToolCall,
     error_message,
-    negotiate_version,
     parse_cancelled,
-    parse_initialize,
     parse_message,
     parse_tool_call,
     result_message,
 )
+from exai.tools.base import Tool
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -42,32 +53,50 @@ CLOSE_TIMEOUT_S: Final = 2.0
 REASON_SHOWN: Final = 200  # characters of a client's cancel reason that go into the log
 
 
+def _nothing() -> None:
+    pass
+
+
+def _no_call_ended(request_id: RequestId) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What a transport asks to hear from its session; given when the session is built."""
+
+    # Stop taking messages, and end the transport once the calls have ended (shutdown).
+    end_transport: Callable[[], None] = _nothing
+    # A call is over, answered or not (HTTP closes its stream even when no response is owed).
+    call_ended: Callable[[RequestId], None] = _no_call_ended
+
+
 class Session:
     """The MCP state of one client: initialized or not, and its calls in flight."""
 
     def __init__(
         self,
-        daemon: Any,
+        services: Services,
         session_id: str,
         send: Send,
         session_slots: trio.CapacityLimiter,
+        nursery: trio.Nursery,
+        hooks: Hooks = Hooks(),
     ):
-        self.daemon = daemon
+        self.services = services
         self.id = session_id
         self.send = send
         self.session_slots = session_slots
-        self.nursery: trio.Nursery  # set by open_session: where this session's calls run
-        self.calls: dict[Any, InflightCall] = {}
+        self.nursery = nursery  # where this session's calls run
+        self.hooks = hooks
+        self.calls: dict[RequestId, InflightCall] = {}
         self.initialized = False
         self.protocol_version: str | None = None
         self.failed = False  # set when an unexpected exception ends the session
-        # Set by the transport: stop taking messages, and end the transport once the calls
-        # have ended (shutdown uses it after the grace period).
-        self.end_transport: Callable[[], None] = lambda: None
-        # Set by a transport that must know when a call is over, answered or not (HTTP
-        # closes the call's stream even when no response is owed).
-        self.call_ended: Callable[[RequestId], None] = lambda request_id: None
         self.log = logger.bind(conn=session_id)
+
+    def end_transport(self) -> None:
+        self.hooks.end_transport()
 
     def cancel_calls(self, reason: CancelReason) -> int:
         """Cancel every call of this session; returns how many there were."""
@@ -107,8 +136,7 @@ class Session:
             if isinstance(message, Response):
                 self.log.debug("ignoring a response from the client (id {!r}): exai sends no requests", message.id)
                 return None
-            result = self._request(message)
-            return None if result is None else result_message(message.id, result)
+            return self._request(message)
         except BadMessage as bad:
             return error_message(bad.id, bad.code, bad.message)
         except RpcError as exc:
@@ -136,47 +164,31 @@ class Session:
                 call.cancel(CancelReason.CLIENT)
         # notifications/initialized and others need no answer and change nothing.
 
-    def _request(self, request: Request) -> Any:
-        """Answer a request at once, or start a call and return None (its task answers)."""
-        method = request.method
-        if method == "initialize":
-            return self._initialize(request)
-        if not self.initialized:
-            raise RpcError(INVALID_REQUEST, f"Invalid Request: {method} before initialize")
-        if method == "ping":
-            return {}
-        if method == "tools/list":
-            return {"tools": [tool.describe() for tool in self.daemon.services.tools.values()]}
-        if method == "tools/call":
-            self._start_call(request)
-            return None
-        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+    def _request(self, request: Request) -> dict[str, Any] | None:
+        """The response to send at once, or None when a call was started (its task answers)."""
+        era = era_of(request)
+        era.admit(self, request)
+        handler = era.methods.get(request.method)
+        if handler is None:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {request.method}")
+        result = handler(self, request)
+        return None if result is None else result_message(request.id, era.finish(result))
 
-    def _initialize(self, request: Request) -> dict[str, Any]:
-        if self.initialized:
-            raise RpcError(INVALID_REQUEST, "Invalid Request: initialize was already done")
-        version = parse_initialize(request.params)
-        self.initialized = True
-        self.protocol_version = negotiate_version(version)
-        return {
-            "protocolVersion": self.protocol_version,
-            "capabilities": {"tools": {"listChanged": False}},
-            "serverInfo": {"name": "exai", "version": __version__},
-            "instructions": "exai serves AI workflow tools backed by GLM and Kimi; see tools/list.",
-        }
+    # -- calls ---------------------------------------------------------------------------
 
-    def _start_call(self, request: Request) -> None:
-        daemon = self.daemon
+    def start_call(self, request: Request) -> None:
+        """Start a tools/call in the session's nursery; RpcError when it cannot start."""
+        services = self.services
         parsed = parse_tool_call(request.params)
-        tool = daemon.services.tools.get(parsed.name)
+        tool = services.tools.get(parsed.name)
         if tool is None:
-            known = ", ".join(sorted(daemon.services.tools))
+            known = ", ".join(sorted(services.tools))
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {parsed.name} (known: {known})")
         if request.id in self.calls:
             raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request.id!r} is already in flight")
-        if daemon.draining:
-            raise RpcError(-32000, "Server shutting down", {"retry_after_s": 1})
-        timeout = float(daemon.settings.tool_timeout_secs)
+        if services.draining():
+            raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
+        timeout = float(services.settings.tool_timeout_secs)
         if parsed.timeout is not None:
             timeout = min(timeout, parsed.timeout)
         now = trio.current_time()
@@ -189,38 +201,51 @@ class Session:
             scope=trio.CancelScope(deadline=now + timeout),
         )
         self.calls[request.id] = call
-        daemon.calls.add((self.id, call.id), call)
-        self.nursery.start_soon(self._run_call, call, parsed, tool)
+        services.calls.add((self.id, call.id), call)
+        self.nursery.start_soon(self._run_call, call, parsed, tool, era_of(request))
 
-    async def _run_call(self, call: InflightCall, parsed: Any, tool: Any) -> None:
+    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: Tool, era: Era) -> None:
         try:
-            response = await run_tool_call(
-                self.daemon.services, call, parsed, tool, self.session_slots, self.send
-            )
+            response = await run_tool_call(self.services, call, parsed, tool, self.session_slots, self.send)
             if response is not None:
+                if "result" in response:
+                    response["result"] = era.finish(response["result"])
                 await self._send_answer(response)
         finally:
             del self.calls[call.id]
-            self.daemon.calls.remove((self.id, call.id))
-            self.call_ended(call.id)
+            self.services.calls.remove((self.id, call.id))
+            self.hooks.call_ended(call.id)
 
 
 @asynccontextmanager
 async def open_session(
-    daemon: Any, session_id: str, send: Send, close: Callable[[], Awaitable[None]] | None = None
+    services: Services,
+    session_id: str,
+    send: Send,
+    *,
+    hooks: Hooks = Hooks(),
+    close: Callable[[], Awaitable[None]] | None = None,
+    registry: Alive[str, Session] | None = None,
+    slots: trio.CapacityLimiter | None = None,
 ) -> AsyncIterator[Session]:
-    """A session registered with the daemon for the body; on exit, none of its calls runs.
+    """A session for the body, counted in `registry` (the daemon's connections) if given; on
+    exit, none of its calls runs.
 
-    Leaving waits for the session's calls (a transport that lost its client cancels them
-    first with `cancel_calls`, so the wait is short), then awaits `close` (shielded, at most
-    CLOSE_TIMEOUT_S) so the transport is closed before the session stops being counted.
+    Its calls take `slots` (a limiter the caller shares between sessions) or, by default, a
+    `session:<id>` limiter of their own. Leaving waits for the session's calls (a transport
+    that lost its client cancels them first with `cancel_calls`, so the wait is short), then
+    awaits `close` (shielded, at most CLOSE_TIMEOUT_S) so the transport is closed before the
+    session stops being counted.
     """
-    async with daemon.limits.session(session_id) as session_slots:
-        session = Session(daemon, session_id, send, session_slots)
-        daemon.connections.add(session_id, session)
-        metrics.connections.inc()
+    async with _own_slots(services, session_id, slots) as session_slots:
+        if registry is not None:
+            metrics.connections.inc()
+        session: Session | None = None
         try:
-            async with trio.open_nursery() as session.nursery:
+            async with trio.open_nursery() as nursery:
+                session = Session(services, session_id, send, session_slots, nursery, hooks)
+                if registry is not None:
+                    registry.add(session_id, session)
                 try:
                     yield session
                 except BaseException:
@@ -228,7 +253,8 @@ async def open_session(
                     session.cancel_calls(CancelReason.DISCONNECT)
                     raise
         except* Exception:
-            session.failed = True
+            if session is not None:
+                session.failed = True
             raise
         finally:
             try:
@@ -236,5 +262,18 @@ async def open_session(
                     with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                         await close()
             finally:
-                daemon.connections.remove(session_id)
-                metrics.connections.dec()
+                if registry is not None:
+                    if session is not None:
+                        registry.remove(session_id)
+                    metrics.connections.dec()
+
+
+@asynccontextmanager
+async def _own_slots(
+    services: Services, session_id: str, shared: trio.CapacityLimiter | None
+) -> AsyncIterator[trio.CapacityLimiter]:
+    if shared is not None:
+        yield shared
+        return
+    async with services.limits.session(session_id) as session_slots:
+        yield session_slots

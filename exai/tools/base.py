@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
 
 
@@ -25,7 +26,7 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
-class ToolArgumentError(Exception):
+class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 from loguru import logger
@@ -24,7 +24,10 @@ from trio_websocket import (
 from exai.auth import bearer_ok
 from exai.lifecycle import CancelReason, new_error_id
 from exai.protocol import dump
-from exai.session import CLOSE_TIMEOUT_S, Session, open_session
+from exai.session import CLOSE_TIMEOUT_S, Hooks, Session, open_session
+
+if TYPE_CHECKING:
+    from exai.server import Daemon
 
 WS_PATHS: Final = ("/", "/mcp")
 HANDSHAKE_TIMEOUT_S: Final = 10.0  # a client that has not completed its handshake by then is dropped
@@ -35,7 +38,7 @@ _connection_ids = itertools.count(1)
 
 
 async def serve_websockets(
-    daemon: Any, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    daemon: Daemon, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Accept WebSocket clients until cancelled; task_status gets the URL (real port).
 
@@ -59,7 +62,7 @@ async def serve_websockets(
         task_status.started(f"ws://{shown}:{port}/")
 
 
-async def serve_stream(daemon: Any, stream: trio.SocketStream) -> None:
+async def serve_stream(daemon: Daemon, stream: trio.SocketStream) -> None:
     """One TCP client, from its first byte to its close: the fault boundary of a connection.
 
     Any exception in here (handshake, reader, dispatch, a call, a send) ends this connection
@@ -90,7 +93,7 @@ async def serve_stream(daemon: Any, stream: trio.SocketStream) -> None:
 class Connection:
     """One WebSocket client: its handshake, then its Session. A single task reads it."""
 
-    def __init__(self, daemon: Any, stream: trio.SocketStream):
+    def __init__(self, daemon: Daemon, stream: trio.SocketStream):
         self.daemon = daemon
         self.stream = stream
         self.id = f"c{next(_connection_ids)}"
@@ -146,9 +149,16 @@ class Connection:
     async def _serve(self, ws: WebSocketConnection) -> None:
         self.log.info("connection {} open from {}", self.id, self.peer)
         try:
-            async with open_session(self.daemon, self.id, self.send, self._close) as session:
+            hooks = Hooks(end_transport=partial(self.close, CLOSE_GOING_AWAY))
+            async with open_session(
+                self.daemon.services,
+                self.id,
+                self.send,
+                hooks=hooks,
+                close=self._close,
+                registry=self.daemon.connections,
+            ) as session:
                 self.session = session
-                session.end_transport = lambda: self.close(CLOSE_GOING_AWAY)
                 with self.reader_scope:
                     try:
                         while True:
@@ -186,7 +196,7 @@ class Connection:
         self.close_code = code
         self.reader_scope.cancel()
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: dict[str, object]) -> None:
         """Send one message; a dead client is detected once and ends this connection's work."""
         if self.gone or self.ws is None:
             return
@@ -235,7 +245,7 @@ class Connection:
             self.daemon.connection_slots.release_on_behalf_of(self)
 
 
-def _admit(daemon: Any, request: WebSocketRequest, connection: Connection) -> tuple[int, str] | None:
+def _admit(daemon: Daemon, request: WebSocketRequest, connection: Connection) -> tuple[int, str] | None:
     """Refuse the handshake (status, body), or take a connection slot for it.
 
     Synchronous, so no other handshake can take the slot between the check and the taking.
