@@ -3,6 +3,7 @@
 echo:   answers with what it read on stdin (its length and text), exit 0
 fail:   writes to stderr, exit 3
 flood:  writes 3 MiB to stdout, exit 0
+env:    writes the names of its environment variables, one a line
 sleep:  starts a child that sleeps, writes "<own pid> <child pid>" to PIDFILE, then sleeps itself
         (both ignore SIGTERM: only the group's SIGKILL ends them)
 """
@@ -30,6 +31,9 @@ def main() -> int:
         block = "y" * 1023 + "\n"
         for _ in range(3 * 1024):
             sys.stdout.write(block)
+        return 0
+    if mode == "env":
+        sys.stdout.write("\n".join(sorted(os.environ)) + "\n")
         return 0
     if mode == "sleep":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -15,6 +15,7 @@ import trio
 
 from exai.client import RpcError, connect
 from exai.store import read_thread, read_threads
+from exai.tools import TOOL_NAMES
 
 
 def sim(**behaviour: Any) -> str:
@@ -458,12 +459,14 @@ async def test_planner_revisions_and_branches_without_a_model(daemon: Any, simul
 WORKFLOW_TOOLS = ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus", "precommit", "secaudit", "refactor", "testgen", "docgen", "tracer")
 
 
-async def test_tools_list_is_compact_and_complete(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+async def test_tools_list_is_compact_and_complete(daemons: Any) -> None:
+    bound = await daemons.start(clink_clis={"gemini": ("gemini",), "codex": ("codex", "exec")})
+    async with connect(bound.url) as client:
         listed = await client.request("tools/list")
-    size = len(json.dumps(listed).encode())  # with json's spaces: more than the frame's compact bytes
-    assert size <= 32_000, size  # CONTRACT section 4 (issue 18): every tool enabled
     tools = {t["name"]: t for t in listed["tools"]}
+    assert set(TOOL_NAMES) == set(tools)  # every tool enabled
+    size = len(json.dumps(listed).encode())  # with json's spaces: more than the frame's compact bytes
+    assert size <= 32_000, size  # CONTRACT section 4 (issue 18)
     for name in WORKFLOW_TOOLS:
         schema = tools[name]["inputSchema"]
         assert {"step", "step_number", "total_steps", "next_step_required"} <= set(schema["required"])

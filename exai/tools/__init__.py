@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
+from exai.config import Settings
 from exai.tools.analyze import Analyze
 from exai.tools.base import ServedTool
 from exai.tools.challenge import Challenge
@@ -30,10 +31,12 @@ TOOL_CLASSES: Final = (
 TOOL_NAMES: Final = tuple(cls.name for cls in TOOL_CLASSES)
 
 
-def all_tools(settings: Any = None) -> dict[str, ServedTool]:
+def all_tools(settings: Settings | None = None) -> dict[str, ServedTool]:
     """Every tool by name, less those EXAI_DISABLED_TOOLS names (the daemon never sees those),
-    and less clink while EXAI_CLINK_CLIS is unset (it has nothing to run)."""
-    disabled = set(getattr(settings, "disabled_tools", None) or ())
-    if not getattr(settings, "clink_clis", None):
+    and less clink while EXAI_CLINK_CLIS is unset (it has nothing to run). No settings: every tool."""
+    if settings is None:
+        return {cls.name: cls() for cls in TOOL_CLASSES}
+    disabled = set(settings.disabled_tools or ())
+    if not settings.clink_clis:
         disabled.add(Clink.name)
     return {cls.name: cls() for cls in TOOL_CLASSES if cls.name not in disabled}

@@ -61,7 +61,7 @@ class StepArgs(ToolArgs):
     total_steps: int = Field(ge=1, description="Steps expected in all.")
     next_step_required: bool = Field(description="false: the final step (expert analysis).")
     findings: str = Field(description="What this step found (file:line).")
-    files_checked: list[str] = Field(default_factory=list, description="Paths examined.")
+    files_checked: list[str] = Field(default_factory=list)
     relevant_files: list[str] = Field(default_factory=list, description="Absolute paths sent to the model.")
     relevant_context: list[str] = Field(default_factory=list, description="Functions or classes that matter.")
     issues_found: list[Issue] = Field(default_factory=list)
@@ -110,9 +110,12 @@ class StepRun(Generic[S]):
 
 
 def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema without titles, null alternatives, empty defaults and $defs (each used once,
-    inlined where it is used): a third of the bytes."""
+    """The schema without titles, null alternatives, empty defaults, $defs (each used once,
+    inlined where it is used) and the nested objects' `additionalProperties: false` (the
+    arguments are still refused with unknown fields anywhere): under half the bytes, which
+    keeps tools/list under 32,000 bytes (CONTRACT section 4)."""
     definitions = schema.get("$defs", {})
+    dropped = ("title", "$defs", "additionalProperties")
 
     def walk(node: Any) -> Any:
         if isinstance(node, list):
@@ -122,7 +125,7 @@ def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
         ref = node.get("$ref", "")
         if ref.startswith("#/$defs/") and len(node) == 1:
             node = definitions[ref.removeprefix("#/$defs/")]
-        node = {k: v for k, v in node.items() if k not in ("title", "$defs")}
+        node = {k: v for k, v in node.items() if k not in dropped}
         options = node.get("anyOf")
         if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
             node.pop("anyOf")
@@ -132,6 +135,8 @@ def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
         return {k: walk(v) for k, v in node.items()}
 
     result: dict[str, Any] = walk(schema)
+    if "additionalProperties" in schema:
+        result["additionalProperties"] = schema["additionalProperties"]
     return result
 
 
