@@ -70,6 +70,8 @@ async def test_clink_errors_name_the_cause_and_save_nothing(clinked: Any, tmp_pa
         bad_file = await client.call_tool("clink", {"prompt": "go", "cli_name": "fake", "files": ["relative.py"]})
         bad_thread = await client.call_tool("clink", {"prompt": "go", "cli_name": "fake", "continuation_id": "0" * 32})
         bad_role = await client.call_tool("clink", {"prompt": "go", "cli_name": "fake", "role": "boss"})
+        empty_thread = await client.call_tool("clink", {"prompt": "go", "cli_name": "fake", "continuation_id": ""})
+        chat_empty_thread = await client.call_tool("chat", {"prompt": "go", "continuation_id": ""})  # found by the fuzz
     assert failing.is_error and "failing exited with status 3" in failing.text and "FAKE-CLI-STDERR-TAIL" in failing.text
     assert unknown.is_error and "'gemini'" in unknown.text
     assert "env, failing, fake, flood, missing, sleepy" in unknown.text  # the configured ones
@@ -77,6 +79,7 @@ async def test_clink_errors_name_the_cause_and_save_nothing(clinked: Any, tmp_pa
     assert bad_file.is_error and "relative.py" in bad_file.text
     assert bad_thread.is_error and "unknown or expired" in bad_thread.text
     assert bad_role.is_error and "role" in bad_role.text
+    assert empty_thread.is_error and chat_empty_thread.is_error and "continuation_id ''" in empty_thread.text
     assert read_threads(clinked.daemon.settings) == []
 
 

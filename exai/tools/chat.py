@@ -41,7 +41,7 @@ class Chat(Tool[ChatArgs]):
     async def run(self, args: ChatArgs, ctx: ToolContext) -> ToolOutput:
         async with ctx.store.hold(args.continuation_id):
             history: list[Turn] = []
-            if args.continuation_id:
+            if args.continuation_id is not None:
                 try:
                     history = (await ctx.store.get(args.continuation_id)).turns
                 except ThreadNotFound as exc:
