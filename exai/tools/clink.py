@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import trio
+from loguru import logger
 from pydantic import Field
 
 from exai.store import ThreadNotFound, Turn
@@ -110,6 +112,7 @@ class Clink(Tool[ClinkArgs]):
             )
             ctx.activity["model"] = f"clink:{args.cli_name}"
             await ctx.report(f"clink: {args.cli_name} is working")
+            started = trio.current_time()
             try:
                 finished = await run_bounded(
                     argv,
@@ -120,6 +123,14 @@ class Clink(Tool[ClinkArgs]):
                 )
             except OSError as exc:
                 return ToolOutput(f"clink: cannot start {args.cli_name} ({argv[0]}): {exc.strerror or exc}", is_error=True)
+            logger.bind(rid=ctx.request_id).info(
+                "clink {} exited {} in {:.3f}s, {} bytes out, {} bytes of stderr kept",
+                args.cli_name,
+                finished.returncode,
+                trio.current_time() - started,
+                finished.stdout_size,
+                len(finished.stderr_tail),
+            )
             if not finished.complete:
                 return ToolOutput(f"clink: {args.cli_name} wrote more than {finished.stdout_size} bytes and was stopped", is_error=True)
             if finished.returncode != 0:
