@@ -57,10 +57,9 @@ class ConsensusArgs(StepArgs):
 class Consensus(WorkflowTool[ConsensusArgs]):
     name = "consensus"
     description = (
-        "Get several models' independent verdicts on a proposal at once. Put the proposal in step; "
-        "on the final step (next_step_required: false) every model in models is asked concurrently, "
-        "blind to the others, with its stance; a synthesis names who said what. Failed models are "
-        "reported in responses, the others still count."
+        "Get several models' independent verdicts on a proposal (in step): on the final step "
+        "(next_step_required: false) every model in models is asked at once, blind to the others, "
+        "with its stance; a synthesis names who said what."
     )
     Args = ConsensusArgs
     work = "consensus"

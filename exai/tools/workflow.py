@@ -63,14 +63,14 @@ class StepArgs(ToolArgs):
     findings: str = Field(description="What this step found (file:line).")
     files_checked: list[str] = Field(default_factory=list)
     relevant_files: list[str] = Field(default_factory=list, description="Absolute paths sent to the model.")
-    relevant_context: list[str] = Field(default_factory=list, description="Functions or classes that matter.")
+    relevant_context: list[str] = Field(default_factory=list)
     issues_found: list[Issue] = Field(default_factory=list)
     hypothesis: str | None = None
     confidence: Confidence = "exploring"
     continuation_id: str | None = Field(None, description="Thread id of an earlier result.")
     model: str | None = Field(None, description="Model name, or 'auto'.")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    use_assistant_model: bool = Field(True, description="false: no expert call.")
+    use_assistant_model: bool = True
     auto_steps: int = Field(0, ge=0, description="Steps exai runs itself, a model call each.")
 
 
