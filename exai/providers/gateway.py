@@ -342,7 +342,7 @@ class ModelGateway:
             outcome = exc.kind
             detail = f" status={exc.status}" if exc.status else ""
             route.stats.errors_total += 1
-            route.stats.errors_by_kind[exc.kind] = route.stats.errors_by_kind.get(exc.kind, 0) + 1
+            route.stats.errors_by_kind[exc.kind.value] = route.stats.errors_by_kind.get(exc.kind.value, 0) + 1
             raise
         else:
             outcome = "ok"
