@@ -31,6 +31,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.store import Store
 from exai.tools.base import ServedTool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -155,7 +156,7 @@ class Services:
     limits: Limits
     gateway: Any
     tools: dict[str, ServedTool]
-    store: Any
+    store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call

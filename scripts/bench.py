@@ -1141,7 +1141,7 @@ HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/ht
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
-    ("store (SQLite)", r"exai/store\.py|^sqlite3/"),
+    ("store (SQLite)", r"exai/store/|^sqlite3/"),
     ("JSON encode/decode", r"^json/|orjson"),
     ("validation (pydantic)", r"^pydantic|exai/tools/base\.py"),
     ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),

@@ -416,23 +416,26 @@ async def test_exai_status_shows_rates_calls_and_failures_with_the_token(
     assert "HTTP 401" in refused and "--token" in refused
 
 
-async def test_the_thread_count_comes_from_the_store_when_it_can_count() -> None:
-    from types import SimpleNamespace
-
+async def test_the_thread_count_comes_from_the_store(tmp_path: Any) -> None:
+    from exai.config import Settings
     from exai.monitor import _count_threads
+    from exai.store import Turn, open_store
 
-    async def async_count() -> int:
-        return 7
+    async with open_store(Settings(state_dir=tmp_path / "state")) as store:
+        assert await _count_threads(store) == 0
+        await store.append(None, "chat", [Turn("user", "a", "chat")])
+        assert await _count_threads(store) == 1
 
-    assert await _count_threads(SimpleNamespace(count=lambda: 3)) == 3
-    assert await _count_threads(SimpleNamespace(count=async_count)) == 7
-    assert await _count_threads(SimpleNamespace()) is None  # shown as "unknown"
-    assert await _count_threads(SimpleNamespace(count=lambda: "many")) is None
+        class Broken:
+            """The real store, but its count fails (another process has the file locked)."""
 
-    def broken() -> int:
-        raise OSError("database is locked")
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
 
-    assert await _count_threads(SimpleNamespace(count=broken)) is None  # logged; the heartbeat goes on
+            async def count(self) -> int:
+                raise OSError("database is locked")
+
+        assert await _count_threads(Broken()) is None  # shown as unknown; the heartbeat goes on
 
 
 def test_exai_top_lists_the_most_urgent_calls_and_counts_the_rest() -> None:
