@@ -96,6 +96,8 @@ async def repository(path: str, allowed_roots: list[Path], compare_to: str | Non
 
 def _as_file(directory: Path, name: str, finished: Finished, max_bytes: int) -> FileContent:
     text = finished.stdout.decode("utf-8", errors="replace") or "(no changes)\n"
+    if not finished.complete:  # git was stopped: its size is only known to exceed this
+        name = f"{name}, over {finished.stdout_size} bytes,"
     return FileContent(
         path=f"{name} in {directory}",
         resolved=f"{directory}#{name}",
