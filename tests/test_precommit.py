@@ -213,3 +213,13 @@ async def test_a_call_that_ends_leaves_no_git_behind(daemon: Any, repo: Path, sl
                 else:
                     nursery.cancel_scope.cancel()
     await wait_gone(await wait_for_pids(slow_git, 1))
+
+
+async def test_a_diff_far_too_large_stops_git_and_says_so(daemons: Any, simulator: Any, repo: Path) -> None:
+    bound = await daemons.start(max_file_bytes=4096)
+    (repo / "util.py").write_text("".join(f"line {n} of a huge edit\n" for n in range(20_000)))
+    async with connect(bound.url) as client:
+        with trio.fail_after(10):
+            result = await client.call_tool("precommit", step(1, repo, more=False, include_staged=False))
+    assert not result.is_error, result.text
+    assert "git diff (unstaged changes), over" in result.text and "line 10 of a huge edit" in expert_request(simulator)
