@@ -4,8 +4,9 @@ echo:   answers with what it read on stdin (its length and text), exit 0
 fail:   writes to stderr, exit 3
 flood:  writes 3 MiB to stdout, exit 0
 env:    writes the names of its environment variables, one a line
-sleep:  starts a child that sleeps, writes "<own pid> <child pid>" to PIDFILE, then sleeps itself
-        (both ignore SIGTERM: only the group's SIGKILL ends them)
+sleep:  starts a child that sleeps, writes "<own pid> <child pid>" to PIDFILE (or, when PIDFILE is a
+        directory, to a file named by its own pid in it), then sleeps itself (both ignore
+        SIGTERM: only the group's SIGKILL ends them)
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ def main() -> int:
         child = subprocess.Popen(
             [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"]
         )
-        with open(sys.argv[2] + ".tmp", "w") as out:
+        pidfile = sys.argv[2]
+        if os.path.isdir(pidfile):
+            pidfile = os.path.join(pidfile, str(os.getpid()))
+        with open(pidfile + ".tmp", "w") as out:
             out.write(f"{os.getpid()} {child.pid}")
-        os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+        os.replace(pidfile + ".tmp", pidfile)
         time.sleep(300)
         return 0
     sys.stderr.write(f"unknown mode {mode}\n")
