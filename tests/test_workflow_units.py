@@ -139,7 +139,7 @@ def test_compact_schema_inlines_defs_and_keeps_only_the_top_level_additional_pro
     assert compact["additionalProperties"] is False
     # What the listing leaves out is still refused.
     args = {"step": "s", "step_number": 1, "total_steps": 1, "next_step_required": True, "findings": "f"}
-    with pytest.raises(ToolArgumentError, match="issues_found.0.where: unknown field"):
+    with pytest.raises(ToolArgumentError, match=r"issues_found\.0\.where: unknown field"):
         all_tools()["debug"].bind({**args, "issues_found": [{"severity": "low", "description": "d", "where": "x"}]})
 
 
