@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from typing import Any
 
@@ -54,7 +55,9 @@ async def test_health_metrics_and_dashboard(daemon: Any) -> None:
         assert (await http.post("/healthz")).status_code == 405
 
 
-async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simulator: Any) -> None:
+async def test_api_status_shows_calls_limiters_and_providers(daemons: Any, simulator: Any) -> None:
+    before = time.time()
+    daemon = await daemons.start()
     async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call_tool, "chat", {"prompt": f"x\n{HANG}"})
@@ -62,10 +65,14 @@ async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simula
                 await simulator.wait_until(lambda s: s.inflight == 1)
             status = (await http.get("/api/status")).json()
             nursery.cancel_scope.cancel()
+        await trio.sleep(0.2)
+        later = (await http.get("/api/status")).json()
+    elapsed = time.time() - before
     assert status["connections"] == 1
     assert status["inflight"] == 1
     assert status["queued"] == 0
-    assert status["uptime_s"] >= 0
+    assert 0 < status["uptime_s"] < later["uptime_s"] <= elapsed  # seconds since this daemon started
+    assert later["uptime_s"] - status["uptime_s"] >= 0.19
     limiters = status["limiters"]
     assert limiters["global"] == {"borrowed": 1, "total": 24, "waiting": 0}
     assert limiters["kimi"]["borrowed"] == 1 and limiters["glm"]["total"] == 4
@@ -473,3 +480,4 @@ async def test_a_failing_monitor_request_ends_only_that_request(
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/api/history")).status_code == 200
     assert any(error_id.group(1) in line and "/api/status" in line for line in log_lines)
+    monkeypatch.undo()  # the leak check after the test reads the daemon's status too

@@ -186,7 +186,7 @@ async def test_streaming_through_the_gateway_reports_progress(autojump_clock: tr
     fake = FakeProvider(scripted(lambda: words_stream(["a ", "b ", "c"], usage={"prompt_tokens": 3, "completion_tokens": 3})))
     reports: list[tuple[str, int]] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         reports.append((text, tokens))
 
     gw = gateway(fake)
@@ -407,7 +407,7 @@ async def test_a_stalled_stream_is_retried(autojump_clock: trio.abc.Clock) -> No
     gw.rng = LowerBound()
     texts: list[str] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         texts.append(text)
 
     result = await call(gw, on_text=on_text)
@@ -421,8 +421,9 @@ async def test_cancelling_a_call_stops_it_and_makes_no_further_attempt(autojump_
     stalled = lambda: sse([chunk("thinking")], then_stall=True)  # noqa: E731
     fake = FakeProvider(scripted(error(429, retry_after="1"), stalled))
     gw = gateway(fake, stream_idle_secs=30.0)
-    with trio.move_on_after(5):
+    with trio.move_on_after(5) as client_went:
         await call(gw, on_text=_ignore)
+    assert client_went.cancelled_caught, "the call ended by itself: the cancellation went untested"
     assert len(fake.seen) == 2
     assert sum(p["inflight"] for p in gw.statistics().values()) == 0
     await trio.sleep(100)
@@ -651,5 +652,5 @@ async def test_errors_are_counted_per_provider_and_in_metrics(autojump_clock: tr
     assert gw.statistics()["kimi"]["calls_total"] == 0
 
 
-async def _ignore(text: str, tokens: int) -> None:
+async def _ignore(text: str, tokens: int, thinking: bool) -> None:
     pass
