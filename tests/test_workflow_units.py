@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from exai.store import Turn
 from exai.tools import all_tools
-from exai.tools.base import ToolArgumentError
+from exai.tools.base import ToolArgumentError, compact_schema
 from exai.tools.context import fit_context, fit_result, keep_under, version_of
 from exai.tools.files import FileContent
 from exai.tools.planner import Planner, plan_of
-from exai.tools.workflow import StepArgs, WorkflowTool, compact_schema, parse_json
+from exai.tools.workflow import StepArgs, WorkflowTool, parse_json
 
 WORKFLOW = ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus", "precommit", "secaudit", "refactor", "testgen", "docgen", "tracer")
 

@@ -171,9 +171,7 @@ class Tool(Generic[A]):
     Args: type[A]
 
     def input_schema(self) -> dict[str, Any]:
-        schema = self.Args.model_json_schema()
-        schema.pop("title", None)
-        return schema
+        return compact_schema(self.Args.model_json_schema())
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputSchema": self.input_schema()}
@@ -202,3 +200,34 @@ def describe_validation_error(tool: str, exc: ValidationError) -> str:
         else:
             problems.append(f"{where}: {err['msg']}")
     return f"Invalid arguments for {tool}: " + "; ".join(problems)
+
+
+def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without titles, null alternatives, empty defaults, $defs (each used once,
+    inlined where it is used) and the nested objects' `additionalProperties: false` (the
+    arguments are still refused with unknown fields anywhere): under half the bytes, which
+    keeps tools/list under 32,000 bytes (CONTRACT section 4)."""
+    definitions = schema.get("$defs", {})
+    dropped = ("title", "$defs", "additionalProperties")
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/") and len(node) == 1:
+            node = definitions[ref.removeprefix("#/$defs/")]
+        node = {k: v for k, v in node.items() if k not in dropped}
+        options = node.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
+            node.pop("anyOf")
+            node.update(next(o for o in options if o != {"type": "null"}))
+        if node.get("default", 0) in (None, []):
+            node.pop("default")
+        return {k: walk(v) for k, v in node.items()}
+
+    result: dict[str, Any] = walk(schema)
+    if "additionalProperties" in schema:
+        result["additionalProperties"] = schema["additionalProperties"]
+    return result

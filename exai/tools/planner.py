@@ -12,7 +12,7 @@ from pydantic import Field
 from exai.store import Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.context import fit_result
-from exai.tools.workflow import compact_schema, open_thread
+from exai.tools.workflow import open_thread
 
 # How a plan step is kept in the thread: a header other tools can read as text, and we parse back.
 HEADER: Final = re.compile(r"^\[plan step (\d+)(?: revises (\d+))?(?: branch (\S+) from (\d+))?\] ", re.S)
@@ -75,9 +75,6 @@ class Planner(Tool[PlannerArgs]):
         "alternative with branch_from_step + branch_id. The result holds the whole plan so far."
     )
     Args = PlannerArgs
-
-    def input_schema(self) -> dict[str, Any]:
-        return compact_schema(super().input_schema())
 
     def required_actions(self, step_number: int) -> list[str]:
         if step_number <= 1:

@@ -109,37 +109,6 @@ class StepRun(Generic[S]):
             )
 
 
-def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema without titles, null alternatives, empty defaults, $defs (each used once,
-    inlined where it is used) and the nested objects' `additionalProperties: false` (the
-    arguments are still refused with unknown fields anywhere): under half the bytes, which
-    keeps tools/list under 32,000 bytes (CONTRACT section 4)."""
-    definitions = schema.get("$defs", {})
-    dropped = ("title", "$defs", "additionalProperties")
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        ref = node.get("$ref", "")
-        if ref.startswith("#/$defs/") and len(node) == 1:
-            node = definitions[ref.removeprefix("#/$defs/")]
-        node = {k: v for k, v in node.items() if k not in dropped}
-        options = node.get("anyOf")
-        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
-            node.pop("anyOf")
-            node.update(next(o for o in options if o != {"type": "null"}))
-        if node.get("default", 0) in (None, []):
-            node.pop("default")
-        return {k: walk(v) for k, v in node.items()}
-
-    result: dict[str, Any] = walk(schema)
-    if "additionalProperties" in schema:
-        result["additionalProperties"] = schema["additionalProperties"]
-    return result
-
-
 def rank(confidence: str) -> int:
     return CONFIDENCE.index(confidence) if confidence in CONFIDENCE else 0
 
@@ -175,9 +144,6 @@ class WorkflowTool(Tool[S]):
     auto_capable: ClassVar[bool] = True
     # required_actions: early steps, while confidence is below medium, and once it is medium or above
     actions: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
-
-    def input_schema(self) -> dict[str, Any]:
-        return compact_schema(super().input_schema())
 
     def required_actions(self, step_number: int, confidence: str) -> list[str]:
         early, exploring, converging = self.actions
