@@ -18,6 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
+from exai.config import Settings
 from exai.history import History
 from exai.limits import Limits, Overloaded
 from exai.protocol import (
@@ -31,6 +32,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.providers.gateway import ModelGateway
 from exai.store import Store
 from exai.tools.base import (
     CallUsage,
@@ -159,9 +161,9 @@ class Progress:
 class Services:
     """What calls share: configuration, limiters, providers, tools, the conversation store."""
 
-    settings: Any
+    settings: Settings
     limits: Limits
-    gateway: Any
+    gateway: ModelGateway
     tools: dict[str, ServedTool]
     store: Store
     calls: Calls

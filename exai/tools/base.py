@@ -10,8 +10,10 @@ from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exai.config import Settings
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.providers.gateway import ModelGateway
 from exai.store import Store
 
 
@@ -76,8 +78,8 @@ class ToolContext:
     """The call as a tool sees it."""
 
     request_id: str
-    settings: Any
-    gateway: Any
+    settings: Settings
+    gateway: ModelGateway
     budget: CallBudget
     store: Store
     report: Callable[[str], Awaitable[None]]
