@@ -45,7 +45,7 @@ from exai.protocol import (
     parse_tool_call,
     result_message,
 )
-from exai.tools.base import Tool
+from exai.tools.base import ServedTool
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -207,7 +207,7 @@ class Session:
         services.calls.add((self.id, call.id), call)
         self.nursery.start_soon(self._run_call, call, parsed, tool, era_of(request))
 
-    def find_tool(self, name: str) -> Tool:
+    def find_tool(self, name: str) -> ServedTool:
         """The tool of that name; RpcError(-32602) naming the known ones if there is none."""
         tool = self.services.tools.get(name)
         if tool is None:
@@ -245,7 +245,7 @@ class Session:
             del self.replies[request.id]
             self.hooks.call_ended(request.id)
 
-    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: Tool, era: Era) -> None:
+    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: ServedTool, era: Era) -> None:
         try:
             response = await run_tool_call(self.services, call, parsed, tool, self.session_slots, self.send)
             if response is not None:

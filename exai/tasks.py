@@ -32,7 +32,7 @@ from loguru import logger
 from exai.lifecycle import CancelReason, InflightCall, Send, run_tool_call
 from exai.protocol import INVALID_PARAMS, OVERLOADED, RpcError, ToolCall
 from exai.store import NewTask, TaskCursor, TaskNotFound, TaskRecord, TaskStatus, TooManyTasks
-from exai.tools.base import Activity, Tool
+from exai.tools.base import Activity, ServedTool
 
 if TYPE_CHECKING:
     from exai.lifecycle import Services
@@ -85,7 +85,7 @@ class _Work:
 
     call: InflightCall
     parsed: ToolCall
-    tool: Tool
+    tool: ServedTool
     send: Send
     notify: Notify
     done: trio.Event = field(default_factory=trio.Event)  # set once its end is recorded
@@ -117,7 +117,7 @@ class TaskRunner:
 
     # -- creating --------------------------------------------------------------------------
 
-    async def start(self, parsed: ToolCall, tool: Tool, *, ttl_s: float | None, send: Send, notify: Notify) -> TaskRecord:
+    async def start(self, parsed: ToolCall, tool: ServedTool, *, ttl_s: float | None, send: Send, notify: Notify) -> TaskRecord:
         """Record a new task and start its work; the record (working). RpcError(-32000) when
         EXAI_MAX_TASKS are unfinished or the daemon is shutting down.
 
@@ -133,7 +133,7 @@ class TaskRunner:
         return record
 
     async def call_or_task(
-        self, parsed: ToolCall, tool: Tool, *, after_s: float, send: Send, notify: Notify
+        self, parsed: ToolCall, tool: ServedTool, *, after_s: float, send: Send, notify: Notify
     ) -> dict[str, Any] | TaskRecord | None:
         """Run a call; if it is still running after `after_s`, make it a task.
 
@@ -207,7 +207,7 @@ class TaskRunner:
         logger.info("task {} tool={} started, ttl {:g} s", _shown(record.id), record.tool, ttl)
         return record
 
-    def _launch(self, parsed: ToolCall, tool: Tool, send: Send, notify: Notify, timeout: float) -> _Work:
+    def _launch(self, parsed: ToolCall, tool: ServedTool, send: Send, notify: Notify, timeout: float) -> _Work:
         now = trio.current_time()
         call = InflightCall(
             id=f"call {next(self._calls)}",

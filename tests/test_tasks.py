@@ -402,14 +402,14 @@ class NapArgs(ToolArgs):
     steps: int = 1
 
 
-class Nap(Tool):
+class Nap(Tool[NapArgs]):
     """A tool that takes its time in steps, saying which one it is on (no provider)."""
 
     name = "nap"
     description = "sleeps"
     Args = NapArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NapArgs, ctx: ToolContext) -> ToolOutput:
         for step in range(1, args.steps + 1):
             ctx.show(step=f"{step}/{args.steps}")
             await trio.sleep(args.seconds / args.steps)
