@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from exai.protocol import OVERLOADED, RpcError
+
+if TYPE_CHECKING:
+    from exai.config import Settings
 
 
 async def take_slot(limiter: trio.CapacityLimiter) -> None:
@@ -50,7 +53,7 @@ class Limits:
         self._mean_call_s = 1.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             global_max=settings.global_max_inflight,
             session_max=settings.session_max_inflight,
