@@ -569,3 +569,10 @@ def run_config_command(check: bool) -> int:
     for env, value, source in rows:
         print(f"{env:<{env_width}}  {value:<{value_width}}  ({source})")
     return 0
+
+
+def reread_disabled_tools(settings: Settings) -> Settings:
+    """`settings` with EXAI_DISABLED_TOOLS read again (environment first, then `.env`), for a
+    reload; every other value stays. ConfigError, as at start-up, when the new value is bad."""
+    kept = {name: getattr(settings, name) for name in ENV_NAMES if name != "disabled_tools"}
+    return load_settings(**kept)

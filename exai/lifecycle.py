@@ -31,6 +31,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.subscriptions import Listeners
 from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -159,6 +160,7 @@ class Services:
     calls: Calls
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
+    listeners: Listeners = field(default_factory=Listeners)  # who hears of tool-set changes
     history: History = field(default_factory=History)
 
 

@@ -14,7 +14,7 @@ from loguru import logger
 
 from exai import __version__
 from exai.lifecycle import Alive, Calls, CancelReason, Services
-from exai.limits import Limits
+from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
 
 
@@ -36,9 +36,7 @@ class Daemon:
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
         self.connections: Alive[str, Session] = Alive()
-        # One token per client from its accepted handshake to its close, taken without an
-        # await between the check and the taking: at most EXAI_MAX_CONNECTIONS, ever.
-        self.connection_slots = trio.CapacityLimiter(settings.max_connections)
+        self.connection_slots = ConnectionSlots(settings.max_connections)
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
         self.heartbeat = time.monotonic()
@@ -50,6 +48,27 @@ class Daemon:
 
     def request_shutdown(self) -> None:
         self.stopping.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read EXAI_DISABLED_TOOLS again (environment, then `.env`); when the tool
+        set changes, every open session and subscription hears of it. A bad value changes
+        nothing and is logged."""
+        from exai.config import ConfigError, reread_disabled_tools
+        from exai.tools import all_tools
+
+        try:
+            fresh = reread_disabled_tools(self.settings)
+        except ConfigError as exc:
+            logger.error("reload: configuration kept as it was: {}", exc)
+            return
+        tools = all_tools(fresh)
+        if list(tools) == list(self.services.tools):
+            logger.info("reload: the tool set is unchanged ({} tools)", len(tools))
+            return
+        self.settings.disabled_tools = fresh.disabled_tools
+        self.services.tools = tools
+        told = self.services.listeners.tools_changed()
+        logger.info("reload: now {} tools ({}); {} listener(s) told", len(tools), ", ".join(tools), told)
 
     def status(self) -> dict[str, Any]:
         """The snapshot behind /api/status and the `status` tool."""
@@ -162,6 +181,7 @@ async def _drain(daemon: Daemon) -> None:
         call.cancel(CancelReason.SHUTDOWN)
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.calls.wait_empty()
+    daemon.services.listeners.end_subscriptions()
     for session in list(daemon.connections.active.values()):
         session.end_transport()
     with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -197,8 +217,12 @@ def run_serve(
                 print(f"exai monitor on {bound.monitor_url}", flush=True)
             if bound.http_url:
                 print(f"exai http on {bound.http_url}", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        logger.info("received SIGHUP, reloading EXAI_DISABLED_TOOLS")
+                        bound.daemon.reload()
+                        continue
                     logger.info("received {}, shutting down", signal.Signals(signum).name)
                     bound.daemon.request_shutdown()
                     break
