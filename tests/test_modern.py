@@ -455,3 +455,26 @@ async def test_a_reload_with_a_bad_value_keeps_the_tools(daemon: Any, monkeypatc
     daemon.daemon.reload()
     assert list(daemon.daemon.services.tools) == before
     assert any("configuration kept" in line and "no-such-tool" in line for line in log_lines)
+
+
+async def test_sighup_reloads_disabled_tools_from_env_file_and_the_daemon_stays(tmp_path: Any) -> None:
+    import signal
+
+    from support import serve_process
+
+    async with serve_process(tmp_path, "--demo") as served:
+        async with ws_client(served.url) as legacy:
+            init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+            assert (await legacy.rpc(init))["result"]["capabilities"]["tools"] == {"listChanged": True}
+            (tmp_path / ".env").write_text("EXAI_DISABLED_TOOLS=planner,consensus\n")
+            served.proc.send_signal(signal.SIGHUP)
+            assert (await legacy.receive())["method"] == "notifications/tools/list_changed"
+        async with http_client() as http:
+            listed = (await post(http, served.http_url, modern(1, "tools/list"))).json()["result"]
+        names = {tool["name"] for tool in listed["tools"]}
+        assert "chat" in names and not {"planner", "consensus"} & names
+        assert served.proc.returncode is None
+        served.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            assert await served.proc.wait() == 0
+    assert b"reload: now" in served.stderr
