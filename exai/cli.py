@@ -134,9 +134,27 @@ def mock_provider(host: str, port: int) -> None:
 @click.option("--check", is_flag=True, help="validate only; exit non-zero when invalid")
 def config(check: bool) -> None:
     """Show the effective configuration and where each value came from."""
-    from exai.config import run_config_command
-
     sys.exit(run_config_command(check=check))
+
+
+def run_config_command(check: bool) -> int:
+    """`exai config [--check]`: 0 when valid, 2 with one line on stderr when not."""
+    from exai.config import ConfigError, describe_settings
+    from exai.tools import TOOL_NAMES
+
+    try:
+        rows = describe_settings(known_tools=TOOL_NAMES)
+    except ConfigError as exc:
+        print(f"exai: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if check:
+        print("configuration ok")
+        return 0
+    env_width = max(len(env) for env, _, _ in rows)
+    value_width = max(len(value) for _, value, _ in rows)
+    for env, value, source in rows:
+        print(f"{env:<{env_width}}  {value:<{value_width}}  ({source})")
+    return 0
 
 
 @main.command()

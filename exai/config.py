@@ -3,23 +3,43 @@
 The environment wins over `.env` in the working directory; keyword overrides (the command
 line) win over both. Every problem becomes a one-line `ConfigError` naming the variable,
 the value (`****` for secrets) and the rule, so `exai serve` can exit 2 without a traceback.
+A variable that starts with `EXAI_` but names no setting is a problem too: a typo must never
+fall back to a default in silence.
+
+This module knows no tool, provider or store: what it cannot check alone (the tool names of
+`EXAI_DISABLED_TOOLS`) the caller passes in.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
-import sys
+import shlex
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final, TypeAlias
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from exai.errors import ExaiError
+
 ENV_FILE: Final = ".env"
+ENV_PREFIX: Final = "EXAI_"
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8079
@@ -44,6 +64,12 @@ DEFAULT_CIRCUIT_COOLDOWN_SECS: Final = 30.0
 DEFAULT_FALLBACK: Final = True
 DEFAULT_SHUTDOWN_GRACE_SECS: Final = 10.0
 DEFAULT_STATE_DIR: Final = Path("~/.local/state/exai")
+STORE_FILE: Final = "conversations.sqlite3"
+DEFAULT_REPLICA_LEASE_SECS: Final = 10.0
+DEFAULT_TASK_AFTER_SECS: Final = 2.0
+DEFAULT_TASK_TIMEOUT_SECS: Final = 1800.0
+DEFAULT_TASK_TTL_SECS: Final = 3600.0
+DEFAULT_MAX_TASKS: Final = 64
 DEFAULT_CONVERSATION_TTL_HOURS: Final = 24.0
 DEFAULT_MAX_CONVERSATION_TURNS: Final = 40
 DEFAULT_LOG_LEVEL: Final = "INFO"
@@ -59,62 +85,133 @@ LOG_FORMATS: Final = ("text", "json")
 REDACTED: Final = "****"
 UNSET: Final = "unset"
 
-# Field groups sharing one rule. The rule text is also used when pydantic itself rejects
-# the value (not an integer, not a number), so every message states the same rule.
-_PORTS: Final = ("port", "monitor_port", "http_port")
-_AT_LEAST_ONE: Final = (
-    "max_connections",
-    "max_message_bytes",
-    "global_max_inflight",
-    "session_max_inflight",
-    "kimi_max_inflight",
-    "glm_max_inflight",
-    "max_provider_calls",
-    "circuit_failures",
-    "max_conversation_turns",
-    "max_file_bytes",
-    "max_result_tokens",
-)
-# 0 is meaningful here: no waiting queue, no retries, no automatic steps.
-_AT_LEAST_ZERO: Final = ("max_queued", "provider_max_retries", "max_auto_steps")
-_RATES: Final = ("kimi_rpm", "glm_rpm")
-_POSITIVE_NUMBERS: Final = (
-    "tool_timeout_secs",
-    "provider_timeout_secs",
-    "stream_idle_secs",
-    "circuit_cooldown_secs",
-    "conversation_ttl_hours",
-    "http_session_idle_secs",
-)
-# A grace of 0 means "cancel in-flight calls at once on SIGTERM".
-_NON_NEGATIVE_NUMBERS: Final = ("shutdown_grace_secs",)
-_SECRETS: Final = ("auth_token", "kimi_api_key", "glm_api_key")
-_MODEL_LISTS: Final = ("kimi_allowed_models", "glm_allowed_models")
-_BASE_URLS: Final = ("kimi_base_url", "glm_base_url")
-
-_RULES: Final[dict[str, str]] = {
-    **dict.fromkeys(_PORTS, "must be an integer from 0 to 65535"),
-    **dict.fromkeys(_AT_LEAST_ONE, "must be an integer >= 1"),
-    **dict.fromkeys(_AT_LEAST_ZERO, "must be an integer >= 0"),
-    **dict.fromkeys(_RATES, "must be an integer >= 1 (requests per minute), or empty for no limit"),
-    **dict.fromkeys(_POSITIVE_NUMBERS, "must be a number > 0"),
-    **dict.fromkeys(_NON_NEGATIVE_NUMBERS, "must be a number >= 0"),
-    **dict.fromkeys(_SECRETS, "must be a single word of printable ASCII (no spaces or control characters)"),
-    **dict.fromkeys(_MODEL_LISTS, "must be a comma-separated list of model names"),
-    **dict.fromkeys(_BASE_URLS, "must be an http:// or https:// URL with a host"),
-    "host": "must be a host name or IP address",
-    "fallback": "must be a boolean (true/false, 1/0, yes/no, on/off)",
-    "state_dir": "must be a directory path",
-    "allowed_roots": f"must be {os.pathsep!r}-separated existing directories",
-    "log_level": f"must be one of {', '.join(LOG_LEVELS)}",
-    "log_format": f"must be one of {', '.join(LOG_FORMATS)}",
-    "default_model": "must be a model name or auto",
-}
-
 
 def _broken(rule: str, **context: Any) -> PydanticCustomError:
     """A validation error whose message is exactly `rule` (no pydantic prefix)."""
     return PydanticCustomError("exai_config", rule, context)
+
+
+# -- value types: each carries the one rule its errors state ------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The rule a setting's type states whenever a value is refused, pydantic's own parse
+    errors (not an integer, not a number) included, so every message says the same thing."""
+
+    text: str
+
+
+def _empty_is_unset(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+        return None
+    return value
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _split_names(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        names = [name.strip() if isinstance(name, str) else name for name in value]
+        return [name for name in names if name != ""] or None
+    return value
+
+
+_SECRET_RULE: Final = "must be a single word of printable ASCII (no spaces or control characters)"
+_URL_RULE: Final = "must be an http:// or https:// URL with a host"
+
+
+def _header_safe(value: SecretStr | None) -> SecretStr | None:
+    # It travels in an HTTP header: anything but printable ASCII could never match one.
+    if value is not None and any(
+        not (ch.isascii() and ch.isprintable()) or ch.isspace() for ch in value.get_secret_value()
+    ):
+        raise _broken(_SECRET_RULE)
+    return value
+
+
+def _http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _broken(_URL_RULE)
+    return value.rstrip("/")
+
+
+Port: TypeAlias = Annotated[int, Field(ge=0, le=65535), Rule("must be an integer from 0 to 65535")]
+AtLeastOne: TypeAlias = Annotated[int, Field(ge=1), Rule("must be an integer >= 1")]
+# 0 is meaningful for these: no waiting queue, no retries, no automatic steps.
+AtLeastZero: TypeAlias = Annotated[int, Field(ge=0), Rule("must be an integer >= 0")]
+PositiveNumber: TypeAlias = Annotated[float, Field(gt=0), Rule("must be a number > 0")]
+NonNegativeNumber: TypeAlias = Annotated[float, Field(ge=0), Rule("must be a number >= 0")]
+Rate: TypeAlias = Annotated[
+    Annotated[int, Field(ge=1)] | None,
+    BeforeValidator(_empty_is_unset),
+    Rule("must be an integer >= 1 (requests per minute), or empty for no limit"),
+]
+Secret: TypeAlias = Annotated[
+    SecretStr | None,
+    AfterValidator(_header_safe),
+    BeforeValidator(_empty_is_unset),
+    Rule(_SECRET_RULE),
+]
+ModelList: TypeAlias = Annotated[
+    list[str] | None,
+    BeforeValidator(_split_names),
+    Rule("must be a comma-separated list of model names"),
+]
+BaseUrl: TypeAlias = Annotated[
+    str, AfterValidator(_http_url), BeforeValidator(_stripped), Rule(_URL_RULE)
+]
+
+
+# -- the store's location -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SqliteLocation:
+    """`sqlite:///PATH`: one SQLite file on this machine (a relative PATH is from the working
+    directory, so `sqlite:////abs/path` and `sqlite:///rel/path` both work)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+# Each backend adds its location type here and its parser to _STORE_SCHEMES, nothing else.
+StoreLocation: TypeAlias = SqliteLocation
+STORE_URL_FORMS: Final = "sqlite:///PATH"
+
+
+def _sqlite_location(rest: str) -> SqliteLocation:
+    if not rest.startswith("/") or rest == "/":
+        raise ValueError(f"must be {STORE_URL_FORMS} (a file path after the third slash)")
+    return SqliteLocation(Path(rest[1:]).expanduser().absolute())
+
+
+_STORE_SCHEMES: Final[dict[str, Callable[[str], StoreLocation]]] = {"sqlite": _sqlite_location}
+
+
+def parse_store_url(url: str) -> StoreLocation:
+    """The location `url` names; ValueError with a one-line reason when it names none."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"must be a URL ({STORE_URL_FORMS})")
+    parse = _STORE_SCHEMES.get(scheme.lower())
+    if parse is None:
+        raise ValueError(f"{scheme}:// scheme not supported ({STORE_URL_FORMS})")
+    return parse(rest)
 
 
 def _working_directory() -> list[Path]:
@@ -135,13 +232,32 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+# Rules of the fields whose type is their own (plain str, Path, bool, ...).
+_RULES: Final[dict[str, str]] = {
+    "host": "must be a host name or IP address",
+    "fallback": "must be a boolean (true/false, 1/0, yes/no, on/off)",
+    "state_dir": "must be a directory path",
+    "store_url": f"must be a URL ({STORE_URL_FORMS})",
+    "clink_clis": "must be comma-separated name=command pairs",
+    "models_file": "must be the path of a readable TOML file",
+    "allowed_roots": f"must be {os.pathsep!r}-separated existing directories",
+    "log_level": f"must be one of {', '.join(LOG_LEVELS)}",
+    "log_format": f"must be one of {', '.join(LOG_FORMATS)}",
+    "default_model": "must be a model name or auto",
+    "disabled_tools": "must be a comma-separated list of tool names",
+}
+
+
 class Settings(BaseSettings):
-    """The daemon's configuration. Field names are for code; env names are the aliases."""
+    """The daemon's configuration: field `x` is `EXAI_X`, but for the four provider variables."""
 
     model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        # pydantic-settings matches `EXAI_` + field name only without case; names in another
+        # case than the contract's are refused by `load_settings` (see `_strays`).
+        case_sensitive=False,
         env_file=ENV_FILE,
         env_file_encoding="utf-8",
-        case_sensitive=True,
         extra="ignore",
         validate_by_name=True,
         validate_by_alias=True,
@@ -151,103 +267,65 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
     )
 
-    host: str = Field(default=DEFAULT_HOST, validation_alias="EXAI_HOST")
-    port: int = Field(default=DEFAULT_PORT, validation_alias="EXAI_PORT")
-    monitor_port: int = Field(default=DEFAULT_MONITOR_PORT, validation_alias="EXAI_MONITOR_PORT")
-    http_port: int = Field(default=DEFAULT_HTTP_PORT, validation_alias="EXAI_HTTP_PORT")
-    auth_token: SecretStr | None = Field(default=None, validation_alias="EXAI_AUTH_TOKEN")
-    max_connections: int = Field(
-        default=DEFAULT_MAX_CONNECTIONS, validation_alias="EXAI_MAX_CONNECTIONS"
-    )
-    max_message_bytes: int = Field(
-        default=DEFAULT_MAX_MESSAGE_BYTES, validation_alias="EXAI_MAX_MESSAGE_BYTES"
-    )
-    global_max_inflight: int = Field(
-        default=DEFAULT_GLOBAL_MAX_INFLIGHT, validation_alias="EXAI_GLOBAL_MAX_INFLIGHT"
-    )
-    session_max_inflight: int = Field(
-        default=DEFAULT_SESSION_MAX_INFLIGHT, validation_alias="EXAI_SESSION_MAX_INFLIGHT"
-    )
-    kimi_max_inflight: int = Field(
-        default=DEFAULT_KIMI_MAX_INFLIGHT, validation_alias="EXAI_KIMI_MAX_INFLIGHT"
-    )
-    glm_max_inflight: int = Field(
-        default=DEFAULT_GLM_MAX_INFLIGHT, validation_alias="EXAI_GLM_MAX_INFLIGHT"
-    )
-    max_queued: int = Field(default=DEFAULT_MAX_QUEUED, validation_alias="EXAI_MAX_QUEUED")
-    tool_timeout_secs: float = Field(
-        default=DEFAULT_TOOL_TIMEOUT_SECS, validation_alias="EXAI_TOOL_TIMEOUT_SECS"
-    )
-    provider_timeout_secs: float = Field(
-        default=DEFAULT_PROVIDER_TIMEOUT_SECS, validation_alias="EXAI_PROVIDER_TIMEOUT_SECS"
-    )
-    provider_max_retries: int = Field(
-        default=DEFAULT_PROVIDER_MAX_RETRIES, validation_alias="EXAI_PROVIDER_MAX_RETRIES"
-    )
-    max_provider_calls: int = Field(
-        default=DEFAULT_MAX_PROVIDER_CALLS, validation_alias="EXAI_MAX_PROVIDER_CALLS"
-    )
-    max_auto_steps: int = Field(
-        default=DEFAULT_MAX_AUTO_STEPS, validation_alias="EXAI_MAX_AUTO_STEPS"
-    )
-    stream_idle_secs: float = Field(
-        default=DEFAULT_STREAM_IDLE_SECS, validation_alias="EXAI_STREAM_IDLE_SECS"
-    )
-    circuit_failures: int = Field(
-        default=DEFAULT_CIRCUIT_FAILURES, validation_alias="EXAI_CIRCUIT_FAILURES"
-    )
-    circuit_cooldown_secs: float = Field(
-        default=DEFAULT_CIRCUIT_COOLDOWN_SECS, validation_alias="EXAI_CIRCUIT_COOLDOWN_SECS"
-    )
-    kimi_rpm: int | None = Field(default=None, validation_alias="EXAI_KIMI_RPM")
-    glm_rpm: int | None = Field(default=None, validation_alias="EXAI_GLM_RPM")
-    kimi_allowed_models: list[str] | None = Field(
-        default=None, validation_alias="EXAI_KIMI_ALLOWED_MODELS"
-    )
-    glm_allowed_models: list[str] | None = Field(
-        default=None, validation_alias="EXAI_GLM_ALLOWED_MODELS"
-    )
-    fallback: bool = Field(default=DEFAULT_FALLBACK, validation_alias="EXAI_FALLBACK")
-    shutdown_grace_secs: float = Field(
-        default=DEFAULT_SHUTDOWN_GRACE_SECS, validation_alias="EXAI_SHUTDOWN_GRACE_SECS"
-    )
-    state_dir: Path = Field(default=DEFAULT_STATE_DIR, validation_alias="EXAI_STATE_DIR")
-    conversation_ttl_hours: float = Field(
-        default=DEFAULT_CONVERSATION_TTL_HOURS, validation_alias="EXAI_CONVERSATION_TTL_HOURS"
-    )
-    max_conversation_turns: int = Field(
-        default=DEFAULT_MAX_CONVERSATION_TURNS, validation_alias="EXAI_MAX_CONVERSATION_TURNS"
-    )
-    allowed_roots: list[Path] = Field(
-        default_factory=_working_directory, validation_alias="EXAI_ALLOWED_ROOTS"
-    )
-    log_level: str = Field(default=DEFAULT_LOG_LEVEL, validation_alias="EXAI_LOG_LEVEL")
-    log_format: str = Field(default=DEFAULT_LOG_FORMAT, validation_alias="EXAI_LOG_FORMAT")
-    kimi_api_key: SecretStr | None = Field(default=None, validation_alias="KIMI_API_KEY")
-    kimi_base_url: str = Field(default=DEFAULT_KIMI_BASE_URL, validation_alias="KIMI_BASE_URL")
-    glm_api_key: SecretStr | None = Field(default=None, validation_alias="GLM_API_KEY")
-    glm_base_url: str = Field(default=DEFAULT_GLM_BASE_URL, validation_alias="GLM_BASE_URL")
-    default_model: str = Field(default=DEFAULT_MODEL, validation_alias="EXAI_DEFAULT_MODEL")
-    max_file_bytes: int = Field(default=DEFAULT_MAX_FILE_BYTES, validation_alias="EXAI_MAX_FILE_BYTES")
-    max_result_tokens: int = Field(
-        default=DEFAULT_MAX_RESULT_TOKENS, validation_alias="EXAI_MAX_RESULT_TOKENS"
-    )
-    disabled_tools: list[str] | None = Field(default=None, validation_alias="EXAI_DISABLED_TOOLS")
-    http_session_idle_secs: float = Field(
-        default=DEFAULT_HTTP_SESSION_IDLE_SECS, validation_alias="EXAI_HTTP_SESSION_IDLE_SECS"
-    )
+    host: str = DEFAULT_HOST
+    port: Port = DEFAULT_PORT
+    monitor_port: Port = DEFAULT_MONITOR_PORT
+    http_port: Port = DEFAULT_HTTP_PORT
+    auth_token: Secret = None
+    max_connections: AtLeastOne = DEFAULT_MAX_CONNECTIONS
+    max_message_bytes: AtLeastOne = DEFAULT_MAX_MESSAGE_BYTES
+    global_max_inflight: AtLeastOne = DEFAULT_GLOBAL_MAX_INFLIGHT
+    session_max_inflight: AtLeastOne = DEFAULT_SESSION_MAX_INFLIGHT
+    kimi_max_inflight: AtLeastOne = DEFAULT_KIMI_MAX_INFLIGHT
+    glm_max_inflight: AtLeastOne = DEFAULT_GLM_MAX_INFLIGHT
+    max_queued: AtLeastZero = DEFAULT_MAX_QUEUED
+    tool_timeout_secs: PositiveNumber = DEFAULT_TOOL_TIMEOUT_SECS
+    provider_timeout_secs: PositiveNumber = DEFAULT_PROVIDER_TIMEOUT_SECS
+    provider_max_retries: AtLeastZero = DEFAULT_PROVIDER_MAX_RETRIES
+    max_provider_calls: AtLeastOne = DEFAULT_MAX_PROVIDER_CALLS
+    max_auto_steps: AtLeastZero = DEFAULT_MAX_AUTO_STEPS
+    stream_idle_secs: PositiveNumber = DEFAULT_STREAM_IDLE_SECS
+    circuit_failures: AtLeastOne = DEFAULT_CIRCUIT_FAILURES
+    circuit_cooldown_secs: PositiveNumber = DEFAULT_CIRCUIT_COOLDOWN_SECS
+    kimi_rpm: Rate = None
+    glm_rpm: Rate = None
+    kimi_allowed_models: ModelList = None
+    glm_allowed_models: ModelList = None
+    fallback: bool = DEFAULT_FALLBACK
+    # A grace of 0 means "cancel in-flight calls at once on SIGTERM".
+    shutdown_grace_secs: NonNegativeNumber = DEFAULT_SHUTDOWN_GRACE_SECS
+    state_dir: Path = DEFAULT_STATE_DIR
+    # Empty means the default, `sqlite:///<state_dir>/conversations.sqlite3`, filled in below.
+    store_url: str = ""
+    replica_lease_secs: PositiveNumber = DEFAULT_REPLICA_LEASE_SECS
+    # 0 means "always answer with a task".
+    task_after_secs: NonNegativeNumber = DEFAULT_TASK_AFTER_SECS
+    task_timeout_secs: PositiveNumber = DEFAULT_TASK_TIMEOUT_SECS
+    task_ttl_secs: PositiveNumber = DEFAULT_TASK_TTL_SECS
+    max_tasks: AtLeastOne = DEFAULT_MAX_TASKS
+    clink_clis: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    conversation_ttl_hours: PositiveNumber = DEFAULT_CONVERSATION_TTL_HOURS
+    max_conversation_turns: AtLeastOne = DEFAULT_MAX_CONVERSATION_TURNS
+    allowed_roots: list[Path] = Field(default_factory=_working_directory)
+    log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = DEFAULT_LOG_FORMAT
+    kimi_api_key: Secret = Field(default=None, validation_alias="KIMI_API_KEY")
+    kimi_base_url: BaseUrl = Field(default=DEFAULT_KIMI_BASE_URL, validation_alias="KIMI_BASE_URL")
+    glm_api_key: Secret = Field(default=None, validation_alias="GLM_API_KEY")
+    glm_base_url: BaseUrl = Field(default=DEFAULT_GLM_BASE_URL, validation_alias="GLM_BASE_URL")
+    default_model: str = DEFAULT_MODEL
+    models_file: Path | None = None
+    max_file_bytes: AtLeastOne = DEFAULT_MAX_FILE_BYTES
+    max_result_tokens: AtLeastOne = DEFAULT_MAX_RESULT_TOKENS
+    disabled_tools: Annotated[list[str] | None, BeforeValidator(_split_names)] = None
+    http_session_idle_secs: PositiveNumber = DEFAULT_HTTP_SESSION_IDLE_SECS
+
+    @property
+    def store_location(self) -> StoreLocation:
+        """Where the store lives, parsed from `store_url` (valid: checked at start-up)."""
+        return parse_store_url(self.store_url)
 
     # -- before: turn text from the environment into the field's shape ---------------------
-
-    @field_validator(*_RATES, *_SECRETS, mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip()
-            return value or None
-        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
-            return None
-        return value
 
     @field_validator("state_dir", mode="before")
     @classmethod
@@ -257,15 +335,10 @@ class Settings(BaseSettings):
             raise _broken(_RULES["state_dir"])
         return value
 
-    @field_validator(*_MODEL_LISTS, "disabled_tools", mode="before")
+    @field_validator("models_file", mode="before")
     @classmethod
-    def _split_models(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list | tuple):
-            names = [name.strip() if isinstance(name, str) else name for name in value]
-            return [name for name in names if name != ""] or None
-        return value
+    def _empty_file_is_unset(cls, value: Any) -> Any:
+        return _empty_is_unset(value) if isinstance(value, str) else value
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
@@ -278,10 +351,29 @@ class Settings(BaseSettings):
                 raise _broken("must name at least one existing directory")
         return value
 
-    @field_validator("host", "default_model", *_BASE_URLS, mode="before")
+    @field_validator("clink_clis", mode="before")
+    @classmethod
+    def _split_clis(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        clis: dict[str, tuple[str, ...]] = {}
+        for pair in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, command = (part.strip() for part in pair.partition("="))
+            try:
+                argv = tuple(shlex.split(command))
+            except ValueError as exc:
+                raise _broken("{pair}: {reason}", pair=pair, reason=str(exc)) from None
+            if not sep or not name or any(ch.isspace() for ch in name) or not argv:
+                raise _broken("{pair}: must be name=command", pair=pair)
+            if name in clis:
+                raise _broken("{name} is given twice", name=name)
+            clis[name] = argv
+        return clis
+
+    @field_validator("host", "default_model", "store_url", mode="before")
     @classmethod
     def _strip(cls, value: Any) -> Any:
-        return value.strip() if isinstance(value, str) else value
+        return _stripped(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -293,42 +385,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    # -- after: one rule per field --------------------------------------------------------
-
-    @field_validator(*_PORTS)
-    @classmethod
-    def _port(cls, value: int) -> int:
-        if not 0 <= value <= 65535:
-            raise _broken(_RULES["port"])
-        return value
-
-    @field_validator(*_AT_LEAST_ONE, *_RATES)
-    @classmethod
-    def _at_least_one(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise _broken("must be an integer >= 1")
-        return value
-
-    @field_validator(*_AT_LEAST_ZERO)
-    @classmethod
-    def _at_least_zero(cls, value: int) -> int:
-        if value < 0:
-            raise _broken("must be an integer >= 0")
-        return value
-
-    @field_validator(*_POSITIVE_NUMBERS)
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise _broken("must be a number > 0")
-        return value
-
-    @field_validator(*_NON_NEGATIVE_NUMBERS)
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise _broken("must be a number >= 0")
-        return value
+    # -- after: the rules of fields with a type of their own -------------------------------
 
     @field_validator("host")
     @classmethod
@@ -343,19 +400,6 @@ class Settings(BaseSettings):
         if not value:
             raise _broken("must not be empty (a model name or auto)")
         return value
-
-    @field_validator(*_BASE_URLS)
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-            parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
-        except ValueError:
-            ok = False
-        if not ok:
-            raise _broken(_RULES["kimi_base_url"])
-        return value.rstrip("/")
 
     @field_validator("log_level")
     @classmethod
@@ -376,29 +420,28 @@ class Settings(BaseSettings):
     def _state_dir(cls, value: Path) -> Path:
         return value.expanduser().absolute()
 
-    @field_validator(*_SECRETS)
+    @field_validator("store_url")
     @classmethod
-    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        # It travels in an HTTP header: anything but printable ASCII could never match one.
-        if value is not None and any(
-            not (ch.isascii() and ch.isprintable()) or ch.isspace() for ch in value.get_secret_value()
-        ):
-            raise _broken(_RULES["auth_token"])
-        return value
+    def _store_url(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            state_dir = info.data.get("state_dir")
+            if state_dir is None:  # EXAI_STATE_DIR is invalid: its own error says so
+                return value
+            return str(SqliteLocation(state_dir / STORE_FILE))
+        try:
+            return str(parse_store_url(value))
+        except ValueError as exc:
+            raise _broken("{reason}", reason=str(exc)) from None
 
-    @field_validator("disabled_tools")
+    @field_validator("models_file")
     @classmethod
-    def _known_tools(cls, value: list[str] | None) -> list[str] | None:
-        from exai.tools import TOOL_NAMES  # the tools import the providers, which need no settings
-
-        unknown = [name for name in value or () if name not in TOOL_NAMES]
-        if unknown:
-            raise _broken(
-                "unknown tool {unknown} (known: {known})",
-                unknown=", ".join(unknown),
-                known=", ".join(TOOL_NAMES),
-            )
-        return value
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser().absolute()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise _broken(_RULES["models_file"])
+        return path
 
     @field_validator("allowed_roots")
     @classmethod
@@ -443,12 +486,21 @@ class Settings(BaseSettings):
 
 
 ENV_NAMES: Final[dict[str, str]] = {
-    name: str(field.validation_alias) for name, field in Settings.model_fields.items()
+    name: str(field.validation_alias or f"{ENV_PREFIX}{name.upper()}")
+    for name, field in Settings.model_fields.items()
 }
 _FIELD_OF_ENV: Final[dict[str, str]] = {env: name for name, env in ENV_NAMES.items()}
+_SECRETS: Final = frozenset(
+    name for name, field in Settings.model_fields.items() if Rule(_SECRET_RULE) in field.metadata
+)
 
 
-class ConfigError(Exception):
+def _rule(name: str) -> str | None:
+    rules = [item.text for item in Settings.model_fields[name].metadata if isinstance(item, Rule)]
+    return rules[0] if rules else _RULES.get(name)
+
+
+class ConfigError(ExaiError):
     """Invalid configuration. `str()` is one line: `VAR=value: rule`, several joined by `; `."""
 
     def __init__(self, problems: list[str]):
@@ -469,6 +521,15 @@ def _one_line(text: str, limit: int = 120) -> str:
     return f'"{text}"' if text == "" or text != text.strip() else text
 
 
+def _without_password(url: str) -> str:
+    """`url` with the password of its user part, if any, as `****`."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.partition(':')[0]}:{REDACTED}@{host}"
+
+
 def _problem(error: ErrorDetails) -> str:
     """One `VAR=value: rule` line for one pydantic error; secrets shown as `****`."""
     loc = error["loc"]
@@ -484,26 +545,75 @@ def _problem(error: ErrorDetails) -> str:
     elif isinstance(raw, list | tuple):
         shown = _one_line(",".join(str(item) for item in raw))
     else:
-        shown = _one_line(str(raw))
-    rule = error["msg"] if error["type"] == "exai_config" else _RULES.get(name, error["msg"])
+        shown = _one_line(_without_password(str(raw)))
+    rule = error["msg"] if error["type"] == "exai_config" else (_rule(name) or error["msg"])
     return f"{ENV_NAMES[name]}={shown}: {_one_line(rule, limit=1000)}"
 
 
-def load_settings(**overrides: Any) -> Settings:
+# Candidates for "did you mean": EXAI_ names by what follows the prefix, so `EXAI_KIMI_API_KEY`
+# finds `KIMI_API_KEY` and `EXAI_FOO` is not "near" every name for sharing `EXAI_`.
+_BY_STEM: Final[dict[str, str]] = {env.removeprefix(ENV_PREFIX): env for env in ENV_NAMES.values()}
+
+
+def _stray(name: str) -> str | None:
+    """The problem of environment variable `name`, when it looks like a setting but is none."""
+    if name in _FIELD_OF_ENV or not (name.upper().startswith(ENV_PREFIX) or name.upper() in _FIELD_OF_ENV):
+        return None
+    near = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), _BY_STEM, n=1)
+    problem = f"{_one_line(name)} is not a setting"
+    return f"{problem}; did you mean {_BY_STEM[near[0]]}?" if near else problem
+
+
+def _strays(*sources: Collection[str]) -> list[str]:
+    names = sorted({name for source in sources for name in source})
+    return [problem for problem in map(_stray, names) if problem is not None]
+
+
+def _env_file_values() -> dict[str, str | None]:
+    path = Path(ENV_FILE)
+    if not path.is_file():
+        return {}
+    try:
+        return dict(dotenv_values(path, encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{ENV_FILE}: cannot read: {_one_line(str(exc))}"]) from None
+
+
+def _unknown_tools(settings: Settings, known_tools: Collection[str]) -> list[str]:
+    unknown = [name for name in settings.disabled_tools or () if name not in known_tools]
+    if not unknown:
+        return []
+    shown = _one_line(",".join(settings.disabled_tools or ()))
+    return [
+        f"EXAI_DISABLED_TOOLS={shown}: unknown tool {', '.join(unknown)} "
+        f"(known: {', '.join(known_tools)})"
+    ]
+
+
+def load_settings(*, known_tools: Collection[str] | None = None, **overrides: Any) -> Settings:
     """Settings from the environment and `.env`, with `overrides` (by field name) on top.
 
-    Raises ConfigError (one line, secrets redacted) on any invalid value or unreadable
-    `.env`; TypeError on an override that is not a field (a programming error).
+    `known_tools`, when given, are the names EXAI_DISABLED_TOOLS may use (the daemon's
+    registry passes its own). Raises ConfigError (one line, secrets redacted) on any invalid
+    value, any `EXAI_` variable that is not a setting or an unreadable `.env`; TypeError on
+    an override that is not a field (a programming error).
     """
     unknown = sorted(set(overrides) - set(ENV_NAMES))
     if unknown:
         raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+    problems = _strays(os.environ, _env_file_values())
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError([_problem(error) for error in exc.errors(include_url=False)]) from None
+        problems += [_problem(error) for error in exc.errors(include_url=False)]
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{ENV_FILE}: cannot read: {_one_line(str(exc))}"]) from None
+        problems.append(f"{ENV_FILE}: cannot read: {_one_line(str(exc))}")
+    else:
+        if known_tools is not None:
+            problems += _unknown_tools(settings, known_tools)
+        if not problems:
+            return settings
+    raise ConfigError(problems)
 
 
 def _shown(name: str, value: Any) -> str:
@@ -518,28 +628,24 @@ def _shown(name: str, value: Any) -> str:
     if isinstance(value, list):
         separator = os.pathsep if name == "allowed_roots" else ","
         return separator.join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ",".join(f"{key}={shlex.join(argv)}" for key, argv in value.items()) or UNSET
+    if name == "store_url":
+        return _without_password(str(value))
     return str(value)
 
 
-def _env_file_values() -> dict[str, str | None]:
-    path = Path(ENV_FILE)
-    if not path.is_file():
-        return {}
-    return dict(dotenv_values(path, encoding="utf-8"))
-
-
-def describe_settings(overrides: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+def describe_settings(
+    overrides: Mapping[str, Any] | None = None, *, known_tools: Collection[str] | None = None
+) -> list[tuple[str, str, str]]:
     """(ENV_NAME, shown value, source) for every setting, in the contract's order.
 
     source is "default", ".env", "environment" or "command line"; secrets show as `****`
     or `unset`. Raises ConfigError like `load_settings`.
     """
     given = {name: value for name, value in (overrides or {}).items() if value is not None}
-    settings = load_settings(**given)
-    try:
-        in_file = _env_file_values()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{ENV_FILE}: cannot read: {_one_line(str(exc))}"]) from None
+    settings = load_settings(known_tools=known_tools, **given)
+    in_file = _env_file_values()
     rows = []
     for name, env in ENV_NAMES.items():
         if name in given:
@@ -554,25 +660,8 @@ def describe_settings(overrides: dict[str, Any] | None = None) -> list[tuple[str
     return rows
 
 
-def run_config_command(check: bool) -> int:
-    """`exai config [--check]`: 0 when valid, 2 with one line on stderr when not."""
-    try:
-        rows = describe_settings()
-    except ConfigError as exc:
-        print(f"exai: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    if check:
-        print("configuration ok")
-        return 0
-    env_width = max(len(env) for env, _, _ in rows)
-    value_width = max(len(value) for _, value, _ in rows)
-    for env, value, source in rows:
-        print(f"{env:<{env_width}}  {value:<{value_width}}  ({source})")
-    return 0
-
-
-def reread_disabled_tools(settings: Settings) -> Settings:
+def reread_disabled_tools(settings: Settings, known_tools: Collection[str]) -> Settings:
     """`settings` with EXAI_DISABLED_TOOLS read again (environment first, then `.env`), for a
     reload; every other value stays. ConfigError, as at start-up, when the new value is bad."""
     kept = {name: getattr(settings, name) for name in ENV_NAMES if name != "disabled_tools"}
-    return load_settings(**kept)
+    return load_settings(known_tools=known_tools, **kept)

@@ -15,8 +15,6 @@ import trio
 
 from exai.protocol import OVERLOADED, RpcError
 
-PROVIDERS = ("kimi", "glm")
-
 
 async def take_slot(limiter: trio.CapacityLimiter) -> None:
     """Borrow a token for the current task (give it back with `limiter.release()` in a

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the daemon (names fixed by the contract, section 5)."""
+"""Prometheus metrics of the daemon. Their names are public (README, dashboards and alerts use them): keep them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ request_duration = Histogram(
     "exai_request_duration_seconds", "tools/call duration", ["tool"], registry=REGISTRY
 )
 inflight_requests = Gauge("exai_inflight_requests", "tools/call running now", registry=REGISTRY)
-connections = Gauge("exai_connections", "open WebSocket connections", registry=REGISTRY)
+connections = Gauge("exai_connections", "open client connections: WebSocket connections and Streamable HTTP sessions", registry=REGISTRY)
 limiter_borrowed = Gauge(
     "exai_limiter_borrowed", "tokens borrowed per limiter", ["limiter"], registry=REGISTRY
 )

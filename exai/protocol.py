@@ -12,6 +12,8 @@ from typing import Any, Final, TypeGuard
 
 import orjson
 
+from exai.errors import ExaiError
+
 # JSON nested deeper than this (the message object is level 1) is refused with -32600.
 MAX_DEPTH: Final = 64
 # `_meta.exai/timeout` above this counts as this (the tool timeout shortens it further anyway).
@@ -44,7 +46,7 @@ UNSUPPORTED_VERSION: Final = -32022
 RequestId = str | int
 
 
-class RpcError(Exception):
+class RpcError(ExaiError):
     """An error answered as a JSON-RPC error object."""
 
     def __init__(self, code: int, message: str, data: Any = None):

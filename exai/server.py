@@ -54,10 +54,10 @@ class Daemon:
         set changes, every open session and subscription hears of it. A bad value changes
         nothing and is logged."""
         from exai.config import ConfigError, reread_disabled_tools
-        from exai.tools import all_tools
+        from exai.tools import TOOL_NAMES, all_tools
 
         try:
-            fresh = reread_disabled_tools(self.settings)
+            fresh = reread_disabled_tools(self.settings, TOOL_NAMES)
         except ConfigError as exc:
             logger.error("reload: configuration kept as it was: {}", exc)
             return
@@ -199,11 +199,12 @@ def run_serve(
     """`exai serve`: 0 after a clean shutdown, 2 on invalid configuration."""
     from exai.config import ConfigError, load_settings
     from exai.logs import setup_logging
+    from exai.tools import TOOL_NAMES
 
     given = {"host": host, "port": port, "monitor_port": monitor_port, "http_port": http_port}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(known_tools=TOOL_NAMES, **overrides)
     except ConfigError as exc:
         print(f"exai: invalid configuration: {exc}", file=sys.stderr)
         return 2

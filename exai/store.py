@@ -36,6 +36,8 @@ import orjson
 import trio
 from loguru import logger
 
+from exai.errors import ExaiError
+
 DB_NAME: Final = "conversations.sqlite3"
 SCHEMA_VERSION: Final = 2
 # Another process (a second daemon, `exai threads`) may hold the write lock briefly; the
@@ -78,7 +80,7 @@ _SHOWN_ID_CHARS: Final = 80
 T = TypeVar("T")
 
 
-class ThreadNotFound(Exception):
+class ThreadNotFound(ExaiError):
     """No live thread has this id: never created, expired, or not a thread id at all."""
 
     def __init__(self, thread_id: str):
@@ -89,7 +91,7 @@ class ThreadNotFound(Exception):
         self.thread_id = thread_id
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(ExaiError):
     """The store file cannot be opened or is not a usable SQLite database."""
 
     def __init__(self, path: Path, cause: BaseException):

@@ -110,15 +110,15 @@ class Daemons:
             found.append(f"calls still alive: {daemon.calls.snapshot()}")
         if len(daemon.connections):
             found.append(f"connections still open: {sorted(daemon.connections.active)}")
-        gateway = daemon.services.gateway
-        if gateway.open_requests:
-            found.append(f"provider requests still open: {gateway.open_requests}")
-        if gateway.busy_connections:
-            found.append(f"provider connections still busy: {gateway.busy_connections}")
-        if gateway.rpm_waiting:
-            found.append(f"calls still waiting for a request-rate turn: {gateway.rpm_waiting}")
-        if gateway.probes_inflight:
-            found.append(f"circuit probes still in flight: {gateway.probes_inflight}")
+        providers = daemon.services.gateway.statistics().values()
+        for what, key in (
+            ("provider requests still open", "inflight"),
+            ("provider connections still busy", "busy_connections"),
+            ("calls still waiting for a request-rate turn", "rpm_waiting"),
+            ("circuit probes still in flight", "probes_inflight"),
+        ):
+            if count := sum(int(stats[key]) for stats in providers):
+                found.append(f"{what}: {count}")
         return found
 
     async def check_invariants(self) -> None:

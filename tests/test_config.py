@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 import exai
 from exai import config
+from exai.cli import run_config_command
 from exai.config import (
     ENV_NAMES,
     ConfigError,
@@ -24,8 +25,8 @@ from exai.config import (
     describe_settings,
     is_loopback,
     load_settings,
-    run_config_command,
 )
+from exai.tools import TOOL_NAMES
 
 REPO = Path(exai.__file__).resolve().parent.parent
 SECRET = "sk-very-secret-value-123"
@@ -75,6 +76,11 @@ def test_defaults_are_the_contract(tmp_path: Path) -> None:
     assert (s.kimi_api_key, s.kimi_base_url) == (None, "https://api.moonshot.ai/v1")
     assert (s.glm_api_key, s.glm_base_url) == (None, "https://api.z.ai/api/paas/v4")
     assert s.default_model == "auto"
+    assert s.store_url == f"sqlite:///{Path.home()}/.local/state/exai/conversations.sqlite3"
+    assert s.store_location == config.SqliteLocation(s.state_dir / "conversations.sqlite3")
+    assert (s.replica_lease_secs, s.task_after_secs) == (10.0, 2.0)
+    assert (s.task_timeout_secs, s.task_ttl_secs, s.max_tasks) == (1800.0, 3600.0, 64)
+    assert (s.clink_clis, s.models_file) == ({}, None)
 
 
 def test_env_names_are_the_contract() -> None:
@@ -86,7 +92,7 @@ def test_env_names_are_the_contract() -> None:
     for name, env in ENV_NAMES.items():
         if name not in plain:
             assert env == f"EXAI_{name.upper()}"
-    assert len(ENV_NAMES) == 41
+    assert len(ENV_NAMES) == 49
 
 
 def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -190,7 +196,6 @@ def test_env_example_lists_every_variable_with_its_default(
         ("EXAI_MAX_MESSAGE_BYTES", "1.5", "must be an integer >= 1"),
         ("EXAI_MAX_FILE_BYTES", "0", "must be an integer >= 1"),
         ("EXAI_MAX_RESULT_TOKENS", "0", "must be an integer >= 1"),
-        ("EXAI_DISABLED_TOOLS", "debug,nonesuch", "unknown tool nonesuch (known: chat, thinkdeep"),
         ("EXAI_MAX_QUEUED", "-1", "must be an integer >= 0"),
         ("EXAI_PROVIDER_MAX_RETRIES", "-1", "must be an integer >= 0"),
         ("EXAI_MAX_AUTO_STEPS", "many", "must be an integer >= 0"),
@@ -451,3 +456,255 @@ def test_constants_are_the_field_defaults() -> None:
     assert fields["monitor_port"].default == config.DEFAULT_MONITOR_PORT == 8080
     assert fields["tool_timeout_secs"].default == config.DEFAULT_TOOL_TIMEOUT_SECS == 180.0
     assert fields["kimi_base_url"].default == config.DEFAULT_KIMI_BASE_URL
+
+
+# -- EXAI_DISABLED_TOOLS: checked against the names the caller knows -------------------------
+
+
+def test_disabled_tools_checked_against_the_known_tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_DISABLED_TOOLS", "debug,nonesuch")
+    with pytest.raises(ConfigError) as info:
+        load_settings(known_tools=TOOL_NAMES)
+    assert str(info.value) == (
+        f"EXAI_DISABLED_TOOLS=debug,nonesuch: unknown tool nonesuch (known: {', '.join(TOOL_NAMES)})"
+    )
+    # Without the registry's names config has nothing to check them against.
+    assert load_settings().disabled_tools == ["debug", "nonesuch"]
+    monkeypatch.setenv("EXAI_DISABLED_TOOLS", "debug")
+    assert load_settings(known_tools=TOOL_NAMES).disabled_tools == ["debug"]
+
+
+def test_config_command_refuses_unknown_disabled_tool(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXAI_DISABLED_TOOLS", "nonesuch")
+    assert run_config_command(check=True) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("exai: invalid configuration: EXAI_DISABLED_TOOLS=nonesuch: unknown tool")
+
+
+def test_config_imports_no_tool_provider_or_store() -> None:
+    code = (
+        "import sys, exai.config; "
+        "print(sorted(m for m in sys.modules if m.startswith(('exai.tools', 'exai.providers', "
+        "'exai.store', 'exai.server'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+# -- the variables of tasks, replicas, clink and the model file -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "rule"),
+    [
+        ("EXAI_REPLICA_LEASE_SECS", "0", "must be a number > 0"),
+        ("EXAI_TASK_AFTER_SECS", "-1", "must be a number >= 0"),
+        ("EXAI_TASK_AFTER_SECS", "soon", "must be a number >= 0"),
+        ("EXAI_TASK_TIMEOUT_SECS", "0", "must be a number > 0"),
+        ("EXAI_TASK_TTL_SECS", "inf", "must be a number > 0"),
+        ("EXAI_MAX_TASKS", "0", "must be an integer >= 1"),
+        ("EXAI_MAX_TASKS", "2.5", "must be an integer >= 1"),
+    ],
+)
+def test_invalid_task_settings(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, rule: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    assert problem_of() == f"{env}={value}: {rule}"
+
+
+def test_task_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_TASK_AFTER_SECS", "0")
+    monkeypatch.setenv("EXAI_TASK_TIMEOUT_SECS", "60")
+    monkeypatch.setenv("EXAI_TASK_TTL_SECS", "120.5")
+    monkeypatch.setenv("EXAI_MAX_TASKS", "1")
+    monkeypatch.setenv("EXAI_REPLICA_LEASE_SECS", "3")
+    s = load_settings()
+    assert (s.task_after_secs, s.task_timeout_secs, s.task_ttl_secs) == (0.0, 60.0, 120.5)
+    assert (s.max_tasks, s.replica_lease_secs) == (1, 3.0)
+
+
+def test_clink_clis_are_name_to_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_CLINK_CLIS", ' gemini=gemini , codex=codex exec --flag "two words",')
+    assert load_settings().clink_clis == {
+        "gemini": ("gemini",),
+        "codex": ("codex", "exec", "--flag", "two words"),
+    }
+    rows = {env: value for env, value, _ in describe_settings()}
+    assert rows["EXAI_CLINK_CLIS"] == "gemini=gemini,codex=codex exec --flag 'two words'"
+    monkeypatch.setenv("EXAI_CLINK_CLIS", " , ")
+    assert load_settings().clink_clis == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("gemini", "gemini: must be name=command"),
+        ("=gemini", "=gemini: must be name=command"),
+        ("gemini=", "gemini=: must be name=command"),
+        ("my cli=gemini", "my cli=gemini: must be name=command"),
+        ('gemini=gemini "open', 'gemini=gemini "open: No closing quotation'),
+        ("a=x,a=y", "a is given twice"),
+    ],
+)
+def test_invalid_clink_clis(monkeypatch: pytest.MonkeyPatch, value: str, rule: str) -> None:
+    monkeypatch.setenv("EXAI_CLINK_CLIS", value)
+    assert problem_of() == f"EXAI_CLINK_CLIS={value}: {rule}"
+
+
+def test_models_file_must_be_a_readable_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text("")
+    monkeypatch.setenv("EXAI_MODELS_FILE", "models.toml")
+    assert load_settings().models_file == models
+    for bad in ("missing.toml", str(tmp_path)):
+        monkeypatch.setenv("EXAI_MODELS_FILE", bad)
+        assert problem_of() == f"EXAI_MODELS_FILE={bad}: must be the path of a readable TOML file"
+    monkeypatch.setenv("EXAI_MODELS_FILE", "")
+    assert load_settings().models_file is None
+
+
+# -- EXAI_STORE_URL ----------------------------------------------------------------------------
+
+
+def test_store_url_default_follows_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("EXAI_STATE_DIR", str(tmp_path / "state"))
+    s = load_settings()
+    assert s.store_url == f"sqlite:///{tmp_path}/state/conversations.sqlite3"
+    assert s.store_location.path == tmp_path / "state" / "conversations.sqlite3"
+    table = {env: (value, source) for env, value, source in describe_settings()}
+    assert table["EXAI_STORE_URL"] == (s.store_url, "default")
+    monkeypatch.setenv("EXAI_STORE_URL", "")
+    assert load_settings().store_url == s.store_url
+
+
+def test_store_url_sqlite_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("EXAI_STORE_URL", f"sqlite:///{tmp_path}/elsewhere.db")
+    assert load_settings().store_location.path == tmp_path / "elsewhere.db"
+    monkeypatch.setenv("EXAI_STORE_URL", "sqlite:///relative/threads.db")
+    s = load_settings()
+    assert s.store_location.path == tmp_path / "relative" / "threads.db"
+    assert s.store_url == f"sqlite:///{tmp_path}/relative/threads.db"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown", "rule"),
+    [
+        ("redis://localhost:6379/0", None, "redis:// scheme not supported (sqlite:///PATH)"),
+        ("redis://:hunter2@localhost:6379/0", "redis://:****@localhost:6379/0", "redis:// scheme"),
+        ("postgres://db/x", None, "postgres:// scheme not supported (sqlite:///PATH)"),
+        ("/var/lib/exai.db", None, "must be a URL (sqlite:///PATH)"),
+        ("sqlite://", None, "must be sqlite:///PATH"),
+        ("sqlite:///", None, "must be sqlite:///PATH"),
+        ("sqlite://host/x.db", None, "must be sqlite:///PATH"),
+    ],
+)
+def test_invalid_store_url(
+    monkeypatch: pytest.MonkeyPatch, value: str, shown: str | None, rule: str
+) -> None:
+    monkeypatch.setenv("EXAI_STORE_URL", value)
+    text = problem_of()
+    assert text.startswith(f"EXAI_STORE_URL={shown or value}: {rule}"), text
+    assert "hunter2" not in text
+
+
+# -- an EXAI_ variable that is not a setting ---------------------------------------------------
+
+
+def test_unknown_variable_names_the_nearest_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_TOOL_TIMEOUT_SEC", "5")
+    assert problem_of() == "EXAI_TOOL_TIMEOUT_SEC is not a setting; did you mean EXAI_TOOL_TIMEOUT_SECS?"
+
+
+def test_unknown_variable_with_nothing_near(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_FOO", "1")
+    assert problem_of() == "EXAI_FOO is not a setting"
+
+
+@pytest.mark.parametrize(
+    ("variable", "nearest"),
+    [
+        ("EXAI_KIMI_API_KEY", "KIMI_API_KEY"),  # a provider variable given the EXAI_ prefix
+        ("exai_port", "EXAI_PORT"),  # names are the contract's, in its case
+        ("Exai_Max_Queued", "EXAI_MAX_QUEUED"),
+        ("kimi_api_key", "KIMI_API_KEY"),
+        ("EXAI_STORE_URI", "EXAI_STORE_URL"),
+    ],
+)
+def test_unknown_variable_spellings(
+    monkeypatch: pytest.MonkeyPatch, variable: str, nearest: str
+) -> None:
+    monkeypatch.setenv(variable, "1")
+    assert problem_of() == f"{variable} is not a setting; did you mean {nearest}?"
+
+
+def test_other_variables_are_not_settings_and_not_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIMI_REGION", "cn")
+    monkeypatch.setenv("MY_EXAI_PORT", "1")
+    monkeypatch.setenv("EXAIPORT", "1")
+    assert load_settings().port == 8079
+
+
+def test_unknown_variable_in_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_PORT=9100\nEXAI_MAX_QUEUE=7\n# EXAI_NOT_READ=1\n")
+    assert problem_of() == "EXAI_MAX_QUEUE is not a setting; did you mean EXAI_MAX_QUEUED?"
+
+
+def test_unknown_variables_join_other_problems_on_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("EXAI_FOO=1\nEXAI_TOOL_TIMEOUT_SEC=5\n")
+    monkeypatch.setenv("EXAI_TOOL_TIMEOUT_SEC", "5")  # in both: named once
+    monkeypatch.setenv("EXAI_PORT", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert info.value.problems == [
+        "EXAI_FOO is not a setting",
+        "EXAI_TOOL_TIMEOUT_SEC is not a setting; did you mean EXAI_TOOL_TIMEOUT_SECS?",
+        "EXAI_PORT=abc: must be an integer from 0 to 65535",
+    ]
+
+
+def test_unknown_variable_fails_config_and_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXAI_TOOL_TIMEOUT_SEC", "5")
+    with pytest.raises(ConfigError, match="EXAI_TOOL_TIMEOUT_SEC is not a setting"):
+        describe_settings()
+    for check in (True, False):
+        assert run_config_command(check=check) == 2
+        assert capsys.readouterr() == (
+            "",
+            "exai: invalid configuration: EXAI_TOOL_TIMEOUT_SEC is not a setting; "
+            "did you mean EXAI_TOOL_TIMEOUT_SECS?\n",
+        )
+
+
+@pytest.mark.slow
+def test_cli_config_check_refuses_unknown_variable_in_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("EXAI_TOOL_TIMEOUT_SEC=5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "exai: invalid configuration: EXAI_TOOL_TIMEOUT_SEC is not a setting; "
+        "did you mean EXAI_TOOL_TIMEOUT_SECS?\n"
+    )

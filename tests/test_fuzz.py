@@ -8,8 +8,8 @@ serves. Property: every frame is answered by valid JSON-RPC with a contract code
 with our id exactly once; a notification never), no -32603, the daemon stays up, and the
 `daemons` fixture's invariant check holds afterwards.
 
-Examples per test: EXAI_FUZZ_EXAMPLES (default 800: three live tests give 2,400 frames).
-The long run: `EXAI_FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py`.
+Examples per test: FUZZ_EXAMPLES (default 800: three live tests give 2,400 frames).
+The long run: `FUZZ_EXAMPLES=100000 python -m pytest tests/test_fuzz.py`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from exai.protocol import (
 from exai.tools import all_tools
 from exai.tools.base import ToolArgumentError
 
-EXAMPLES = int(os.environ.get("EXAI_FUZZ_EXAMPLES", "800"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "800"))
 CONTRACT_CODES = {-32700, -32600, -32601, -32602, -32000, -32001}
 ANSWER_WAIT_S = 10.0
 

@@ -6,7 +6,7 @@ no answer is a 5xx, every body is JSON-RPC with the answer's own status, and the
 call is still running, undisturbed, when the examples are done; then it is cancelled and the
 daemon's invariants hold.
 
-Examples: max(200, EXAI_FUZZ_EXAMPLES / 4); the long run as in tests/test_fuzz.py.
+Examples: max(200, FUZZ_EXAMPLES / 4); the long run as in tests/test_fuzz.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_modern import HANG, meta, modern_call, ws_client
 
-EXAMPLES = max(200, int(os.environ.get("EXAI_FUZZ_EXAMPLES", "800")) // 4)
+EXAMPLES = max(200, int(os.environ.get("FUZZ_EXAMPLES", "800")) // 4)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 STATUS_OF = {200: None, 202: None, 400: {-32020, -32022, -32602, -32600, -32700}, 404: {-32601, -32600}}
 

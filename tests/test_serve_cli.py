@@ -36,6 +36,10 @@ def clean_env(tmp_path: Any, **extra: str) -> dict[str, str]:
         ("EXAI_HOST", "0.0.0.0"),  # non-loopback without a token
         ("EXAI_LOG_FORMAT", "xml"),
         ("KIMI_BASE_URL", "ftp://example.invalid"),
+        ("EXAI_TOOL_TIMEOUT_SEC", "5"),  # not a setting: one letter short
+        ("EXAI_STORE_URL", "redis://127.0.0.1:6379/0"),  # no such backend yet
+        ("EXAI_DISABLED_TOOLS", "nonesuch"),
+        ("EXAI_CLINK_CLIS", "gemini"),
     ],
 )
 def test_invalid_configuration_exits_2_with_one_line(tmp_path: Any, variable: str, value: str) -> None:
@@ -46,6 +50,19 @@ def test_invalid_configuration_exits_2_with_one_line(tmp_path: Any, variable: st
     assert len(lines) == 1, proc.stderr
     assert variable in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_unknown_variable_in_dotenv_exits_2_with_one_line(tmp_path: Any) -> None:
+    (tmp_path / ".env").write_text("EXAI_PORT=0\nEXAI_TOOL_TIMEOUT_SEC=5\n")
+    proc = subprocess.run(
+        [*EXAI, "serve"], env=clean_env(tmp_path), capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "exai: invalid configuration: EXAI_TOOL_TIMEOUT_SEC is not a setting; "
+        "did you mean EXAI_TOOL_TIMEOUT_SECS?\n"
+    )
 
 
 async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+
+from exai.errors import ExaiError
 
 # Called with (text so far, completion tokens so far) while a reply streams in.
 OnText = Callable[[str, int], Awaitable[None]]
@@ -28,26 +30,55 @@ class Completion:
     finish_reason: str | None = None
 
 
-class ProviderError(Exception):
+class ErrorKind(StrEnum):
+    """Why a provider request failed, as the retry policy, the circuit and `auto` see it."""
+
+    RATE_LIMITED = "rate_limited"  # the provider is pacing us: retried, no verdict on its health
+    OVERLOADED = "overloaded"  # the provider is too busy now: retried, counts as a failure
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"  # connection errors, 5xx, a broken stream
+    AUTH = "auth"  # the API key is refused: the provider is misconfigured until a restart
+    QUOTA = "quota"  # balance, arrears or a usage cap: never retried
+    PLAN = "plan"  # the plan expired or does not include the model: never retried
+    CONTEXT_TOO_LONG = "context_too_long"
+    CONTENT_FILTERED = "content_filtered"
+    BAD_RESPONSE = "bad_response"
+    BAD_REQUEST = "bad_request"  # the provider refused the request's parameters
+    BUDGET = "budget"  # EXAI_MAX_PROVIDER_CALLS reached
+    CIRCUIT_OPEN = "circuit_open"
+    UNKNOWN_MODEL = "unknown_model"
+    NOT_CONFIGURED = "not_configured"
+
+
+class ProviderError(ExaiError):
     """A provider request failed; `str(error)` is a sentence a user can act on.
 
-    `kind` is one of: rate_limited, timeout, auth, context_too_long, content_filtered,
-    unavailable, bad_response, budget, circuit_open, unknown_model, not_configured,
-    bad_request (the provider refused the request's parameters; retrying will not help).
+    `retryable`: another attempt may succeed. `fails_circuit`: the answer counts towards the
+    provider's circuit (every retryable failure does; so do the vendors' non-retried account
+    and request answers).
     """
 
-    def __init__(self, provider: str, kind: str, message: str, *, retryable: bool = False):
+    def __init__(
+        self,
+        provider: str,
+        kind: ErrorKind,
+        message: str,
+        *,
+        retryable: bool = False,
+        fails_circuit: bool | None = None,
+    ):
         super().__init__(message)
         self.provider = provider
         self.kind = kind
         self.retryable = retryable
+        self.fails_circuit = retryable if fails_circuit is None else fails_circuit
 
 
 class BudgetExhausted(ProviderError):
     def __init__(self, limit: int):
         super().__init__(
             "exai",
-            "budget",
+            ErrorKind.BUDGET,
             f"This call reached its budget of {limit} provider requests (EXAI_MAX_PROVIDER_CALLS); "
             "split the work into smaller calls or raise the limit.",
         )
@@ -69,13 +100,3 @@ class CallBudget:
     @property
     def remaining(self) -> int:
         return self.max_calls - self.used
-
-
-def as_messages(system: str | None, history: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
-    """Build an OpenAI-style message list."""
-    messages: list[dict[str, Any]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.extend(history)
-    messages.append({"role": "user", "content": prompt})
-    return messages

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import trio
 
-from exai.providers.base import ProviderError
+from exai.providers.base import ErrorKind, ProviderError
 from exai.providers.catalog import PROVIDER_INFO
 
 CLOSED: Final = "closed"
@@ -64,7 +64,7 @@ class CircuitBreaker:
     def check(self) -> None:
         """Raise the error a call gets at once when the circuit refuses it."""
         if self._auth_message is not None:
-            raise ProviderError(self.provider, "auth", self._auth_message)
+            raise ProviderError(self.provider, ErrorKind.AUTH, self._auth_message)
         if not self.admits():
             raise self._open_error()
 
@@ -120,7 +120,7 @@ class CircuitBreaker:
             wait = f"exai tries it again in {max(0.0, left):.0f} s"
         return ProviderError(
             self.provider,
-            "circuit_open",
+            ErrorKind.CIRCUIT_OPEN,
             f"{label} is failing ({self.consecutive_failures} failures in a row; last: "
             f"{self._last_failure}), so exai stopped sending it requests for now ({wait}, "
             "EXAI_CIRCUIT_COOLDOWN_SECS). Try again shortly or use a model of the other provider.",

@@ -19,7 +19,7 @@ from loguru import logger
 
 from exai import metrics
 from exai.limits import take_slot
-from exai.providers.base import CallBudget, Completion, OnText, ProviderError
+from exai.providers.base import CallBudget, Completion, ErrorKind, OnText, ProviderError
 from exai.providers.catalog import (
     AUTO,
     PROVIDER_INFO,
@@ -44,7 +44,7 @@ DEMO_API_KEY: Final = "exai-demo-key"
 NOT_CONFIGURED: Final = "not_configured"
 CLOSE_TIMEOUT_S: Final = 1.0
 # Errors that mean "this provider cannot serve anything now", where `auto` may switch.
-FALLBACK_KINDS: Final = frozenset({"circuit_open", "auth"})
+FALLBACK_KINDS: Final = frozenset({ErrorKind.CIRCUIT_OPEN, ErrorKind.AUTH})
 LATENCY_WINDOW: Final = 256
 
 
@@ -76,7 +76,7 @@ class Route:
 
 
 class ModelGateway:
-    """Routes model names to providers; owns one httpx.AsyncClient per configured provider."""
+    """Routes model names to providers, and makes each provider call with its retries."""
 
     def __init__(self, settings: Any, routes: dict[str, Route], *, demo: bool):
         self.settings = settings
@@ -150,12 +150,12 @@ class ModelGateway:
         info = self.models.get(name)
         if info is None:
             raise ProviderError(
-                "exai", "unknown_model", f"Unknown model '{name}'. Allowed models: {self._allowed_text()}."
+                "exai", ErrorKind.UNKNOWN_MODEL, f"Unknown model '{name}'. Allowed models: {self._allowed_text()}."
             )
         if not is_allowed(self.settings, info):
             raise ProviderError(
                 info.provider,
-                "unknown_model",
+                ErrorKind.UNKNOWN_MODEL,
                 f"Model '{name}' is not allowed by {PROVIDER_INFO[info.provider].allowed_env}. "
                 f"Allowed models: {self._allowed_text()}.",
             )
@@ -163,7 +163,7 @@ class ModelGateway:
             pinfo = PROVIDER_INFO[info.provider]
             raise ProviderError(
                 info.provider,
-                "not_configured",
+                ErrorKind.NOT_CONFIGURED,
                 f"Model '{name}' is served by {pinfo.label}, which is not configured: set "
                 f"{pinfo.key_env} and restart exai. Allowed models: {self._allowed_text()}.",
             )
@@ -183,7 +183,7 @@ class ModelGateway:
         if not candidates:
             raise ProviderError(
                 "exai",
-                "not_configured",
+                ErrorKind.NOT_CONFIGURED,
                 "No model provider is configured: set KIMI_API_KEY or GLM_API_KEY (or run "
                 "`exai serve --demo` for the built-in simulated model).",
             )
@@ -271,7 +271,7 @@ class ModelGateway:
         info = self.models[model_id]
         estimated = estimate_tokens(messages)
         if estimated > info.context_window:
-            raise ProviderError(provider, "context_too_long", context_too_long_message(info, estimated))
+            raise ProviderError(provider, ErrorKind.CONTEXT_TOO_LONG, context_too_long_message(info, estimated))
         if max_tokens is not None:
             max_tokens = min(max_tokens, info.max_output_tokens)
         attempts = 1 + self.settings.provider_max_retries
@@ -342,7 +342,7 @@ class ModelGateway:
             outcome = exc.kind
             detail = f" status={exc.status}" if exc.status else ""
             route.stats.errors_total += 1
-            route.stats.errors_by_kind[exc.kind] = route.stats.errors_by_kind.get(exc.kind, 0) + 1
+            route.stats.errors_by_kind[exc.kind.value] = route.stats.errors_by_kind.get(exc.kind.value, 0) + 1
             raise
         else:
             outcome = "ok"
@@ -427,30 +427,6 @@ class ModelGateway:
                 "busy_connections": _busy_connections(route),
             }
         return out
-
-    @property
-    def open_requests(self) -> int:
-        """Provider HTTP requests open right now, across providers."""
-        return sum(route.http.open_requests for route in self.routes.values() if route.http is not None)
-
-    @property
-    def busy_connections(self) -> int:
-        """Provider sockets carrying a request or response right now (idle pooled ones excluded)."""
-        return sum(_busy_connections(route) for route in self.routes.values())
-
-    @property
-    def rpm_waiting(self) -> int:
-        """Callers sleeping until their request-rate turn, across providers."""
-        return sum(route.rate.waiting for route in self.routes.values() if route.rate is not None)
-
-    @property
-    def probes_inflight(self) -> int:
-        """Half-open circuit probes in flight, across providers."""
-        return sum(route.circuit.probes_inflight for route in self.routes.values())
-
-    def allowed_models(self) -> list[str]:
-        """Names a call may use (besides "auto")."""
-        return self._allowed_names()
 
 
 def _busy_connections(route: Route) -> int:

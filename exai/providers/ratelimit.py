@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from exai.providers.base import ProviderError
+from exai.providers.base import ErrorKind, ProviderError
 
 
 class RequestRateLimiter:
@@ -40,7 +40,7 @@ class RequestRateLimiter:
         if send_at > deadline:
             raise ProviderError(
                 self.provider,
-                "rate_limited",
+                ErrorKind.RATE_LIMITED,
                 f"{self.provider} requests are limited to {self.rpm} per minute ({self.env_var}); "
                 f"this call would have to wait {send_at - now:.1f} s and only "
                 f"{max(0.0, deadline - now):.1f} s were left before its deadline. "

@@ -1,9 +1,11 @@
 """An HTTP/1.1 transport for httpx on trio and h11, with an O(1) keep-alive pool.
 
-httpcore 1.0.9's pool scans every connection (and polls every idle socket) for every
-request, which makes it slow at the concurrency our daemon runs. This transport keeps
-httpx.AsyncClient (its API, timeouts and exception types) and replaces only the connection
-handling:
+Why not httpcore's pool (httpcore 1.0.9, which httpx uses): it scans every connection (and
+polls every idle socket) for every request, O(n) per request and O(n^2) under load at the
+concurrency the daemon runs; and a request cancelled while it waits for a connection can leave
+its slot behind (encode/httpcore#1093), so a pool sized to the provider's limit slowly shrinks.
+This transport keeps httpx.AsyncClient (its API, timeouts and exception types) and replaces only
+the connection handling:
 
 - per origin (scheme, host, port) a LIFO stack of idle connections; a request takes the
   most recent one, after one cheap check (expired, or readable: the peer closed it or sent

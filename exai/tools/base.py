@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
 
 
@@ -24,7 +25,7 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
-class ToolArgumentError(Exception):
+class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
 

@@ -10,7 +10,7 @@ import trio
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from exai.providers.base import ProviderError
+from exai.providers.base import ErrorKind, ProviderError
 from exai.providers.catalog import PROVIDERS, default_model
 from exai.store import Turn
 from exai.tools.base import ToolContext, ToolOutput
@@ -188,6 +188,6 @@ def default_entries(ctx: ToolContext) -> list[ModelStance]:
             entries.append(ModelStance(model=model, stance="neutral"))
     if not entries:
         raise ProviderError(
-            "exai", "not_configured", "consensus needs a model provider: set KIMI_API_KEY or GLM_API_KEY."
+            "exai", ErrorKind.NOT_CONFIGURED, "consensus needs a model provider: set KIMI_API_KEY or GLM_API_KEY."
         )
     return entries

@@ -53,7 +53,7 @@ class Issue(BaseModel):
     description: str = Field(min_length=1)
 
 
-# The fields every step of an investigating workflow tool takes (CONTRACT section 4).
+# The fields every step of an investigating workflow tool takes.
 # No docstring: pydantic would put it into every tool's schema.
 class StepArgs(ToolArgs):
     step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
