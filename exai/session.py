@@ -103,10 +103,13 @@ class Session:
         self.hooks.end_transport()
 
     def cancel_calls(self, reason: CancelReason) -> int:
-        """Cancel every call of this session; returns how many there were."""
+        """Cancel every call of this session, and end its subscriptions without an answer
+        (the client is gone or asked for it); returns how many calls there were."""
         calls = list(self.calls.values())
         for call in calls:
             call.cancel(reason)
+        for subscription in self.subscriptions.values():
+            subscription.scope.cancel()
         return len(calls)
 
     # -- dispatch ----------------------------------------------------------------------
@@ -305,8 +308,6 @@ async def open_session(
                 except BaseException:
                     # The session ends here, whatever ended it: for its calls, a disconnect.
                     session.cancel_calls(CancelReason.DISCONNECT)
-                    for subscription in session.subscriptions.values():
-                        subscription.scope.cancel()
                     raise
                 finally:
                     services.listeners.sessions.discard(session)

@@ -259,6 +259,13 @@ async def test_methods_modern_does_not_have_are_404_and_32601(daemon: Any, metho
     assert response.json()["error"]["code"] == -32601
 
 
+async def test_listen_needs_a_client_that_takes_a_stream(daemon: Any) -> None:
+    message = modern(1, "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+    async with http_client() as http:
+        response = await post(http, daemon.http_url, message, Accept="application/json")
+    assert response.status_code == 406 and "text/event-stream" in response.json()["error"]["message"]
+
+
 async def test_missing_client_capabilities_is_32602_naming_the_key(daemon: Any) -> None:
     message = modern(1, "tools/list")
     del message["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]
@@ -347,6 +354,10 @@ async def test_websocket_modern_without_initialize(daemon: Any, simulator: Any) 
         bad = modern(4, "tools/list")
         bad["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] = "2099-01-01"
         assert (await client.rpc(bad))["error"]["data"] == {"supported": VERSIONS, "requested": "2099-01-01"}
+        no_caps = modern(8, "tools/list")
+        del no_caps["params"]["_meta"]["io.modelcontextprotocol/clientCapabilities"]
+        refused = (await client.rpc(no_caps))["error"]
+        assert refused["code"] == -32602 and "clientCapabilities" in refused["message"]
         legacy_before_init = await client.rpc({"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
         assert legacy_before_init["error"]["code"] == -32600  # legacy rules unchanged
         answer = await client.rpc(modern_call(6, 'p\n#sim {"chunks": 4, "chunk_delay_s": 0.05}', progressToken="t"))

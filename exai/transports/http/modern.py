@@ -45,6 +45,7 @@ NAMED: Final = {"tools/call": "name", "prompts/get": "name", "resources/read": "
 STREAM_HEADERS: Final = [(b"x-accel-buffering", b"no")]
 # HTTP status of a request refused before it starts, by JSON-RPC error code.
 REFUSED_STATUS: Final = {HEADER_MISMATCH: 400, UNSUPPORTED_VERSION: 400, INVALID_PARAMS: 400, METHOD_NOT_FOUND: 404}
+HEADER_NAMES: Final = {"mcp-protocol-version": "MCP-Protocol-Version", "mcp-method": "Mcp-Method", "mcp-name": "Mcp-Name"}
 BASE64_PREFIX: Final = "=?base64?"
 BASE64_SUFFIX: Final = "?="
 
@@ -63,7 +64,7 @@ def header_value(headers: dict[str, str], name: str) -> str:
     """A routing header, decoded from `=?base64?...?=` when so encoded; RpcError -32020 when it
     is missing, malformed or holds characters a header may not."""
     raw = headers.get(name)
-    shown = {"mcp-protocol-version": "MCP-Protocol-Version", "mcp-method": "Mcp-Method"}.get(name, "Mcp-Name")
+    shown = HEADER_NAMES[name]
     if raw is None:
         raise RpcError(HEADER_MISMATCH, f"HeaderMismatch: the {shown} header is missing")
     if not all(" " <= ch <= "~" or ch == "\t" for ch in raw):
@@ -119,6 +120,9 @@ class ModernHttp:
             body = dump_message(error_message(message.id, refused.code, refused.message, refused.data)).encode()
             await reply.json(REFUSED_STATUS[refused.code], body)
             return
+        if message.method == "subscriptions/listen" and not sse_ok:
+            await reply.refuse(406, "subscriptions/listen answers with a stream: Accept must include text/event-stream")
+            return
         services = self.daemon.services
         async with services.limits.client(f"{client}@{peer}") as slots:
             stream = Stream(next(_request_numbers), message.id, resumable=False)
@@ -142,10 +146,7 @@ class ModernHttp:
                 else:
                     gone = await self._json(stream, answer, receive, reply)
                 if gone:
-                    count = session.cancel_calls(CancelReason.DISCONNECT)
-                    for subscription in session.subscriptions.values():
-                        subscription.scope.cancel()
-                    if count:
+                    if session.cancel_calls(CancelReason.DISCONNECT):
                         session.log.info("request {} of {}: stream closed by the client; call cancelled", message.id, client)
 
     async def _json(self, stream: Stream, answer: list[str], receive: Receive, reply: Reply) -> bool:
