@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 from loguru import logger
 
 from exai import metrics
+from exai.config import Settings
 from exai.history import History
 from exai.limits import Limits, Overloaded
 from exai.protocol import (
@@ -32,6 +33,9 @@ from exai.protocol import (
 )
 from exai.providers.base import CallBudget, ProviderError
 from exai.subscriptions import Listeners
+
+if TYPE_CHECKING:
+    from exai.providers.gateway import ModelGateway
 from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -152,9 +156,9 @@ class Progress:
 class Services:
     """What calls share: configuration, limiters, providers, tools, the conversation store."""
 
-    settings: Any
+    settings: Settings
     limits: Limits
-    gateway: Any
+    gateway: ModelGateway
     tools: dict[str, Tool]
     store: Any
     calls: Calls

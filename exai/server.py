@@ -13,6 +13,7 @@ import trio
 from loguru import logger
 
 from exai import __version__
+from exai.config import Settings
 from exai.lifecycle import Alive, Calls, CancelReason, Services
 from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
@@ -31,7 +32,7 @@ class Bound:
 class Daemon:
     """The daemon's shared state: services, connections, readiness."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
@@ -91,7 +92,7 @@ class Daemon:
 
 
 async def serve(
-    settings: Any,
+    settings: Settings,
     *,
     demo: bool = False,
     task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
@@ -108,7 +109,7 @@ async def serve(
         daemon.stopped.set()
 
 
-async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
+async def _serve(daemon: Daemon, demo: bool, task_status: trio.TaskStatus[Bound]) -> None:
     from exai.monitor import heartbeat, serve_monitor
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
@@ -149,7 +150,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
         background.cancel_scope.cancel()
 
 
-async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: Any) -> None:
+async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: trio.TaskStatus[Bound]) -> None:
     """Accept clients until shutdown is requested; then stop accepting, drain, close."""
     from exai.transports.http import serve_http
     from exai.transports.ws import serve_websockets
