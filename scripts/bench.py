@@ -1137,7 +1137,7 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
 # (trio's own frames inside a task count for the code that called them); samples with no
 # task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
 PROVIDER_TRANSPORT = "provider transport (h11, sockets)"
-HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http.py)"
+HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http/)"
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
@@ -1150,7 +1150,7 @@ CATEGORIES: list[tuple[str, str]] = [
     (PROVIDER_TRANSPORT, r"exai/providers/transport\.py|^h11/"),
     ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
     ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
-    (HTTP_SERVER, r"^hypercorn/|exai/transports/http\.py|exai/asgi\.py"),
+    (HTTP_SERVER, r"^hypercorn/|exai/transports/http/|exai/asgi\.py"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
     ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
     ("tools", r"exai/tools/"),

@@ -119,7 +119,7 @@ def test_profile_tells_the_daemons_own_http_parsing_from_the_providers() -> None
     raw = "\n".join([
         f"{root};H11Protocol.handle (hypercorn/protocol/h11.py:120);Connection.next_event (h11/_connection.py:450) 3",
         f"{root};TrioH11Transport._next_event (exai/providers/transport.py:400);Connection.next_event (h11/_connection.py:450) 1",
-        f"{root};HttpSession.send (exai/transports/http.py:260);dumps (json/__init__.py:231) 1",
+        f"{root};HttpSession.send (exai/transports/http/httpsession.py:260);dumps (json/__init__.py:231) 1",
         f"{root};wait (trio/_core/_run.py:100) 5",
     ])
     shares = bench.categorise(raw)
