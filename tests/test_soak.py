@@ -40,5 +40,7 @@ async def test_a_60_second_chaos_soak_holds_every_invariant() -> None:
     assert count(report, r"ended by DELETE \((\d+) with calls running\)") > 0
     assert count(report, r"walked away from (\d+)") > 0
     assert count(report, r"of which ended by idle (\d+)") == count(report, r"walked away from (\d+)")
+    assert count(report, r"modern http requests: (\d+)") > 0
+    assert count(report, r"streams closed mid-call (\d+)") > 0
     assert count(report, r"http fuzz requests \((\d+),") > 0
     assert count(report, r"http fuzz requests .*answers .*\b400 (\d+)") > 0
