@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
@@ -17,6 +17,9 @@ from exai.config import Settings
 from exai.lifecycle import Alive, Calls, CancelReason, Services
 from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
+
+if TYPE_CHECKING:
+    from exai.transports.http.sse import Stream
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Daemon:
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
         self.connections: Alive[str, Session] = Alive()
+        # Modern Streamable HTTP requests being answered: no session, so no connection.
+        self.requests: Alive[int, Stream] = Alive()
         self.connection_slots = ConnectionSlots(settings.max_connections)
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
@@ -187,6 +192,7 @@ async def _drain(daemon: Daemon) -> None:
         session.end_transport()
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.connections.wait_empty()
+        await daemon.requests.wait_empty()
 
 
 def run_serve(

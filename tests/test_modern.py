@@ -489,3 +489,21 @@ async def test_sighup_reloads_disabled_tools_from_env_file_and_the_daemon_stays(
         with trio.fail_after(10):
             assert await served.proc.wait() == 0
     assert b"reload: now" in served.stderr
+
+
+@pytest.mark.filterwarnings("ignore:Async generator 'httpx.:ResourceWarning")
+@pytest.mark.filterwarnings("ignore:Async generator 'httpcore.:ResourceWarning")
+async def test_an_http_listen_the_server_ends_gets_its_result_and_the_stream_ends(daemons: Any) -> None:
+    bound = await daemons.start()
+    message = modern("bye", "subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+    async with (
+        http_client() as http,
+        http.stream("POST", bound.http_url, content=json.dumps(message), headers=headers_for(message)) as stream,
+        aclosing(lines_of(stream)) as lines,
+    ):
+        with trio.fail_after(5):
+            assert (await next_data(lines))["method"] == "notifications/subscriptions/acknowledged"
+            bound.daemon.request_shutdown()
+            final = await next_data(lines)
+            assert final["id"] == "bye" and final["result"]["resultType"] == "complete"
+            assert [line async for line in lines if line.startswith("data: ")] == []  # then the stream ends

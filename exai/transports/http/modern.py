@@ -123,9 +123,27 @@ class ModernHttp:
         if message.method == "subscriptions/listen" and not sse_ok:
             await reply.refuse(406, "subscriptions/listen answers with a stream: Accept must include text/event-stream")
             return
+        stream = Stream(next(_request_numbers), message.id, resumable=False)
+        self.daemon.requests.add(stream.number, stream)  # shutdown waits for its last write
+        try:
+            await self._serve(message, client, peer, stream, receive, reply, json_ok, sse_ok)
+        finally:
+            self.daemon.requests.remove(stream.number)
+
+    async def _serve(
+        self,
+        message: Request,
+        client: str,
+        peer: str,
+        stream: Stream,
+        receive: Receive,
+        reply: Reply,
+        json_ok: bool,
+        sse_ok: bool,
+    ) -> None:
+        """Run the request in a session of its own until it is answered or its client leaves."""
         services = self.daemon.services
         async with services.limits.client(f"{client}@{peer}") as slots:
-            stream = Stream(next(_request_numbers), message.id, resumable=False)
             seqs = itertools.count(1)
             answer: list[str] = []  # the response, once sent
 
