@@ -1481,10 +1481,14 @@ def _floor_section(runs: list[dict[str, Any]]) -> list[str]:
              "joins the streamed text, sends one progress notification and answers; no limits, validation, deadlines, "
              "cancellation, logging, metrics or store. Its figures are what the libraries, the simulator and the load "
              "generator cost on this machine; the distance from exai's to them is exai's own logic.", "",
-             "| figure | exai, WebSocket | exai, Streamable HTTP | exai, modern HTTP | floor |", "|---|---|---|---|---|"]
+             ]
+    modern = any(key.endswith("_modern") for run in runs for key in run)
+    suffixes = ("", "_http", *(("_modern",) if modern else ()), "_floor")
+    names = ("exai, WebSocket", "exai, Streamable HTTP", *(("exai, modern HTTP",) if modern else ()), "floor")
+    lines += ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for load, key, label in FLOOR_FIGURES:
         cells = []
-        for suffix in ("", "_http", "_modern", "_floor"):
+        for suffix in suffixes:
             got = median_of(runs, load + suffix, key)
             cells.append(f"{got[0]:g}" if got else "-")
         lines.append(f"| {label} | {' | '.join(cells)} |")

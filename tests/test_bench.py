@@ -104,13 +104,14 @@ def test_one_call_at_a_time_over_both_transports_and_the_floor(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert result["transports"] == ["ws", "http"] and result["floor"] is True
-    for key in ("sequential", "sequential_http", "sequential_floor"):
+    assert result["transports"] == ["ws", "http", "modern"] and result["floor"] is True
+    for key in ("sequential", "sequential_http", "sequential_modern", "sequential_floor"):
         figures = result[key]
         assert figures["calls"] == 60
         assert figures["daemon_p50_ms"] > 0 and figures["direct_p50_ms"] > 0
         assert figures["daemon_cpu_ms_per_call"] > 0 and figures["driver_cpu_ms_per_call"] > 0
     assert isinstance(result["sequential_http"]["over_ws_p50_ms"], float)
+    assert isinstance(result["sequential_modern"]["over_http_p50_ms"], float)
     assert "over_ws_p50_ms" not in result["sequential_floor"]
 
 
