@@ -12,12 +12,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 from loguru import logger
 
 from exai import metrics
+from exai.config import Settings
 from exai.history import History
 from exai.limits import Limits, Overloaded
 from exai.protocol import (
@@ -32,6 +33,10 @@ from exai.protocol import (
 )
 from exai.providers.base import CallBudget, ProviderError
 from exai.store import Store
+from exai.subscriptions import Listeners
+
+if TYPE_CHECKING:
+    from exai.providers.gateway import ModelGateway
 from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -152,14 +157,15 @@ class Progress:
 class Services:
     """What calls share: configuration, limiters, providers, tools, the conversation store."""
 
-    settings: Any
+    settings: Settings
     limits: Limits
-    gateway: Any
+    gateway: ModelGateway
     tools: dict[str, Tool]
     store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
+    listeners: Listeners = field(default_factory=Listeners)  # who hears of tool-set changes
     history: History = field(default_factory=History)
 
 
