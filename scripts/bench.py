@@ -55,7 +55,8 @@ import trio
 from httpx_sse import aconnect_sse
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the decoder aiter_sse uses, fed by h11
 
-from exai.client import ExaiClient, RpcError, ToolResult, connect
+from exai.client import ExaiClient, RpcError, ToolResult
+from exai.client import connect as connect_any_era
 from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
@@ -67,6 +68,9 @@ from h11sim import H11Sim
 from harness import read_until, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
+# The WebSocket rows measure what they always did, a legacy session (the floor relay speaks
+# only that); modern Streamable HTTP has rows of its own ("modern").
+connect = partial(connect_any_era, era="legacy")
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 H11SIM = [sys.executable, str(ROOT / "scripts" / "h11sim.py")]
 FLOOR = [sys.executable, str(ROOT / "scripts" / "floor_relay.py")]

@@ -309,7 +309,8 @@ async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
     calls = 0
     while trio.current_time() < stop_at and soak.daemon_died is None:
         try:
-            async with connect(soak.url, token=TOKEN) as client:
+            # Half the WebSocket clients speak the legacy revision, half the library's default (modern).
+            async with connect(soak.url, token=TOKEN, era="legacy" if number % 2 else "auto") as client:
                 while trio.current_time() < stop_at and soak.daemon_died is None:
                     action = rng.choices(names, weights)[0]
                     calls += 1
@@ -800,7 +801,7 @@ async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) ->
     outcomes: list[str] = []
     running = trio.Event()
     deleted = False
-    async with connect(soak.http_url, token=TOKEN) as client:
+    async with connect(soak.http_url, token=TOKEN, era="legacy") as client:  # a session, to DELETE
         soak.http["opened"] += 1
         raw = HttpMcp(soak, http, f"{tag}d")
         raw.session_id = client.session_id
@@ -857,7 +858,7 @@ async def http_session(soak: Soak, http: httpx.AsyncClient, number: int, tag: st
     rng = soak.rng
     names, weights = zip(*HTTP_ACTIONS, strict=True)
     walked = False
-    async with connect(soak.http_url, token=TOKEN) as client:
+    async with connect(soak.http_url, token=TOKEN, era="legacy") as client:  # the legacy session clients
         soak.http["opened"] += 1
         raw = HttpMcp(soak, http, tag)
         raw.session_id = client.session_id
