@@ -32,6 +32,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.store import Store
 from exai.subscriptions import Listeners
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ class Services:
     limits: Limits
     gateway: ModelGateway
     tools: dict[str, Tool]
-    store: Any
+    store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call

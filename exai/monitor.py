@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import inspect
 import json
 import queue
 import time
@@ -30,6 +29,7 @@ from trio.testing import MockClock
 
 from exai import metrics
 from exai.asgi import lifespan
+from exai.store import Store
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, str, bytes, Headers]
@@ -73,20 +73,14 @@ async def heartbeat(daemon: Any) -> None:
         await trio.sleep(HEARTBEAT_S)
 
 
-async def _count_threads(store: Any) -> int | None:
-    """The store's thread count if it offers a `count()` (plain or async); None: unknown.
-    A store that fails to count is logged, not fatal: the heartbeat must go on."""
-    count = getattr(store, "count", None)
-    if not callable(count):
-        return None
+async def _count_threads(store: Store) -> int | None:
+    """The store's thread count; None (shown as unknown) when it cannot count. A failing
+    store is logged, not fatal: the heartbeat must go on."""
     try:
-        value = count()
-        if inspect.isawaitable(value):
-            value = await value
+        return await store.count()
     except Exception as exc:
         logger.warning("the conversation store could not count its threads: {}", exc)
         return None
-    return value if isinstance(value, int) else None
 
 
 def monitor_app(daemon: Any) -> Any:

@@ -1,5 +1,5 @@
-"""`exai threads` and `exai thread ID`: the stored conversation threads, read from the SQLite
-file under EXAI_STATE_DIR directly (read-only), whether the daemon runs or not.
+"""`exai threads` and `exai thread ID`: the stored conversation threads, read from the store
+at EXAI_STORE_URL directly (read-only, `ThreadReader`), whether the daemon runs or not.
 
 Each `run_*` function prints for a human and returns the exit status: 0 ok, 1 unknown
 thread or unreadable store, 2 invalid configuration.
@@ -8,14 +8,13 @@ thread or unreadable store, 2 invalid configuration.
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from exai.config import ConfigError, load_settings
-from exai.store import Thread, ThreadNotFound, db_path, read_thread, read_threads
+from exai.config import ConfigError, Settings, load_settings
+from exai.store import StoreUnavailable, Thread, ThreadNotFound, open_reader
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,20 +29,21 @@ def run_threads(*, as_json: bool) -> int:
     settings = _settings()
     if settings is None:
         return EXIT_USAGE
+    store = open_reader(settings)
     try:
-        threads = read_threads(settings)
-    except sqlite3.Error as exc:
-        return _unreadable(settings, exc)
+        threads = store.threads()
+    except StoreUnavailable as exc:
+        return _unreadable(exc)
     if as_json:
         print(json.dumps([thread.summary() for thread in threads], indent=2))
         return EXIT_OK
     if not threads:
-        print(f"no conversation threads in {db_path(settings)}")
+        print(f"no conversation threads in {store.where}")
         return EXIT_OK
     from rich.table import Table
 
     now = time.time()
-    table = Table(title=f"threads in {db_path(settings)}", title_justify="left", expand=False)
+    table = Table(title=f"threads in {store.where}", title_justify="left", expand=False)
     for column in ("id", "tool", "turns", "last use", "expires"):
         table.add_column(
             column, justify="right" if column == "turns" else "left", no_wrap=column == "id"
@@ -66,12 +66,12 @@ def run_thread(thread_id: str, *, as_json: bool) -> int:
     if settings is None:
         return EXIT_USAGE
     try:
-        thread = read_thread(settings, thread_id)
+        thread = open_reader(settings).thread(thread_id)
     except ThreadNotFound as exc:
         print(f"exai: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except sqlite3.Error as exc:
-        return _unreadable(settings, exc)
+    except StoreUnavailable as exc:
+        return _unreadable(exc)
     if as_json:
         print(json.dumps(thread_as_json(thread), indent=2))
     else:
@@ -125,7 +125,7 @@ def _show(thread: Thread) -> None:
             console.print(Text("files: " + ", ".join(turn.files), style="dim"))
 
 
-def _settings() -> Any:
+def _settings() -> Settings | None:
     try:
         return load_settings()
     except ConfigError as exc:
@@ -133,8 +133,8 @@ def _settings() -> Any:
         return None
 
 
-def _unreadable(settings: Any, exc: sqlite3.Error) -> int:
-    print(f"exai: cannot read the conversation store {db_path(settings)}: {exc}", file=sys.stderr)
+def _unreadable(exc: StoreUnavailable) -> int:
+    print(f"exai: {exc}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -55,16 +55,22 @@ import trio
 from httpx_sse import aconnect_sse
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the decoder aiter_sse uses, fed by h11
 
-from exai.client import ExaiClient, RpcError, ToolResult, connect
+from exai.client import ExaiClient, RpcError, ToolResult
+from exai.client import connect as connect_any_era
 from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
 from exai.store import read_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from h11sim import H11Sim
+from harness import read_until, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
+# The WebSocket rows measure what they always did, a legacy session (the floor relay speaks
+# only that); modern Streamable HTTP has rows of its own ("modern").
+connect = partial(connect_any_era, era="legacy")
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 H11SIM = [sys.executable, str(ROOT / "scripts" / "h11sim.py")]
 FLOOR = [sys.executable, str(ROOT / "scripts" / "floor_relay.py")]
@@ -94,14 +100,6 @@ def compared(direct: list[float], through: list[float], added: str = "added") ->
     }
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -124,18 +122,6 @@ def run_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that just ended
     return total / 1e9
-
-
-async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
-    buffer = b""
-    while True:
-        match = re.search(pattern, buffer)
-        if match:
-            return match
-        chunk = await stream.receive_some()
-        if not chunk:
-            raise RuntimeError(f"process exited before printing {pattern!r}: {buffer!r}")
-        buffer += chunk
 
 
 async def _ignore_progress(params: dict[str, Any]) -> None:
@@ -169,7 +155,10 @@ class _Socket:
 
 
 class HttpMcpClient:
-    """The benchmark's MCP Streamable HTTP client (CONTRACT §3b): POST /mcp, one session.
+    """The benchmark's lean load generator for MCP Streamable HTTP (CONTRACT §3b): POST /mcp,
+    one session. Not a client library: the one client is `exai.client` (`connect("http://...")`,
+    httpx + httpx-sse), which the tests, the CLI, the bridge and the soak use; this one exists
+    only so the load generator does not measure itself, for this reason:
 
     h11 on kept-alive trio sockets (HTTP/1.1 carries one POST at a time, so a socket per call
     in flight, pooled), SSE events cut by httpx-sse's decoder. httpx.AsyncClient + aconnect_sse
@@ -929,7 +918,7 @@ async def daemon_process(env: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
     daemon = await trio.lowlevel.open_process([*EXAI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(60):
-            found = await read_line_matching(
+            found = await read_until(
                 daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)\s+exai http on (http://\S+)\s"
             )
         url, monitor, http = (group.decode() for group in found.groups())
@@ -945,7 +934,7 @@ async def floor_process(env: dict[str, str], sim_url: str) -> AsyncIterator[dict
                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(30):
-            found = await read_line_matching(relay.stdout, rb"floor relay on (ws://\S+)\s")
+            found = await read_until(relay.stdout, rb"floor relay on (ws://\S+)\s")
         yield {"url": found.group(1).decode(), "pid": relay.pid}
     finally:
         await stop(relay, signal.SIGTERM, grace=5)
@@ -1071,7 +1060,7 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                 [*EXAI, "mock-provider", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
         try:
-            sim_url = (await read_line_matching(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
+            sim_url = (await read_until(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
             denv = daemon_env(env, sim_url, local_sim.url)
             async with daemon_process(denv) as daemon, AsyncExitStack() as stack:
                 floor = await stack.enter_async_context(floor_process(env, sim_url)) if opts.floor else None
@@ -1180,7 +1169,7 @@ HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/ht
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
-    ("store (SQLite)", r"exai/store\.py|^sqlite3/"),
+    ("store (SQLite)", r"exai/store/|^sqlite3/"),
     ("JSON encode/decode", r"^json/|orjson"),
     ("validation (pydantic)", r"^pydantic|exai/tools/base\.py"),
     ("SSE parsing", r"^httpx_sse/|_SSEData|_take_event|_parse_chunk|_parse_choice"),

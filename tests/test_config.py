@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from dotenv import dotenv_values
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 import exai
@@ -411,20 +414,24 @@ def test_config_check_invalid(
     assert err.count("\n") == 1
 
 
-@pytest.mark.slow
-def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
+def exai_config_check(cwd: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    """`exai config --check` as a user runs it: its own process, only `variables` set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env["EXAI_PORT"] = "abc"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
-        env=env,
-        cwd=tmp_path,
+        env={**env, **variables},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.slow
+def test_cli_config_check_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = exai_config_check(tmp_path, EXAI_PORT="abc")
     assert result.returncode == 2
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
@@ -692,19 +699,54 @@ def test_unknown_variable_fails_config_and_check(
 @pytest.mark.slow
 def test_cli_config_check_refuses_unknown_variable_in_dotenv(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("EXAI_TOOL_TIMEOUT_SEC=5\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-c", "from exai.cli import main; main()", "config", "--check"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = exai_config_check(tmp_path)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
         "exai: invalid configuration: EXAI_TOOL_TIMEOUT_SEC is not a setting; "
         "did you mean EXAI_TOOL_TIMEOUT_SECS?\n"
     )
+
+
+# -- properties over any input -------------------------------------------------------------
+
+ANY_INPUT = hypothesis_settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@ANY_INPUT
+@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40))
+def test_any_variable_is_a_setting_or_one_line_naming_it(suffix: str) -> None:
+    for name in (f"EXAI_{suffix}", f"exai_{suffix}", suffix):
+        problem = config._stray(name)
+        # The spec: a setting's own name passes; any other spelling of EXAI_* or of a setting fails.
+        looks_like_a_setting = name.upper().startswith("EXAI_") or name.upper() in ENV_NAMES.values()
+        if name in ENV_NAMES.values() or not looks_like_a_setting:
+            assert problem is None
+            continue
+        assert problem is not None and "\n" not in problem
+        assert problem.startswith(f"{name} is not a setting")
+        if "; did you mean " in problem:
+            assert problem.removesuffix("?").rsplit(" ", 1)[1] in ENV_NAMES.values()
+
+
+@ANY_INPUT
+@given(st.text(max_size=80))
+def test_any_clink_clis_text_is_parsed_or_one_line(text: str) -> None:
+    try:
+        clis = load_settings(clink_clis=text).clink_clis
+    except ConfigError as exc:
+        assert str(exc).startswith("EXAI_CLINK_CLIS=") and "\n" not in str(exc)
+    else:
+        assert all(name and argv and all(isinstance(a, str) for a in argv) for name, argv in clis.items())
+
+
+@ANY_INPUT
+@given(st.text(max_size=80))
+def test_any_store_url_is_a_location_or_one_line(text: str) -> None:
+    try:
+        location = load_settings(store_url=text).store_location
+    except ConfigError as exc:
+        assert str(exc).startswith("EXAI_STORE_URL=") and "\n" not in str(exc)
+    else:
+        assert location.path.is_absolute()

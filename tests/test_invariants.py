@@ -1,4 +1,5 @@
-"""The invariant check itself (conftest `Daemons.leaks`, support `status_leaks`): each thing
+"""The invariant check itself (`harness.status_leaks`, behind conftest `Daemons.leaks`,
+support `assert_quiet_status` and the soak): each thing
 it must catch is caught while it is held, and gone once the client has left.
 
 Real daemon, real simulator, real loopback WebSockets; real time with generous bounds.
@@ -11,7 +12,8 @@ from typing import Any
 
 import httpx
 import trio
-from support import eventually, status_leaks
+from harness import status_leaks
+from support import eventually
 
 from exai.client import connect
 
@@ -87,8 +89,9 @@ def test_status_leaks_names_each_field() -> None:
     busy = json.loads(json.dumps(quiet))
     busy.update(connections=1, inflight=2, queued=3, requests=[{"id": 1}])
     busy["limiters"]["global"].update(borrowed=2, waiting=1)
+    busy["limiters"]["session:c9"] = {"borrowed": 0, "total": 8, "waiting": 0}
     busy["providers"]["kimi"].update(inflight=1, busy_connections=1, rpm_waiting=1, probes_inflight=1)
-    text = "; ".join(status_leaks(busy))
+    text = "; ".join(status_leaks(busy, simulator_inflight=2))
     for what in (
         "borrowed: {'global': 2}",
         "waiting on limiters: {'global': 1}",
@@ -96,9 +99,11 @@ def test_status_leaks_names_each_field() -> None:
         "queued is 3",
         "connections is 1",
         "calls still alive",
-        "kimi inflight is 1",
-        "kimi busy_connections is 1",
-        "kimi rpm_waiting is 1",
-        "kimi probes_inflight is 1",
+        "session limiters left: ['session:c9']",
+        "kimi: provider requests still open: 1",
+        "kimi: provider connections still busy: 1",
+        "kimi: calls still waiting for a request-rate turn: 1",
+        "kimi: circuit probes still in flight: 1",
+        "the simulator still has 2 request(s) in flight",
     ):
         assert what in text, what

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from typing import Any
 
@@ -54,7 +55,9 @@ async def test_health_metrics_and_dashboard(daemon: Any) -> None:
         assert (await http.post("/healthz")).status_code == 405
 
 
-async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simulator: Any) -> None:
+async def test_api_status_shows_calls_limiters_and_providers(daemons: Any, simulator: Any) -> None:
+    before = time.time()
+    daemon = await daemons.start()
     async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call_tool, "chat", {"prompt": f"x\n{HANG}"})
@@ -62,10 +65,14 @@ async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simula
                 await simulator.wait_until(lambda s: s.inflight == 1)
             status = (await http.get("/api/status")).json()
             nursery.cancel_scope.cancel()
+        await trio.sleep(0.2)
+        later = (await http.get("/api/status")).json()
+    elapsed = time.time() - before
     assert status["connections"] == 1
     assert status["inflight"] == 1
     assert status["queued"] == 0
-    assert status["uptime_s"] >= 0
+    assert 0 < status["uptime_s"] < later["uptime_s"] <= elapsed  # seconds since this daemon started
+    assert later["uptime_s"] - status["uptime_s"] >= 0.19
     limiters = status["limiters"]
     assert limiters["global"] == {"borrowed": 1, "total": 24, "waiting": 0}
     assert limiters["kimi"]["borrowed"] == 1 and limiters["glm"]["total"] == 4
@@ -416,23 +423,26 @@ async def test_exai_status_shows_rates_calls_and_failures_with_the_token(
     assert "HTTP 401" in refused and "--token" in refused
 
 
-async def test_the_thread_count_comes_from_the_store_when_it_can_count() -> None:
-    from types import SimpleNamespace
-
+async def test_the_thread_count_comes_from_the_store(tmp_path: Any) -> None:
+    from exai.config import Settings
     from exai.monitor import _count_threads
+    from exai.store import Turn, open_store
 
-    async def async_count() -> int:
-        return 7
+    async with open_store(Settings(state_dir=tmp_path / "state")) as store:
+        assert await _count_threads(store) == 0
+        await store.append(None, "chat", [Turn("user", "a", "chat")])
+        assert await _count_threads(store) == 1
 
-    assert await _count_threads(SimpleNamespace(count=lambda: 3)) == 3
-    assert await _count_threads(SimpleNamespace(count=async_count)) == 7
-    assert await _count_threads(SimpleNamespace()) is None  # shown as "unknown"
-    assert await _count_threads(SimpleNamespace(count=lambda: "many")) is None
+        class Broken:
+            """The real store, but its count fails (another process has the file locked)."""
 
-    def broken() -> int:
-        raise OSError("database is locked")
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
 
-    assert await _count_threads(SimpleNamespace(count=broken)) is None  # logged; the heartbeat goes on
+            async def count(self) -> int:
+                raise OSError("database is locked")
+
+        assert await _count_threads(Broken()) is None  # shown as unknown; the heartbeat goes on
 
 
 def test_exai_top_lists_the_most_urgent_calls_and_counts_the_rest() -> None:
@@ -470,3 +480,4 @@ async def test_a_failing_monitor_request_ends_only_that_request(
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/api/history")).status_code == 200
     assert any(error_id.group(1) in line and "/api/status" in line for line in log_lines)
+    monkeypatch.undo()  # the leak check after the test reads the daemon's status too

@@ -1,6 +1,11 @@
-"""Conversation threads: the SQLite store on its own (a fake clock for time), then through
-the daemon over real WebSockets (restart, second connection, concurrent calls on one
-thread), then the `exai threads` / `exai thread ID` commands.
+"""Conversation threads: the store on its own (a fake clock for time), then through the
+daemon over real WebSockets (restart, second connection, concurrent calls on one thread),
+then the `exai threads` / `exai thread ID` commands.
+
+Rules: every test of the store's behaviour takes `store_settings`, which runs it once per
+backend (`BACKENDS`), so a new backend inherits them all. Tests of how the SQLite backend does
+its work (its file, WAL, locks, worker threads, schema migration) are in the section marked
+"SQLite backend only" and use `sqlite_settings`.
 """
 
 from __future__ import annotations
@@ -10,9 +15,9 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import trio
@@ -24,17 +29,9 @@ from support import eventually
 
 from exai.cli import main
 from exai.client import RpcError, connect
-from exai.store import (
-    CHECKPOINT_EVERY,
-    DB_NAME,
-    StoreUnavailable,
-    ThreadNotFound,
-    ThreadRows,
-    Turn,
-    db_path,
-    open_store,
-    read_thread,
-)
+from exai.config import Settings
+from exai.store import StoreUnavailable, ThreadNotFound, Turn, open_store, read_thread
+from exai.store.sqlite import CHECKPOINT_EVERY, DB_NAME, SqliteStore, ThreadRows
 from exai.tools.chat import SYSTEM
 
 HOUR = 3600.0
@@ -48,23 +45,56 @@ class FakeClock:
         return self.now
 
 
-def store_settings(tmp_path: Path, *, ttl_hours: float = 1.0, max_turns: int = 40) -> Any:
-    return SimpleNamespace(
+# Backend -> the EXAI_STORE_URL of a fresh, empty store for one test.
+BACKENDS: dict[str, Callable[[Path], str]] = {
+    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/state/{DB_NAME}",
+}
+
+
+def settings_for(
+    tmp_path: Path, store_url: str = "", *, ttl_hours: float = 1.0, max_turns: int = 40
+) -> Settings:
+    return Settings(
         state_dir=tmp_path / "state",
+        store_url=store_url,
         conversation_ttl_hours=ttl_hours,
         max_conversation_turns=max_turns,
     )
+
+
+class StoreSettings(Protocol):
+    def __call__(self, *, ttl_hours: float = ..., max_turns: int = ...) -> Settings: ...
+
+
+@pytest.fixture(params=list(BACKENDS))
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
+    """Settings of a fresh store of each backend in turn."""
+    url = BACKENDS[request.param](tmp_path)
+
+    def make(*, ttl_hours: float = 1.0, max_turns: int = 40) -> Settings:
+        return settings_for(tmp_path, url, ttl_hours=ttl_hours, max_turns=max_turns)
+
+    return make
+
+
+def sqlite_settings(tmp_path: Path, *, ttl_hours: float = 1.0) -> Settings:
+    """The default store: the SQLite file under the state directory."""
+    return settings_for(tmp_path, ttl_hours=ttl_hours)
+
+
+def db_path(settings: Settings) -> Path:
+    return settings.store_location.path
 
 
 def pair(n: int, tool: str = "chat") -> list[Turn]:
     return [Turn("user", f"question {n}", tool), Turn("assistant", f"answer {n}", tool)]
 
 
-# -- the store ---------------------------------------------------------------------------
+# -- the store, every backend ------------------------------------------------------------
 
 
-async def test_new_thread_round_trip_and_both_id_spellings(tmp_path: Path) -> None:
-    async with open_store(store_settings(tmp_path)) as store:
+async def test_new_thread_round_trip_and_both_id_spellings(store_settings: StoreSettings) -> None:
+    async with open_store(store_settings()) as store:
         first = await store.append(
             None, "debug", [Turn("user", "step 1", "debug", step_number=1, files=["/r/a.py"])],
             findings=["f1"], files=["/r/a.py"], model="glm-4.6",
@@ -107,8 +137,8 @@ async def test_new_thread_round_trip_and_both_id_spellings(tmp_path: Path) -> No
         "\x00" * 32,
     ],
 )
-async def test_a_bad_id_is_thread_not_found_and_changes_nothing(tmp_path: Path, bad: str) -> None:
-    async with open_store(store_settings(tmp_path)) as store:
+async def test_a_bad_id_is_thread_not_found_and_changes_nothing(store_settings: StoreSettings, bad: str) -> None:
+    async with open_store(store_settings()) as store:
         with pytest.raises(ThreadNotFound) as got:
             await store.get(bad)
         assert got.value.thread_id == bad
@@ -120,6 +150,158 @@ async def test_a_bad_id_is_thread_not_found_and_changes_nothing(tmp_path: Path, 
         async with store.hold(bad):  # holding any string is harmless
             pass
         assert await store.list() == []
+
+
+async def test_thread_not_found_message_names_the_id(store_settings: StoreSettings) -> None:
+    unknown = str(uuid.uuid4())
+    async with open_store(store_settings()) as store:
+        with pytest.raises(ThreadNotFound) as got:
+            await store.get(unknown)
+        assert (
+            str(got.value)
+            == f"continuation_id '{unknown}' is unknown or expired; start a new thread"
+        )
+        # Appending to an unknown (valid) id creates nothing.
+        with pytest.raises(ThreadNotFound):
+            await store.append(unknown, "chat", pair(1))
+        assert await store.list() == []
+
+
+async def test_ttl_expires_threads_and_use_refreshes_it(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(ttl_hours=1), clock=clock) as store:
+        kept = (await store.append(None, "chat", pair(1))).thread_id
+        lapsed = (await store.append(None, "chat", pair(2))).thread_id
+        clock.now += 0.9 * HOUR
+        touched = await store.get(kept)  # use refreshes the TTL
+        assert touched.updated == clock.now and touched.expires == clock.now + HOUR
+        clock.now += 0.2 * HOUR  # 1.1 h after creation, 0.2 h after the last use of `kept`
+        with pytest.raises(ThreadNotFound):
+            await store.get(lapsed)
+        with pytest.raises(ThreadNotFound):
+            await store.append(lapsed, "chat", pair(3))
+        listed = await store.list()
+        assert [t.id for t in listed] == [kept]
+        assert listed[0].expires == pytest.approx(clock.now - 0.2 * HOUR + HOUR)
+        assert await store.expire() == 1
+        assert await store.expire() == 0
+        clock.now += 0.7 * HOUR  # within an hour of the last append
+        await store.append(kept, "chat", pair(3))
+        clock.now += 0.9 * HOUR
+        assert len((await store.get(kept)).turns) == 4
+        clock.now += 1.01 * HOUR
+        with pytest.raises(ThreadNotFound):
+            await store.get(kept)
+        assert await store.list() == []
+
+
+async def test_turn_cap_keeps_the_newest_and_counts_the_dropped(store_settings: StoreSettings) -> None:
+    async with open_store(store_settings(max_turns=5)) as store:
+        first = await store.append(None, "chat", pair(1))
+        tid = first.thread_id
+        assert (await store.append(tid, "chat", pair(2))).dropped_now == 0
+        assert (await store.append(tid, "chat", pair(3))).dropped_now == 1
+        assert (await store.append(tid, "chat", pair(4) + pair(5))).dropped_now == 4
+        thread = await store.get(tid)
+        assert thread.dropped == 5
+        assert [t.content for t in thread.turns] == [
+            "answer 3", "question 4", "answer 4", "question 5", "answer 5",
+        ]  # fmt: skip
+        assert (await store.list())[0].dropped == 5
+
+
+async def test_threads_survive_reopening(store_settings: StoreSettings) -> None:
+    settings = store_settings()
+    async with open_store(settings) as store:
+        tid = (await store.append(None, "chat", pair(1), findings=["f"], model="m")).thread_id
+    async with open_store(settings) as store:
+        thread = await store.get(tid)
+        assert [t.content for t in thread.turns] == ["question 1", "answer 1"]
+        assert (thread.findings, thread.model) == (["f"], "m")
+
+
+async def test_hold_serialises_one_thread_first_come_first_served(
+    store_settings: StoreSettings, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_store(store_settings()) as store:
+        tid = (await store.append(None, "chat", pair(1))).thread_id
+        other = (await store.append(None, "chat", pair(1))).thread_id
+        events: list[str] = []
+
+        async def use(name: str, thread_id: str | None, delay: float) -> None:
+            await trio.sleep(delay)
+            async with store.hold(thread_id):
+                events.append(f"{name} in")
+                await trio.sleep(1)
+                events.append(f"{name} out")
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(use, "a", tid, 0)
+            nursery.start_soon(use, "b", uuid.UUID(tid).hex, 0.1)  # same thread, hex spelling
+            nursery.start_soon(use, "c", tid, 0.2)
+            nursery.start_soon(use, "x", other, 0.3)  # another thread does not wait
+            nursery.start_soon(use, "n", None, 0.3)  # no thread holds nothing
+        assert events.index("x in") < events.index("a out")
+        assert events.index("n in") < events.index("a out")
+        same = [e for e in events if e[0] in "abc"]
+        assert same == ["a in", "a out", "b in", "b out", "c in", "c out"]
+        assert trio.current_time() - start == pytest.approx(3)
+
+
+async def test_waiting_for_a_hold_is_cancellable(
+    store_settings: StoreSettings, autojump_clock: trio.abc.Clock
+) -> None:
+    async with open_store(store_settings()) as store:
+        tid = (await store.append(None, "chat", pair(1))).thread_id
+        got_in: list[str] = []
+
+        async def second() -> None:
+            with trio.move_on_after(2) as waited:
+                async with store.hold(tid):
+                    got_in.append("second")
+            assert waited.cancelled_caught
+
+        async with store.hold(tid):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second)
+                await trio.sleep(1)
+            assert not got_in
+        with trio.fail_after(1):  # the cancelled waiter is no longer in the queue
+            async with store.hold(tid):
+                pass
+
+
+async def test_held_read_modify_write_never_interleaves(store_settings: StoreSettings) -> None:
+    """Each call reads the thread, thinks, then appends what it read: under hold none is lost."""
+    async with open_store(store_settings()) as store:
+        tid = (await store.append(None, "chat", [])).thread_id
+
+        async def call() -> None:
+            async with store.hold(tid):
+                seen = len((await store.get(tid)).turns)
+                await trio.sleep(0.01)  # another call would read the same length here
+                await store.append(tid, "chat", [Turn("user", str(seen), "chat")])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(call)
+        thread = await store.get(tid)
+        assert [t.content for t in thread.turns] == [str(n) for n in range(8)]
+
+
+async def test_count_is_the_number_of_live_threads(store_settings: StoreSettings) -> None:
+    clock = FakeClock()
+    async with open_store(store_settings(ttl_hours=1), clock=clock) as store:
+        assert await store.count() == 0
+        await store.append(None, "chat", [Turn("user", "a", "chat")])
+        await store.append(None, "chat", [Turn("user", "b", "chat")])
+        assert await store.count() == 2
+        clock.now += HOUR + 1
+        assert await store.count() == 0
+
+
+# -- SQLite backend only: its file, WAL, locks, worker threads, schema -------------------
 
 
 @hypothesis_settings(max_examples=300, deadline=None)
@@ -145,52 +327,9 @@ def test_any_text_as_a_thread_id_is_found_or_thread_not_found(thread_id: str) ->
     db.close()
 
 
-async def test_thread_not_found_message_names_the_id(tmp_path: Path) -> None:
-    unknown = str(uuid.uuid4())
-    async with open_store(store_settings(tmp_path)) as store:
-        with pytest.raises(ThreadNotFound) as got:
-            await store.get(unknown)
-        assert (
-            str(got.value)
-            == f"continuation_id '{unknown}' is unknown or expired; start a new thread"
-        )
-        # Appending to an unknown (valid) id creates nothing.
-        with pytest.raises(ThreadNotFound):
-            await store.append(unknown, "chat", pair(1))
-        assert await store.list() == []
-
-
-async def test_ttl_expires_threads_and_use_refreshes_it(tmp_path: Path) -> None:
-    clock = FakeClock()
-    async with open_store(store_settings(tmp_path, ttl_hours=1), clock=clock) as store:
-        kept = (await store.append(None, "chat", pair(1))).thread_id
-        lapsed = (await store.append(None, "chat", pair(2))).thread_id
-        clock.now += 0.9 * HOUR
-        touched = await store.get(kept)  # use refreshes the TTL
-        assert touched.updated == clock.now and touched.expires == clock.now + HOUR
-        clock.now += 0.2 * HOUR  # 1.1 h after creation, 0.2 h after the last use of `kept`
-        with pytest.raises(ThreadNotFound):
-            await store.get(lapsed)
-        with pytest.raises(ThreadNotFound):
-            await store.append(lapsed, "chat", pair(3))
-        listed = await store.list()
-        assert [t["id"] for t in listed] == [kept]
-        assert listed[0]["expires"] == pytest.approx(clock.now - 0.2 * HOUR + HOUR)
-        assert await store.expire() == 1
-        assert await store.expire() == 0
-        clock.now += 0.7 * HOUR  # within an hour of the last append
-        await store.append(kept, "chat", pair(3))
-        clock.now += 0.9 * HOUR
-        assert len((await store.get(kept)).turns) == 4
-        clock.now += 1.01 * HOUR
-        with pytest.raises(ThreadNotFound):
-            await store.get(kept)
-        assert await store.list() == []
-
-
 async def test_starting_a_thread_sweeps_expired_ones(tmp_path: Path) -> None:
     clock = FakeClock()
-    settings = store_settings(tmp_path, ttl_hours=1)
+    settings = sqlite_settings(tmp_path, ttl_hours=1)
     async with open_store(settings, clock=clock) as store:
         old = (await store.append(None, "chat", pair(1))).thread_id
         clock.now += 2 * HOUR
@@ -199,30 +338,44 @@ async def test_starting_a_thread_sweeps_expired_ones(tmp_path: Path) -> None:
     assert ids == [new] and old not in ids
 
 
-async def test_turn_cap_keeps_the_newest_and_counts_the_dropped(tmp_path: Path) -> None:
-    async with open_store(store_settings(tmp_path, max_turns=5)) as store:
-        first = await store.append(None, "chat", pair(1))
-        tid = first.thread_id
-        assert (await store.append(tid, "chat", pair(2))).dropped_now == 0
-        assert (await store.append(tid, "chat", pair(3))).dropped_now == 1
-        assert (await store.append(tid, "chat", pair(4) + pair(5))).dropped_now == 4
-        thread = await store.get(tid)
-        assert thread.dropped == 5
-        assert [t.content for t in thread.turns] == [
-            "answer 3", "question 4", "answer 4", "question 5", "answer 5",
-        ]  # fmt: skip
-        assert (await store.list())[0]["dropped"] == 5
-
-
-async def test_threads_survive_reopening(tmp_path: Path) -> None:
-    settings = store_settings(tmp_path)
+async def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    settings = sqlite_settings(tmp_path)
     async with open_store(settings) as store:
-        tid = (await store.append(None, "chat", pair(1), findings=["f"], model="m")).thread_id
-    async with open_store(settings) as store:
-        thread = await store.get(tid)
-        assert [t.content for t in thread.turns] == ["question 1", "answer 1"]
-        assert (thread.findings, thread.model) == (["f"], "m")
+        assert isinstance(store, SqliteStore)
+    assert db_path(settings) == tmp_path / "state" / DB_NAME  # the default: nothing moved
     assert sqlite3.connect(db_path(settings)).execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_holds_are_freed_when_unused(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with open_store(sqlite_settings(tmp_path)) as store:
+        assert isinstance(store, SqliteStore)
+        tid = (await store.append(None, "chat", pair(1))).thread_id
+
+        async def second() -> None:
+            with trio.move_on_after(2):
+                async with store.hold(tid):
+                    pass  # pragma: no cover
+
+        async with store.hold(tid):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(second)
+                await trio.sleep(1)
+                assert store._holds[uuid.UUID(tid).hex].users == 2
+            assert store._holds[uuid.UUID(tid).hex].users == 1
+        assert store._holds == {}
+
+
+async def test_a_store_url_elsewhere_is_used(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, f"sqlite:///{tmp_path}/other/threads.db")
+    async with open_store(settings) as store:
+        tid = (await store.append(None, "chat", pair(1))).thread_id
+    assert (tmp_path / "other" / "threads.db").is_file()
+    assert not (tmp_path / "state").exists()
+    assert [t.content for t in read_thread(settings, tid).turns] == ["question 1", "answer 1"]
+    (tmp_path / "blocked").write_text("a file where a directory should be")
+    with pytest.raises(StoreUnavailable, match=r"blocked/threads\.db \(EXAI_STORE_URL\): "):
+        async with open_store(settings_for(tmp_path, f"sqlite:///{tmp_path}/blocked/threads.db")):
+            pass  # pragma: no cover
 
 
 def first_schema_db(
@@ -252,7 +405,7 @@ async def test_migrates_a_first_schema_database_without_losing_it(tmp_path: Path
         tmp_path,
         [(old_id, "chat", now - 60, old_turns), (stale_id, "chat", now - 2 * HOUR, old_turns)],
     )
-    settings = store_settings(tmp_path)
+    settings = sqlite_settings(tmp_path)
     # The CLI reads an unmigrated file too.
     assert [t.content for t in read_thread(settings, old_id).turns] == ["hello", "hi there"]
     async with open_store(settings) as store:
@@ -267,7 +420,7 @@ async def test_migrates_a_first_schema_database_without_losing_it(tmp_path: Path
         assert (thread.findings, thread.files, thread.model, thread.dropped) == ([], [], None, 0)
         appended = await store.append(old_id, "debug", pair(2, "debug"), findings=["new"])
         assert appended.thread_id == old_id
-        assert [t["id"] for t in await store.list()] == [old_id]  # the expired one was removed
+        assert [t.id for t in await store.list()] == [old_id]  # the expired one was removed
     db = sqlite3.connect(db_path(settings))
     assert db.execute("PRAGMA user_version").fetchone() == (2,)
     assert db.execute("SELECT COUNT(*) FROM threads").fetchone() == (1,)
@@ -279,7 +432,7 @@ async def test_migrates_a_first_schema_database_without_losing_it(tmp_path: Path
 
 
 async def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
-    settings = store_settings(tmp_path)
+    settings = sqlite_settings(tmp_path)
     settings.state_dir.mkdir()
     (settings.state_dir / DB_NAME).write_bytes(b"this is not a database" * 100)
     with pytest.raises(
@@ -287,7 +440,7 @@ async def test_an_unusable_store_is_a_clear_error(tmp_path: Path) -> None:
     ):
         async with open_store(settings):
             pass  # pragma: no cover
-    blocked = store_settings(tmp_path / "file")
+    blocked = sqlite_settings(tmp_path / "file")
     (tmp_path / "file").write_text("a file where the state directory should be")
     with pytest.raises(StoreUnavailable, match="cannot open the conversation store"):
         async with open_store(blocked):
@@ -307,7 +460,7 @@ async def test_listing_runs_in_a_worker_thread(
         time.sleep(0.3)
         return real_list(self)
 
-    async with open_store(store_settings(tmp_path)) as store:
+    async with open_store(sqlite_settings(tmp_path)) as store:
         await store.append(None, "chat", pair(1))
         monkeypatch.setattr(ThreadRows, "list", slow_list)
         ticks = 0
@@ -329,7 +482,7 @@ async def test_listing_runs_in_a_worker_thread(
 async def test_a_call_s_write_waits_for_the_lock_in_a_worker_thread(tmp_path: Path) -> None:
     """Another process holding the write lock: the write waits for it in a worker thread, the
     event loop goes on, and the write lands once the lock is free."""
-    settings = store_settings(tmp_path)
+    settings = sqlite_settings(tmp_path)
     async with open_store(settings) as store:
         first = await store.append(None, "chat", pair(1))
         other = sqlite3.connect(db_path(settings), isolation_level=None)
@@ -364,7 +517,7 @@ async def test_a_call_s_write_waits_for_the_lock_in_a_worker_thread(tmp_path: Pa
 async def test_wal_checkpoints_run_in_a_worker_thread(tmp_path: Path) -> None:
     """No commit on the event loop checkpoints the WAL (that syncs the disk); a worker thread
     does, every CHECKPOINT_EVERY writes, and every write stays readable."""
-    settings = store_settings(tmp_path)
+    settings = sqlite_settings(tmp_path)
     async with open_store(settings) as store:
         assert store._rows.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
         assert store.checkpointer is not None
@@ -377,77 +530,6 @@ async def test_wal_checkpoints_run_in_a_worker_thread(tmp_path: Path) -> None:
     assert [t.content for t in read_thread(settings, ids[-1]).turns] == [
         f"question {2 * CHECKPOINT_EVERY - 1}", f"answer {2 * CHECKPOINT_EVERY - 1}"
     ]
-
-
-async def test_hold_serialises_one_thread_first_come_first_served(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
-) -> None:
-    async with open_store(store_settings(tmp_path)) as store:
-        tid = (await store.append(None, "chat", pair(1))).thread_id
-        other = (await store.append(None, "chat", pair(1))).thread_id
-        events: list[str] = []
-
-        async def use(name: str, thread_id: str | None, delay: float) -> None:
-            await trio.sleep(delay)
-            async with store.hold(thread_id):
-                events.append(f"{name} in")
-                await trio.sleep(1)
-                events.append(f"{name} out")
-
-        start = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(use, "a", tid, 0)
-            nursery.start_soon(use, "b", uuid.UUID(tid).hex, 0.1)  # same thread, hex spelling
-            nursery.start_soon(use, "c", tid, 0.2)
-            nursery.start_soon(use, "x", other, 0.3)  # another thread does not wait
-            nursery.start_soon(use, "n", None, 0.3)  # no thread holds nothing
-        assert events.index("x in") < events.index("a out")
-        assert events.index("n in") < events.index("a out")
-        same = [e for e in events if e[0] in "abc"]
-        assert same == ["a in", "a out", "b in", "b out", "c in", "c out"]
-        assert trio.current_time() - start == pytest.approx(3)
-        assert store._holds == {}  # freed when unused
-
-
-async def test_waiting_for_a_hold_is_cancellable_and_leaves_nothing(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
-) -> None:
-    async with open_store(store_settings(tmp_path)) as store:
-        tid = (await store.append(None, "chat", pair(1))).thread_id
-        got_in: list[str] = []
-
-        async def second() -> None:
-            with trio.move_on_after(2) as waited:
-                async with store.hold(tid):
-                    got_in.append("second")
-            assert waited.cancelled_caught
-
-        async with store.hold(tid):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(second)
-                await trio.sleep(1)
-                assert store._holds[uuid.UUID(tid).hex].users == 2
-            assert not got_in
-            assert store._holds[uuid.UUID(tid).hex].users == 1
-        assert store._holds == {}
-
-
-async def test_held_read_modify_write_never_interleaves(tmp_path: Path) -> None:
-    """Each call reads the thread, thinks, then appends what it read: under hold none is lost."""
-    async with open_store(store_settings(tmp_path)) as store:
-        tid = (await store.append(None, "chat", [])).thread_id
-
-        async def call() -> None:
-            async with store.hold(tid):
-                seen = len((await store.get(tid)).turns)
-                await trio.sleep(0.01)  # another call would read the same length here
-                await store.append(tid, "chat", [Turn("user", str(seen), "chat")])
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(8):
-                nursery.start_soon(call)
-        thread = await store.get(tid)
-        assert [t.content for t in thread.turns] == [str(n) for n in range(8)]
 
 
 # -- through the daemon ------------------------------------------------------------------
@@ -610,90 +692,82 @@ async def test_the_result_says_when_old_turns_were_dropped(daemons: Any) -> None
 # -- exai threads / exai thread ID -------------------------------------------------------
 
 
-def run_cli(state_dir: Path, *args: str, **env: str) -> Any:
-    return CliRunner().invoke(main, list(args), env={"EXAI_STATE_DIR": str(state_dir), **env})
-
+def run_cli(settings: Settings, *args: str, **env: str) -> Any:
+    where = {"EXAI_STATE_DIR": str(settings.state_dir), "EXAI_STORE_URL": settings.store_url}
+    return CliRunner().invoke(main, list(args), env={**where, **env})
 
 async def test_cli_reads_the_store_while_the_daemon_runs(daemon: Any) -> None:
     async with connect(daemon.url) as client:
         cid = (await client.call_tool("chat", {"prompt": "look [bold]at[/bold] this"})).meta[
             "continuation_id"
         ]
-    state_dir = daemon.daemon.settings.state_dir
+    settings = daemon.daemon.settings
     before = read_thread(daemon.daemon.settings, cid).updated
 
-    listed = run_cli(state_dir, "threads", "--json")
+    listed = run_cli(settings, "threads", "--json")
     assert listed.exit_code == 0, listed.output
     [row] = json.loads(listed.output)
     assert (row["id"], row["tool"], row["turns"]) == (cid, "chat", 2)
     assert row["expires"] == pytest.approx(row["updated"] + 24 * HOUR)
 
-    table = run_cli(state_dir, "threads")
+    table = run_cli(settings, "threads")
     assert table.exit_code == 0 and cid in table.output and "chat" in table.output
 
-    shown = run_cli(state_dir, "thread", cid)
+    shown = run_cli(settings, "thread", cid)
     assert shown.exit_code == 0, shown.output
     assert "look [bold]at[/bold] this" in shown.output  # printed as is, not as markup
     assert "Simulated answer to: look" in shown.output and "#1 user" in shown.output
 
-    as_json = json.loads(run_cli(state_dir, "thread", cid, "--json").output)
+    as_json = json.loads(run_cli(settings, "thread", cid, "--json").output)
     assert [t["role"] for t in as_json["turns"]] == ["user", "assistant"]
     assert read_thread(daemon.daemon.settings, cid).updated == before  # reading does not touch it
 
 
-def test_cli_when_no_store_exists(tmp_path: Path) -> None:
-    empty = run_cli(tmp_path / "nothing", "threads")
+def test_cli_when_no_store_exists(tmp_path: Path, store_settings: StoreSettings) -> None:
+    settings = store_settings()
+    empty = run_cli(settings, "threads")
     assert empty.exit_code == 0 and "no conversation threads" in empty.output
-    assert json.loads(run_cli(tmp_path / "nothing", "threads", "--json").output) == []
-    missing = run_cli(tmp_path / "nothing", "thread", str(uuid.uuid4()))
+    assert json.loads(run_cli(settings, "threads", "--json").output) == []
+    missing = run_cli(settings, "thread", str(uuid.uuid4()))
     assert missing.exit_code == 1 and "unknown or expired" in missing.output
-    assert not (tmp_path / "nothing").exists()  # reading creates nothing
+    assert list(tmp_path.iterdir()) == []  # reading creates nothing
 
 
-def test_cli_unknown_and_expired_threads_exit_1(tmp_path: Path) -> None:
+def test_cli_unknown_and_expired_threads_exit_1(store_settings: StoreSettings) -> None:
     clock = FakeClock(time.time() - 2 * HOUR)
+    settings = store_settings()
 
     async def make() -> str:
-        async with open_store(store_settings(tmp_path), clock=clock) as store:
+        async with open_store(settings, clock=clock) as store:
             return (await store.append(None, "debug", pair(1))).thread_id
 
     stale = trio.run(make)
-    state_dir = tmp_path / "state"
-    expired = run_cli(state_dir, "thread", stale, EXAI_CONVERSATION_TTL_HOURS="1")
+    expired = run_cli(settings, "thread", stale, EXAI_CONVERSATION_TTL_HOURS="1")
     assert expired.exit_code == 1
     assert f"continuation_id '{stale}' is unknown or expired" in expired.output
     assert (
-        json.loads(run_cli(state_dir, "threads", "--json", EXAI_CONVERSATION_TTL_HOURS="1").output)
+        json.loads(run_cli(settings, "threads", "--json", EXAI_CONVERSATION_TTL_HOURS="1").output)
         == []
     )
     # With a longer lifetime the same thread is live again: reading did not delete it.
-    alive = run_cli(state_dir, "thread", stale, EXAI_CONVERSATION_TTL_HOURS="3")
+    alive = run_cli(settings, "thread", stale, EXAI_CONVERSATION_TTL_HOURS="3")
     assert alive.exit_code == 0 and "question 1" in alive.output
-    bad = run_cli(state_dir, "thread", "not-a-uuid")
+    bad = run_cli(settings, "thread", "not-a-uuid")
     assert bad.exit_code == 1 and "continuation_id 'not-a-uuid' is unknown or expired" in bad.output
 
 
-def test_cli_bad_configuration_and_unreadable_store(tmp_path: Path) -> None:
-    bad = run_cli(tmp_path / "state", "threads", EXAI_CONVERSATION_TTL_HOURS="soon")
+def test_cli_bad_configuration(store_settings: StoreSettings) -> None:
+    bad = run_cli(store_settings(), "threads", EXAI_CONVERSATION_TTL_HOURS="soon")
     assert bad.exit_code == 2 and "EXAI_CONVERSATION_TTL_HOURS" in bad.output
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / DB_NAME).write_bytes(b"this is not a database" * 100)
-    broken = run_cli(state, "threads")
-    assert broken.exit_code == 1 and "cannot read the conversation store" in broken.output
-    assert run_cli(state, "thread", str(uuid.uuid4())).exit_code == 1
 
 
-async def test_count_is_the_number_of_live_threads(tmp_path: Any) -> None:
-    from exai.config import Settings
-    from exai.store import Turn, open_store
+def test_cli_unreadable_sqlite_store(tmp_path: Path) -> None:
+    """SQLite backend only: a file that is no database."""
+    settings = sqlite_settings(tmp_path)
+    settings.state_dir.mkdir()
+    db_path(settings).write_bytes(b"this is not a database" * 100)
+    broken = run_cli(settings, "threads")
+    assert broken.exit_code == 1
+    assert broken.output.startswith(f"exai: cannot read the conversation store {db_path(settings)}: ")
+    assert run_cli(settings, "thread", str(uuid.uuid4())).exit_code == 1
 
-    now = [1000.0]
-    settings = Settings(state_dir=tmp_path / "s", conversation_ttl_hours=1, allowed_roots=[tmp_path])
-    async with open_store(settings, clock=lambda: now[0]) as store:
-        assert await store.count() == 0
-        await store.append(None, "chat", [Turn("user", "a", "chat")])
-        await store.append(None, "chat", [Turn("user", "b", "chat")])
-        assert await store.count() == 2
-        now[0] += 3601
-        assert await store.count() == 0

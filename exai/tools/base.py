@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.store import Store
 
 
 class ToolArgs(BaseModel):
@@ -37,7 +38,7 @@ class ToolContext:
     settings: Any
     gateway: Any
     budget: CallBudget
-    store: Any
+    store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})

@@ -1,33 +1,26 @@
-"""Conversation threads in SQLite: what `continuation_id` refers to.
+"""The SQLite backend of the store (`sqlite:///PATH`): conversation threads in one file.
 
-One database file under EXAI_STATE_DIR, in WAL mode, shared by every tool and every client
-of the daemon; it survives restarts. A call's own read and write of its thread (`get`,
-`append`: a few small statements, committed to the WAL before the call answers) run on the
-event loop, where they cost a fraction of a thread hand-off; they never wait there: one that
-would wait for the write lock (another process holds it) goes to the worker thread instead,
-which also runs everything else (listing, expiry), one statement at a time, on its own
-connection. WAL checkpoints (which sync the disk) run in a worker thread too, every
-CHECKPOINT_EVERY writes, never in a commit on the event loop. The `exai threads` commands
-read the same file directly, read-only (`read_threads`, `read_thread`).
+One database file (by default conversations.sqlite3 under EXAI_STATE_DIR), in WAL mode, shared
+by every tool and every client of the daemon; it survives restarts. A call's own read and
+write of its thread (`get`, `append`: a few small statements, committed to the WAL before the
+call answers) run on the event loop, where they cost a fraction of a thread hand-off; they
+never wait there: one that would wait for the write lock (another process holds it) goes to
+the worker thread instead, which also runs everything else (listing, expiry), one statement
+at a time, on its own connection. WAL checkpoints (which sync the disk) run in a worker
+thread too, every CHECKPOINT_EVERY writes, never in a commit on the event loop. The
+`exai threads` commands read the same file directly, read-only (`SqliteReader`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import (
-    AbstractAsyncContextManager,
-    asynccontextmanager,
-    closing,
-    contextmanager,
-    nullcontext,
-)
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -36,9 +29,17 @@ import orjson
 import trio
 from loguru import logger
 
-from exai.errors import ExaiError
+from exai.config import STORE_FILE
+from exai.store.threads import (
+    Appended,
+    StoreUnavailable,
+    Thread,
+    ThreadNotFound,
+    Turn,
+    lookup_ids,
+)
 
-DB_NAME: Final = "conversations.sqlite3"
+DB_NAME: Final = STORE_FILE
 SCHEMA_VERSION: Final = 2
 # Another process (a second daemon, `exai threads`) may hold the write lock briefly; the
 # worker thread waits up to this long for it (the event loop never waits).
@@ -71,102 +72,7 @@ ADDED_COLUMNS: Final = {
     "files": "TEXT NOT NULL DEFAULT '[]'",
 }
 
-# A thread id is a UUID, hyphenated (new threads) or 32 hex digits (threads of the first schema).
-_THREAD_ID = re.compile(
-    r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I
-)
-_SHOWN_ID_CHARS: Final = 80
-
 T = TypeVar("T")
-
-
-class ThreadNotFound(ExaiError):
-    """No live thread has this id: never created, expired, or not a thread id at all."""
-
-    def __init__(self, thread_id: str):
-        shown = (
-            thread_id if len(thread_id) <= _SHOWN_ID_CHARS else thread_id[:_SHOWN_ID_CHARS] + "…"
-        )
-        super().__init__(f"continuation_id '{shown}' is unknown or expired; start a new thread")
-        self.thread_id = thread_id
-
-
-class StoreUnavailable(ExaiError):
-    """The store file cannot be opened or is not a usable SQLite database."""
-
-    def __init__(self, path: Path, cause: BaseException):
-        super().__init__(f"cannot open the conversation store {path} (EXAI_STATE_DIR): {cause}")
-        self.path = path
-
-
-@dataclass
-class Turn:
-    role: str  # "user" | "assistant"
-    content: str
-    tool: str
-    created: float = field(default_factory=time.time)
-    step_number: int | None = None
-    model: str | None = None
-    files: list[str] = field(default_factory=list)  # files embedded in this turn
-    versions: dict[str, str] = field(default_factory=dict)  # file -> digest of the text embedded
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any], *, tool: str, created: float) -> Turn:
-        """A stored turn; turns of the first schema have only role and content."""
-        return cls(
-            role=str(data.get("role", "user")),
-            content=str(data.get("content", "")),
-            tool=str(data.get("tool") or tool),
-            created=float(data.get("created") or created),
-            step_number=data.get("step_number"),
-            model=data.get("model"),
-            files=list(data.get("files") or []),
-            versions=dict(data.get("versions") or {}),
-        )
-
-
-@dataclass
-class Thread:
-    id: str
-    tool: str  # the tool that started it
-    created: float
-    updated: float  # last use
-    expires: float
-    turns: list[Turn]
-    findings: list[str]  # consolidated findings, in order
-    files: list[str]  # every file embedded in the thread so far (resolved paths)
-    model: str | None  # last model used
-    dropped: int  # turns dropped by the turn cap so far
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "tool": self.tool,
-            "turns": len(self.turns),
-            "created": self.created,
-            "updated": self.updated,
-            "expires": self.expires,
-            "model": self.model,
-            "dropped": self.dropped,
-        }
-
-
-@dataclass
-class Appended:
-    thread_id: str
-    dropped_now: int  # turns dropped by this append (cap EXAI_MAX_CONVERSATION_TURNS)
-
-
-def lookup_ids(thread_id: str) -> tuple[str, str] | None:
-    """Both stored spellings of a thread id (hyphenated, hex), or None if it is no thread id."""
-    if not isinstance(thread_id, str) or not _THREAD_ID.fullmatch(thread_id):
-        return None
-    value = uuid.UUID(thread_id)
-    return str(value), value.hex
-
-
-def db_path(settings: Any) -> Path:
-    return Path(settings.state_dir).expanduser() / DB_NAME
 
 
 # -- the synchronous core: one connection, used from one thread at a time ---------------
@@ -350,29 +256,33 @@ class _Hold:
     users: int = 0
 
 
-class ConversationStore:
-    """Threads shared by every tool and client of the daemon.
+class SqliteStore:
+    """The `Store` on one SQLite file.
 
     `get` and `append` run on the event loop on their own connection, which never waits for
     a lock (busy_timeout 0); when it would have to, the work goes to the worker thread. The
     worker thread's connection runs one statement at a time; a cancelled caller still waits
-    for its statement to finish, so a write is never left half done.
+    for its statement to finish, so a write is never left half done. Built by `open_sqlite`.
     """
 
-    def __init__(self, rows: ThreadRows, worker_rows: ThreadRows | None = None):
+    def __init__(
+        self,
+        rows: ThreadRows,
+        worker_rows: ThreadRows | None = None,
+        *,
+        checkpointer: _Checkpointer | None = None,
+        connections: Sequence[sqlite3.Connection] = (),
+    ):
         self._rows = rows  # used on the event loop
         self._worker_rows = worker_rows or rows  # used in the worker thread
         self._sqlite = trio.CapacityLimiter(1)  # one connection: one statement at a time
         self._holds: dict[str, _Hold] = {}
-        self.checkpointer: _Checkpointer | None = None  # set by open_store
+        self.checkpointer = checkpointer
+        self._connections = list(connections)  # closed by aclose, the worker's last
 
     @property
     def max_turns(self) -> int:
         return self._rows.max_turns
-
-    @property
-    def ttl_s(self) -> float:
-        return self._rows.ttl_s
 
     async def get(self, thread_id: str) -> Thread:
         """The live thread, its TTL refreshed; ThreadNotFound if unknown, expired or no UUID."""
@@ -400,16 +310,14 @@ class ConversationStore:
         """Serialise calls on one thread, first come first served; None holds nothing.
 
         The wait happens in the caller's cancel scope, so it counts against its deadline.
+        One daemon's calls only: a second process on the same file does not wait for it.
         """
         if thread_id is None:
             return _HOLD_NOTHING
         return self._hold(thread_id)
 
     @asynccontextmanager
-    async def _hold(self, thread_id: str | None) -> AsyncIterator[None]:
-        if thread_id is None:
-            yield
-            return
+    async def _hold(self, thread_id: str) -> AsyncIterator[None]:
         ids = lookup_ids(thread_id)
         key = ids[1] if ids else thread_id
         entry = self._holds.setdefault(key, _Hold())
@@ -422,10 +330,9 @@ class ConversationStore:
             if not entry.users:
                 del self._holds[key]
 
-    async def list(self) -> list[dict[str, Any]]:
-        """Live threads (id, tool, turns, created, updated, expires, model, dropped), newest first."""
-        threads = await self._run(self._worker_rows.list)
-        return [thread.summary() for thread in threads]
+    async def list(self) -> list[Thread]:
+        """Live threads, newest first."""
+        return await self._run(self._worker_rows.list)
 
     async def count(self) -> int:
         """How many live threads there are (the dashboard shows it)."""
@@ -434,6 +341,16 @@ class ConversationStore:
     async def expire(self) -> int:
         """Delete expired threads; return how many."""
         return await self._run(self._worker_rows.expire)
+
+    async def aclose(self) -> None:
+        """Close every connection (shielded: a cancelled daemon still closes its file)."""
+        with trio.CancelScope(shield=True):
+            while self._connections:
+                db = self._connections.pop()
+                if self.checkpointer is not None and self.checkpointer.owns(db):
+                    await trio.to_thread.run_sync(self.checkpointer.close)
+                else:
+                    await trio.to_thread.run_sync(db.close)
 
     async def _write(self, work: Callable[[ThreadRows], T]) -> T:
         """`work` on the event loop's connection; in the worker thread if that would wait."""
@@ -484,6 +401,9 @@ class _Checkpointer:
         finally:
             self._running = False
 
+    def owns(self, db: sqlite3.Connection) -> bool:
+        return db is self._db
+
     def close(self) -> None:
         """Blocking: waits for a running checkpoint, then closes the connection."""
         with self._lock:
@@ -492,13 +412,12 @@ class _Checkpointer:
                 self._db = None
 
 
-@asynccontextmanager
-async def open_store(
-    settings: Any, *, clock: Callable[[], float] = time.time
-) -> AsyncIterator[ConversationStore]:
-    """The daemon's store under `settings.state_dir` (created if missing), migrated, expired
-    threads removed; the connection is closed on exit."""
-    path = db_path(settings)
+async def open_sqlite(
+    path: Path, *, ttl_s: float, max_turns: int, clock: Callable[[], float], variable: str
+) -> SqliteStore:
+    """The store on the file at `path` (its directory created if missing), migrated, expired
+    threads removed. StoreUnavailable names `path` and `variable` (the setting that chose it)
+    when the file cannot be opened or is no usable SQLite database; nothing stays open then."""
 
     def connect(busy_timeout_ms: int) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -512,74 +431,86 @@ async def open_store(
             raise
         return db
 
+    def unavailable(exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(f"cannot open the conversation store {path} ({variable}): {exc}")
+
     opened: list[sqlite3.Connection] = []
-    checkpointer: _Checkpointer | None = None
+    store: SqliteStore | None = None
     try:
         try:
-            # The worker thread's connection, the checkpoints', the event loop's (never waits).
+            # The worker thread's connection, the checkpoints', the event loop's (never waits);
+            # closed in reverse: closing the worker's, the last, checkpoints the WAL.
             for busy_timeout_ms in (BUSY_TIMEOUT_MS, BUSY_TIMEOUT_MS, 0):
                 opened.append(await trio.to_thread.run_sync(connect, busy_timeout_ms))
         except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(path, exc) from None
+            raise unavailable(exc) from None
         worker_db, checkpoint_db, loop_db = opened
-        checkpointer = _Checkpointer(checkpoint_db)
 
         def rows_of(db: sqlite3.Connection) -> ThreadRows:
-            return ThreadRows(
-                db,
-                ttl_s=float(settings.conversation_ttl_hours) * 3600,
-                max_turns=int(settings.max_conversation_turns),
-                clock=clock,
-            )
+            return ThreadRows(db, ttl_s=ttl_s, max_turns=max_turns, clock=clock)
 
-        store = ConversationStore(rows_of(loop_db), rows_of(worker_db))
-        store.checkpointer = checkpointer
+        store = SqliteStore(
+            rows_of(loop_db),
+            rows_of(worker_db),
+            checkpointer=_Checkpointer(checkpoint_db),
+            connections=opened,
+        )
         try:
             await store._run(store._worker_rows.migrate)
             expired = await store.expire()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(path, exc) from None
-        if expired:
-            logger.info("conversation store: removed {} expired thread(s)", expired)
-        yield store
-    finally:
-        # The worker's connection closes last: closing the last one checkpoints the WAL.
-        with trio.CancelScope(shield=True):
-            for db in reversed(opened):
-                if checkpointer is not None and db is checkpoint_db:
-                    await trio.to_thread.run_sync(checkpointer.close)
-                else:
+            raise unavailable(exc) from None
+    except BaseException:
+        if store is not None:
+            await store.aclose()
+        else:
+            with trio.CancelScope(shield=True):
+                for db in reversed(opened):
                     await trio.to_thread.run_sync(db.close)
+        raise
+    if expired:
+        logger.info("conversation store: removed {} expired thread(s)", expired)
+    return store
 
 
 # -- read-only access for the `exai threads` commands -------------------------------------
 
 
-@contextmanager
-def _reading(settings: Any) -> Iterator[ThreadRows | None]:
-    """Rows of the store file, read-only; None when there is no store yet."""
-    path = db_path(settings)
-    if not path.is_file():
-        yield None
-        return
-    with closing(_connect(path, read_only=True)) as db:
-        yield ThreadRows(
-            db,
-            ttl_s=float(settings.conversation_ttl_hours) * 3600,
-            max_turns=int(settings.max_conversation_turns),
-            clock=time.time,
-        )
+class SqliteReader:
+    """The `ThreadReader` of one SQLite file: a read-only connection, opened on first use,
+    so a file that does not exist is never created (it has no threads)."""
 
+    def __init__(self, path: Path, *, ttl_s: float, max_turns: int):
+        self.path = path
+        self._ttl_s = ttl_s
+        self._max_turns = max_turns
 
-def read_threads(settings: Any) -> list[Thread]:
-    """Live threads in the store, newest first, without touching them."""
-    with _reading(settings) as rows:
-        return [] if rows is None else rows.list()
+    @property
+    def where(self) -> str:
+        return str(self.path)
 
+    def threads(self) -> list[Thread]:
+        return self._read(lambda rows: rows.list(), missing=list)
 
-def read_thread(settings: Any, thread_id: str) -> Thread:
-    """One live thread, without refreshing its TTL; ThreadNotFound if there is none."""
-    with _reading(settings) as rows:
-        if rows is None:
+    def thread(self, thread_id: str) -> Thread:
+        def missing() -> Thread:
             raise ThreadNotFound(thread_id)
-        return rows.get(thread_id, touch=False)
+
+        return self._read(lambda rows: rows.get(thread_id, touch=False), missing=missing)
+
+    def _read(self, work: Callable[[ThreadRows], T], *, missing: Callable[[], T]) -> T:
+        if not self.path.is_file():
+            return missing()
+        try:
+            db = _connect(self.path, read_only=True)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
+        try:
+            return work(ThreadRows(db, ttl_s=self._ttl_s, max_turns=self._max_turns, clock=time.time))
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from None
+        finally:
+            db.close()
+
+    def _unreadable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        return StoreUnavailable(f"cannot read the conversation store {self.path}: {exc}")

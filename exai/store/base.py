@@ -1,0 +1,97 @@
+"""The store's interface: what tools, the monitor and the CLI may ask of any backend.
+
+Two protocols, because the daemon and the `exai threads` commands use a store differently:
+`Store` is the daemon's (async, on the event loop, one per process, opened at start-up);
+`ThreadReader` is the CLI's (blocking, read-only, never creating or changing anything, safe
+while a daemon is using the same store).
+
+Later issues add their state here as methods of `Store` that every backend implements, so
+no caller changes when a backend arrives: durable tasks (create, get, finish, list, each with
+its TTL), provider rate windows, circuit state and slot leases (async context managers whose
+expiry frees what a dead process held). A backend is chosen once, by `open_store`, from
+EXAI_STORE_URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from exai.store.threads import Appended, Thread, Turn
+
+
+class Store(Protocol):
+    """Conversation threads shared by every tool and client of the daemon.
+
+    Every method raises StoreUnavailable when the store cannot be reached; `get` and
+    `append` raise ThreadNotFound for an id that names no live thread. A cancelled call
+    never leaves a write half done.
+    """
+
+    @property
+    def max_turns(self) -> int:
+        """How many turns a thread keeps (EXAI_MAX_CONVERSATION_TURNS)."""
+        ...
+
+    async def get(self, thread_id: str) -> Thread:
+        """The live thread, its lifetime restarted."""
+        ...
+
+    async def append(
+        self,
+        thread_id: str | None,
+        tool: str,
+        turns: list[Turn],
+        *,
+        findings: Sequence[str] = (),
+        files: Sequence[str] = (),
+        model: str | None = None,
+    ) -> Appended:
+        """Add turns (and findings, files, the model) to a thread; None starts a new one.
+
+        Keeps the newest `max_turns` turns and says how many this append dropped.
+        """
+        ...
+
+    def hold(self, thread_id: str | None) -> AbstractAsyncContextManager[None]:
+        """Serialise calls on one thread (either id spelling), first come first served; None
+        holds nothing. The wait happens in the caller's cancel scope (its deadline)."""
+        ...
+
+    async def list(self) -> list[Thread]:
+        """Live threads, the most recently used first."""
+        ...
+
+    async def count(self) -> int:
+        """How many live threads there are (the dashboard shows it)."""
+        ...
+
+    async def expire(self) -> int:
+        """Delete expired threads; return how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the store holds; runs to its end even when cancelled."""
+        ...
+
+
+class ThreadReader(Protocol):
+    """Read-only, blocking access to a store's threads for the `exai threads` commands.
+
+    Reading never restarts a thread's lifetime and never creates the store; a store that does
+    not exist yet has no threads. Errors are StoreUnavailable.
+    """
+
+    @property
+    def where(self) -> str:
+        """Where the store is, for messages (a file, a URL without its password)."""
+        ...
+
+    def threads(self) -> list[Thread]:
+        """Live threads, the most recently used first."""
+        ...
+
+    def thread(self, thread_id: str) -> Thread:
+        """One live thread; ThreadNotFound when there is none."""
+        ...
