@@ -139,12 +139,14 @@ def config(check: bool) -> None:
 
 def run_config_command(check: bool) -> int:
     """`exai config [--check]`: 0 when valid, 2 with one line on stderr when not."""
-    from exai.config import ConfigError, describe_settings
+    from exai.config import ConfigError, describe_settings, load_settings
+    from exai.providers.catalog import ModelsFileError, catalog
     from exai.tools import TOOL_NAMES
 
     try:
         rows = describe_settings(known_tools=TOOL_NAMES)
-    except ConfigError as exc:
+        catalog(demo=False, models_file=load_settings().models_file)
+    except (ConfigError, ModelsFileError) as exc:
         print(f"exai: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if check:

@@ -419,6 +419,10 @@ def _duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _cost(value: object) -> str:
+    return f"${value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
 def _latency(seconds: Any) -> str:
     if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         return "-"
@@ -588,7 +592,7 @@ def render_status(
         )
 
     providers = Table(title="providers", title_justify="left", expand=False)
-    for column in ("provider", "circuit", "in flight", "calls", "errors", "p50", "p95", "rpm"):
+    for column in ("provider", "circuit", "in flight", "calls", "errors", "p50", "p95", "rpm", "cost"):
         providers.add_column(column, justify="left" if column in ("provider", "circuit") else "right")
     for name, item in sorted(_mapping(data, "providers").items()):
         circuit = str(item.get("circuit", "-"))
@@ -603,6 +607,7 @@ def render_status(
             _latency(item.get("latency_p50_s")),
             _latency(item.get("latency_p95_s")),
             _num(item.get("rpm")) if item.get("rpm") else "-",
+            _cost(item.get("cost_usd")),
         )
 
     parts: list[RenderableType] = [summary]

@@ -34,10 +34,10 @@ from exai.protocol import (
 from exai.providers.base import CallBudget, ProviderError
 from exai.store import Store
 from exai.subscriptions import Listeners
+from exai.tools.base import CallUsage, ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput
 
 if TYPE_CHECKING:
     from exai.providers.gateway import ModelGateway
-from exai.tools.base import Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
 PROGRESS_INTERVAL_S = 0.25
@@ -204,6 +204,8 @@ async def run_tool_call(
         with call.scope:
             try:
                 args = tool.parse(request.arguments)
+                if isinstance(args, ModelArgs):
+                    ctx.thinking = args.thinking
                 async with services.limits.admit(session_slots):
                     call.activity["state"] = "running"
                     output = await tool.run(args, ctx)
@@ -255,8 +257,8 @@ async def run_tool_call(
             outcome,
             took,
             budget.used,
-            ctx.usage["prompt_tokens"],
-            ctx.usage["completion_tokens"],
+            ctx.usage.prompt_tokens,
+            ctx.usage.completion_tokens,
         )
     return response
 
@@ -287,16 +289,20 @@ def _cancelled_response(call: InflightCall, reason: CancelReason) -> dict[str, A
     return None  # the client cancelled it or is gone: no response is owed
 
 
-def _result(output: ToolOutput, budget: CallBudget, usage: dict[str, int]) -> dict[str, Any]:
+def _result(output: ToolOutput, budget: CallBudget, usage: CallUsage) -> dict[str, Any]:
+    """The tools/call result; a call that asked a model (and every structured one) carries
+    `structuredContent.usage`, its tokens, provider calls and cost."""
     result: dict[str, Any] = {
         "content": [{"type": "text", "text": output.text}],
         "isError": output.is_error,
     }
-    if output.structured is not None:
-        structured = dict(output.structured)
+    used = usage.as_dict(budget.used)
+    if output.structured is not None or budget.used:
+        structured = dict(output.structured or {})
         structured.setdefault("provider_calls", budget.used)
+        structured["usage"] = used
         result["structuredContent"] = structured
-    meta = {"provider_calls": budget.used, "usage": dict(usage)}
+    meta = {"provider_calls": budget.used, "usage": used}
     if output.meta:
         meta.update(output.meta)
     result["_meta"] = meta

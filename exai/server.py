@@ -206,13 +206,15 @@ def run_serve(
     """`exai serve`: 0 after a clean shutdown, 2 on invalid configuration."""
     from exai.config import ConfigError, load_settings
     from exai.logs import setup_logging
+    from exai.providers.catalog import ModelsFileError, catalog
     from exai.tools import TOOL_NAMES
 
     given = {"host": host, "port": port, "monitor_port": monitor_port, "http_port": http_port}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         settings = load_settings(known_tools=TOOL_NAMES, **overrides)
-    except ConfigError as exc:
+        catalog(demo, settings.models_file)  # the models file is read here, once, before anything starts
+    except (ConfigError, ModelsFileError) as exc:
         print(f"exai: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings)

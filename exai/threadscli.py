@@ -83,8 +83,33 @@ def thread_as_json(thread: Thread) -> dict[str, Any]:
     return thread.summary() | {
         "findings": thread.findings,
         "files": thread.files,
+        "usage": thread_usage(thread),
         "turns": [vars(turn) for turn in thread.turns],
     }
+
+
+def thread_usage(thread: Thread) -> dict[str, Any]:
+    """The thread's model use, summed over its kept turns; cost_usd is null when a turn's
+    model had no price."""
+    used = [turn.usage for turn in thread.turns if turn.usage]
+    total: dict[str, Any] = {
+        key: sum(int(usage.get(key) or 0) for usage in used)
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens")
+    }
+    costs = [usage.get("cost_usd") for usage in used]
+    priced = all(isinstance(cost, int | float) for cost in costs)
+    total["cost_usd"] = round(sum(float(c) for c in costs if isinstance(c, int | float)), 6) if priced else None
+    return total
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    cached = int(usage.get("cached_tokens") or 0)
+    cost = usage.get("cost_usd")
+    return (
+        f"{usage.get('prompt_tokens', 0)} in{f' ({cached} cached)' if cached else ''} / "
+        f"{usage.get('completion_tokens', 0)} out tokens, "
+        + (f"${cost:.6f}" if isinstance(cost, int | float) else "cost unknown (no price)")
+    )
 
 
 def _show(thread: Thread) -> None:
@@ -101,6 +126,7 @@ def _show(thread: Thread) -> None:
         ("   expires ", "bold"), _when(thread.expires, now),
         ("\nturns ", "bold"), str(len(thread.turns)),
         f" ({thread.dropped} older dropped)" if thread.dropped else "",
+        ("   usage ", "bold"), _usage_text(thread_usage(thread)),
     )  # fmt: skip
     console.print(head)
     if thread.findings:
@@ -118,6 +144,8 @@ def _show(thread: Thread) -> None:
             details.append(f"step {turn.step_number}")
         if turn.model:
             details.append(turn.model)
+        if turn.usage:
+            details.append(_usage_text(turn.usage))
         title = f"#{number} {turn.role} ({', '.join(details)}) {_clock(turn.created)}"
         console.print(Rule(Text(title), align="left"))
         console.print(Text(turn.content))

@@ -47,7 +47,7 @@ async def run(
         gateway = ModelGateway.from_settings(settings, limiters)
         messages = [{"role": "user", "content": "benchmark"}]
 
-        async def on_text(text: str, tokens: int) -> None:
+        async def on_text(text: str, tokens: int, thinking: bool) -> None:
             pass
 
         async def one() -> None:

@@ -710,7 +710,7 @@ STATUS = {
         "session:c1": {"borrowed": 1, "total": 8, "waiting": 3},
     },
     "providers": {
-        "kimi": {"circuit": "closed", "inflight": 1, "calls_total": 17, "errors_total": 2},
+        "kimi": {"circuit": "closed", "inflight": 1, "calls_total": 17, "errors_total": 2, "cost_usd": 0.012345},
         "glm": {"circuit": "open", "inflight": 0, "calls_total": 5, "errors_total": 5},
     },
     "requests": [{"id": 7, "tool": "thinkdeep", "age_s": 12.34, "deadline_s": 167.66}],
@@ -757,7 +757,7 @@ async def test_run_status(
     assert json.loads(capsys.readouterr().out) == STATUS
     assert await in_thread(clientcli.run_status, monitor_url=monitor.url, as_json=False) == 0
     text = capsys.readouterr().out
-    for expected in ("connections 2", "1h02m05s", "session:c1", "thinkdeep", "12.3s", "167.7s"):
+    for expected in ("connections 2", "1h02m05s", "session:c1", "thinkdeep", "12.3s", "167.7s", "$0.0123"):
         assert expected in text, expected
     assert "open" in text and "closed" in text and "17" in text
 

@@ -15,9 +15,9 @@ from exai.providers.catalog import (
 )
 
 
-def test_catalog_has_every_model_of_the_issue_with_limits() -> None:
+def test_catalog_has_the_vendors_models_with_limits_and_prices() -> None:
     expected = {
-        "glm": {"glm-4.6", "glm-4.5", "glm-4.5-air", "glm-4.5-flash"},
+        "glm": {"glm-4.6", "glm-4.5", "glm-4.5-air", "glm-4.5-flash", "glm-4.7", "glm-5", "glm-5.1"},
         "kimi": {
             "kimi-k2-0905-preview",
             "kimi-k2-turbo-preview",
@@ -25,13 +25,23 @@ def test_catalog_has_every_model_of_the_issue_with_limits() -> None:
             "moonshot-v1-8k",
             "moonshot-v1-32k",
             "moonshot-v1-128k",
+            "kimi-k2.5",
+            "kimi-k2.6",
+            "kimi-k2-thinking",
+            "kimi-k2-0711-preview",
         },
     }
     for provider, names in expected.items():
         assert {m.name for m in CATALOG.values() if m.provider == provider} == names
     for info in CATALOG.values():
         assert 0 < info.max_output_tokens <= info.context_window
+        prices = (info.input_usd, info.cached_input_usd, info.output_usd)
+        assert all(price is None or price >= 0 for price in prices)
     assert CATALOG["moonshot-v1-8k"].context_window == 8_192
+    kimi = CATALOG["kimi-k2-0905-preview"]
+    assert (kimi.input_usd, kimi.cached_input_usd, kimi.output_usd, kimi.thinking) == (0.60, 0.15, 2.50, False)
+    assert CATALOG["glm-4.6"].thinking and CATALOG["kimi-k2.5"].thinking
+    assert CATALOG["kimi-thinking-preview"].input_usd is None  # no published price: no cost
 
 
 def test_simulated_model_only_in_demo() -> None:

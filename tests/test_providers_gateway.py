@@ -186,7 +186,7 @@ async def test_streaming_through_the_gateway_reports_progress(autojump_clock: tr
     fake = FakeProvider(scripted(lambda: words_stream(["a ", "b ", "c"], usage={"prompt_tokens": 3, "completion_tokens": 3})))
     reports: list[tuple[str, int]] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         reports.append((text, tokens))
 
     gw = gateway(fake)
@@ -407,7 +407,7 @@ async def test_a_stalled_stream_is_retried(autojump_clock: trio.abc.Clock) -> No
     gw.rng = LowerBound()
     texts: list[str] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         texts.append(text)
 
     result = await call(gw, on_text=on_text)
@@ -652,5 +652,5 @@ async def test_errors_are_counted_per_provider_and_in_metrics(autojump_clock: tr
     assert gw.statistics()["kimi"]["calls_total"] == 0
 
 
-async def _ignore(text: str, tokens: int) -> None:
+async def _ignore(text: str, tokens: int, thinking: bool) -> None:
     pass

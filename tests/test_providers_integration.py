@@ -55,7 +55,7 @@ async def test_a_plain_and_a_streamed_completion(simulator: Simulator) -> None:
         assert plain.usage.completion_tokens == 4
         reports: list[tuple[str, int]] = []
 
-        async def on_text(text: str, tokens: int) -> None:
+        async def on_text(text: str, tokens: int, thinking: bool) -> None:
             reports.append((text, tokens))
 
         streamed = await call(gw, sim_messages(reply="one two three four", chunks=4, chunk_delay_s=0.12), on_text=on_text)
@@ -98,7 +98,7 @@ async def test_the_cascade_429_then_a_stalled_stream_then_the_client_goes(simula
     """2025-10-31: 429 with Retry-After 1, the retry's stream stalls, the client disconnects."""
     texts: list[str] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         texts.append(text)
 
     msgs = sim_messages(status=429, fail_times=1, retry_after="1", chunks=4, stall_after=2, reply="a b c d")
@@ -260,5 +260,5 @@ async def test_the_gateway_recovers_after_200_cancelled_calls(simulator: Simulat
         assert simulator.stats.max_inflight == 4
 
 
-async def _ignore(text: str, tokens: int) -> None:
+async def _ignore(text: str, tokens: int, thinking: bool) -> None:
     pass

@@ -102,13 +102,14 @@ async def test_open_requests_counts_a_request_while_it_runs() -> None:
     ("response", "kind", "retryable", "phrases"),
     [
         (error(401, "Invalid Authentication"), "auth", False, ["HTTP 401", "KIMI_API_KEY", "restart"]),
-        (error(403, "forbidden"), "auth", False, ["HTTP 403", "KIMI_API_KEY"]),
+        # Kimi answers 403 when the balance is used up (contract 4b), not for a bad key.
+        (error(403, "forbidden"), "quota", False, ["HTTP 403", "balance", "Top up"]),
         (error(429, "slow down"), "rate_limited", True, ["rate limiting", "EXAI_KIMI_RPM"]),
         (
-            error(429, "Your account exceeded_current_quota_error", code="exceeded_current_quota_error"),
-            "rate_limited",
+            error(429, "You exceeded your current token quota", code="exceeded_current_quota_error"),
+            "quota",
             False,
-            ["quota or balance"],
+            ["balance or token quota", "HTTP 429 exceeded_current_quota_error"],
         ),
         (error(408, "timeout"), "timeout", True, ["HTTP 408"]),
         (error(409, "conflict"), "unavailable", True, ["HTTP 409"]),
@@ -259,7 +260,7 @@ async def test_streaming_reports_growing_text_in_order_and_returns_the_whole_ans
 
     reports: list[tuple[str, int]] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         reports.append((text, tokens))
 
     result = await attempt(provider(handler), on_text=on_text)
@@ -280,7 +281,7 @@ async def test_streaming_progress_is_throttled_but_the_first_chunk_is_reported_a
     reports: list[tuple[float, int]] = []
     start = trio.current_time()
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         reports.append((trio.current_time() - start, tokens))
 
     result = await attempt(provider(answering(lambda: sse(events))), on_text=on_text)
@@ -298,7 +299,7 @@ async def test_reasoning_chunks_count_as_progress_but_not_as_answer(autojump_clo
     events: list[str | float] = [thinking, 0.2, chunk("yes"), chunk(None, "stop"), "[DONE]"]
     reports: list[tuple[str, int]] = []
 
-    async def on_text(text: str, tokens: int) -> None:
+    async def on_text(text: str, tokens: int, thinking: bool) -> None:
         reports.append((text, tokens))
 
     result = await attempt(provider(answering(lambda: sse(events))), on_text=on_text)
@@ -319,7 +320,7 @@ async def test_a_stream_that_goes_silent_is_aborted_after_the_idle_time(autojump
 async def test_a_slow_progress_callback_is_not_provider_silence(autojump_clock: trio.abc.Clock) -> None:
     events: list[str | float] = [chunk("a"), 0.2, chunk("b"), chunk(None, "stop"), "[DONE]"]
 
-    async def slow_on_text(text: str, tokens: int) -> None:
+    async def slow_on_text(text: str, tokens: int, thinking: bool) -> None:
         await trio.sleep(10.0)  # longer than the idle time: a slow client, not a silent provider
 
     result = await attempt(provider(answering(lambda: sse(events))), on_text=slow_on_text, stream_idle_s=5.0)
@@ -391,7 +392,7 @@ async def test_a_streaming_request_answered_with_json_is_a_bad_response() -> Non
     assert "text/event-stream" in str(exc)
 
 
-async def _ignore(text: str, tokens: int) -> None:
+async def _ignore(text: str, tokens: int, thinking: bool) -> None:
     pass
 
 
@@ -430,7 +431,7 @@ async def test_server_sent_events_are_read_by_the_format_wherever_the_bytes_are_
     for pieces in _split_everywhere(_FORMATTED.encode()):
         reports: list[str] = []
 
-        async def on_text(text: str, tokens: int, reports: list[str] = reports) -> None:
+        async def on_text(text: str, tokens: int, thinking: bool, reports: list[str] = reports) -> None:
             reports.append(text)
 
         result = await attempt(provider(answering(lambda pieces=pieces: _raw_stream(pieces))), on_text=on_text)

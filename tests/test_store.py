@@ -220,6 +220,17 @@ async def test_threads_survive_reopening(store_settings: StoreSettings) -> None:
         assert (thread.findings, thread.model) == (["f"], "m")
 
 
+async def test_a_turns_usage_survives_reopening(store_settings: StoreSettings) -> None:
+    settings = store_settings()
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "cached_tokens": 2, "cost_usd": 0.000017}
+    async with open_store(settings) as store:
+        turns = [Turn("user", "q", "chat"), Turn("assistant", "a", "chat", model="m", usage=usage)]
+        tid = (await store.append(None, "chat", turns)).thread_id
+    async with open_store(settings) as store:
+        thread = await store.get(tid)
+    assert [t.usage for t in thread.turns] == [None, usage]
+
+
 async def test_hold_serialises_one_thread_first_come_first_served(
     store_settings: StoreSettings, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -433,7 +433,7 @@ function renderFailures(failures) {
 }
 
 const CIRCUIT_PILL = { closed: 'pill ok', open: 'pill bad', half_open: 'pill warn', misconfigured: 'pill bad' };
-const PROVIDER_FIELDS = ['requests', 'errors', 'in flight', 'latency p50 / p95', 'RPM ceiling', 'tokens in / out'];
+const PROVIDER_FIELDS = ['requests', 'errors', 'in flight', 'latency p50 / p95', 'RPM ceiling', 'tokens in / out', 'cost'];
 
 function renderProviders(providers, limiters) {
   const names = Object.keys(providers).sort();
@@ -460,7 +460,8 @@ function renderProviders(providers, limiters) {
       limiter.total !== undefined ? `${p.inflight} / ${limiter.total}${limiter.waiting ? `, ${limiter.waiting} waiting` : ''}` : p.inflight,
       `${dur(p.latency_p50_s)} / ${dur(p.latency_p95_s)}`,
       p.rpm ? `${p.rpm}/min${p.rpm_waiting ? `, ${p.rpm_waiting} waiting` : ''}` : 'none',
-      `${p.prompt_tokens ?? '-'} / ${p.completion_tokens ?? '-'}`,
+      `${p.prompt_tokens ?? '-'} / ${p.completion_tokens ?? '-'}${p.cached_tokens ? ` (${p.cached_tokens} cached)` : ''}`,
+      p.cost_usd === undefined || p.cost_usd === null ? '-' : `$${Number(p.cost_usd).toFixed(4)}`,
     ];
     const dds = list.querySelectorAll('dd');
     values.forEach((v, k) => setText(dds[k], v));

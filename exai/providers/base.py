@@ -8,17 +8,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from exai.errors import ExaiError
 
-# Called with (text so far, completion tokens so far) while a reply streams in.
-OnText = Callable[[str, int], Awaitable[None]]
+# Called with (answer text so far, tokens so far, thinking) while a reply streams in;
+# `thinking`: the model is reasoning and has not begun its answer.
+OnText = Callable[[str, int, bool], Awaitable[None]]
 
 
 @dataclass
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the provider's cache
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A web page the provider's search returned."""
+
+    title: str
+    url: str
 
 
 @dataclass
@@ -28,6 +39,11 @@ class Completion:
     provider: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    # Calls of the vendor's builtin search to echo back (Kimi's `$web_search`), raw as they came.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    reasoning: str = ""  # the model's thinking: never part of the answer or the thread
+    sources: list[Source] = field(default_factory=list)
+    cost_usd: float | None = None  # None: the model has no price in the catalog
 
 
 class ErrorKind(StrEnum):

@@ -72,9 +72,9 @@ class CircuitBreaker:
         """`with`: let one request through, or raise at once; judge the provider by how the
         body ends.
 
-        A retryable ProviderError counts as a failure, an auth error marks the provider
-        misconfigured, a rate limit (429) is no verdict, any other answer proves the provider
-        is up. A cancelled or otherwise
+        A ProviderError that `fails_circuit` (every retryable one, and the vendors' account and
+        plan answers) counts as a failure, an auth error marks the provider misconfigured, a
+        rate limit (429) is no verdict, any other answer proves the provider is up. A cancelled or otherwise
         interrupted request is no verdict; it only gives the probe slot back.
         """
         self.check()
@@ -92,7 +92,7 @@ class CircuitBreaker:
                     self._auth_message = str(exc)
                 elif exc.kind == "rate_limited":
                     pass  # the provider is up and pacing us: Retry-After handles it, not the circuit
-                elif exc.retryable:
+                elif exc.fails_circuit:
                     self._record_failure(str(exc), probe)
                 else:
                     self._record_success()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import httpx
@@ -19,7 +19,15 @@ from loguru import logger
 
 from exai import metrics
 from exai.limits import take_slot
-from exai.providers.base import CallBudget, Completion, ErrorKind, OnText, ProviderError
+from exai.providers.base import (
+    CallBudget,
+    Completion,
+    ErrorKind,
+    OnText,
+    ProviderError,
+    Source,
+    Usage,
+)
 from exai.providers.catalog import (
     AUTO,
     PROVIDER_INFO,
@@ -39,12 +47,15 @@ from exai.providers.openai_compat import (
 from exai.providers.ratelimit import RequestRateLimiter
 from exai.providers.retry import retry_wait, too_late_message
 from exai.providers.transport import TrioH11Transport
+from exai.providers.vendors import DIALECTS, link_sources
 
 DEMO_API_KEY: Final = "exai-demo-key"
 NOT_CONFIGURED: Final = "not_configured"
 CLOSE_TIMEOUT_S: Final = 1.0
 # Errors that mean "this provider cannot serve anything now", where `auto` may switch.
-FALLBACK_KINDS: Final = frozenset({ErrorKind.CIRCUIT_OPEN, ErrorKind.AUTH})
+FALLBACK_KINDS: Final = frozenset({ErrorKind.CIRCUIT_OPEN, ErrorKind.AUTH, ErrorKind.QUOTA, ErrorKind.PLAN})
+# Kimi answers `$web_search` calls one round trip at a time; more than this is a loop.
+MAX_SEARCH_ROUNDS: Final = 4
 LATENCY_WINDOW: Final = 256
 
 
@@ -54,6 +65,8 @@ class ProviderStats:
     errors_total: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0  # of the attempts whose model has a price
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     # Latencies of the last finished attempts, for the monitor's p50/p95.
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -67,7 +80,7 @@ class Route:
     limiter: trio.CapacityLimiter
     circuit: CircuitBreaker
     http: OpenAICompatProvider | None  # None: no API key, not configured
-    rate: RequestRateLimiter | None
+    rate: RequestRateLimiter
     stats: ProviderStats = field(default_factory=ProviderStats)
 
     @property
@@ -82,7 +95,7 @@ class ModelGateway:
         self.settings = settings
         self.routes = routes
         self.demo = demo
-        self.models: dict[str, ModelInfo] = catalog(demo)
+        self.models: dict[str, ModelInfo] = catalog(demo, settings.models_file)
         self.rng = random.Random()
 
     @classmethod
@@ -106,12 +119,17 @@ class ModelGateway:
                 key = _secret(getattr(settings, f"{name}_api_key", None))
                 base_url = str(getattr(settings, f"{name}_base_url"))
             limiter = limiters[name]
+            rate = RequestRateLimiter(name, getattr(settings, f"{name}_rpm", None), env_var=info.rpm_env)
             http = None
             if key:
                 http = OpenAICompatProvider(
-                    name, base_url, key, max_connections=int(limiter.total_tokens), transport=transport
+                    name,
+                    base_url,
+                    key,
+                    max_connections=int(limiter.total_tokens),
+                    transport=transport,
+                    hold=rate.hold_for,
                 )
-            rpm = getattr(settings, f"{name}_rpm", None)
             routes[name] = Route(
                 name=name,
                 limiter=limiter,
@@ -119,7 +137,7 @@ class ModelGateway:
                     name, failures=settings.circuit_failures, cooldown_s=settings.circuit_cooldown_secs
                 ),
                 http=http,
-                rate=RequestRateLimiter(name, rpm, env_var=info.rpm_env) if rpm else None,
+                rate=rate,
             )
         return cls(settings, routes, demo=demo)
 
@@ -216,8 +234,14 @@ class ModelGateway:
         max_tokens: int | None = None,
         on_text: OnText | None = None,
         request_id: str = "",
+        thinking: str = "auto",
+        web_search: bool = False,
     ) -> Completion:
         """One completion, with retries, within the caller's deadline and budget.
+
+        `thinking` (auto|enabled|disabled) goes to models that take it; `web_search` turns on
+        the vendor's own search, its round trips (Kimi's) each a provider call. The result's
+        usage and cost are the whole answer's.
 
         Streams when `on_text` is given: it is called with (text so far, tokens so far), in
         order, never after this returns; a retry starts the text again from "". Raises
@@ -232,9 +256,11 @@ class ModelGateway:
             "max_tokens": max_tokens,
             "on_text": on_text,
             "request_id": request_id,
+            "thinking": thinking,
+            "web_search": web_search,
         }
         try:
-            return await self._call(provider, model_id, **call)
+            return await self._converse(provider, model_id, **call)
         except ProviderError as exc:
             if not (
                 self._requested(model) == AUTO
@@ -252,7 +278,42 @@ class ModelGateway:
             logger.bind(rid=request_id).warning(
                 "provider fallback: {} unavailable ({}), auto uses {} {}", provider, exc.kind, other, other_model
             )
-            return await self._call(other, other_model, **call)
+            return await self._converse(other, other_model, **call)
+
+    async def _converse(
+        self, provider: str, model_id: str, *, messages: list[dict[str, Any]], web_search: bool, **call: Any
+    ) -> Completion:
+        """One answer: one provider call, or one per round trip of the vendor's search (Kimi
+        calls `$web_search`; its arguments go back as the tool message, as Kimi's docs require)."""
+        completion = await self._call(provider, model_id, messages=messages, web_search=web_search, **call)
+        usage, cost, sources = completion.usage, completion.cost_usd, list(completion.sources)
+        fee = DIALECTS[provider].search_fee_usd
+        for _ in range(MAX_SEARCH_ROUNDS):
+            if not completion.tool_calls:
+                break
+            if fee is not None:
+                searches = fee * len(completion.tool_calls)
+                self.routes[provider].stats.cost_usd += searches
+                cost = None if cost is None else cost + searches
+            messages = [*messages, *_echo(completion)]
+            completion = await self._call(provider, model_id, messages=messages, web_search=web_search, **call)
+            usage = Usage(
+                usage.prompt_tokens + completion.usage.prompt_tokens,
+                usage.completion_tokens + completion.usage.completion_tokens,
+                usage.cached_tokens + completion.usage.cached_tokens,
+            )
+            cost = None if cost is None or completion.cost_usd is None else cost + completion.cost_usd
+            sources += completion.sources
+        if completion.tool_calls:
+            raise ProviderError(
+                provider,
+                ErrorKind.BAD_RESPONSE,
+                f"{PROVIDER_INFO[provider].label} kept calling its web search after {MAX_SEARCH_ROUNDS + 1} "
+                "round trips without answering. Try again, or ask without web_search.",
+            )
+        if web_search and not sources:
+            sources = link_sources(completion.text)  # Kimi cites its search in the answer's links
+        return replace(completion, usage=usage, cost_usd=cost, sources=_unique(sources))
 
     async def _call(
         self,
@@ -265,6 +326,8 @@ class ModelGateway:
         max_tokens: int | None,
         on_text: OnText | None,
         request_id: str,
+        thinking: str,
+        web_search: bool,
     ) -> Completion:
         route = self.routes[provider]
         assert route.http is not None, "resolve() only returns configured providers"
@@ -279,8 +342,7 @@ class ModelGateway:
             route.circuit.check()
             budget.take()
             deadline = trio.current_effective_deadline()
-            if route.rate is not None:
-                await route.rate.wait_turn(deadline)
+            await route.rate.wait_turn(deadline)
             try:
                 with route.circuit.attempt():
                     await take_slot(route.limiter)
@@ -292,6 +354,8 @@ class ModelGateway:
                             temperature=temperature,
                             max_tokens=max_tokens,
                             on_text=on_text,
+                            thinking=thinking,
+                            web_search=web_search,
                             log_context=(request_id, number, attempts),
                         )
                     finally:
@@ -319,6 +383,8 @@ class ModelGateway:
         temperature: float | None,
         max_tokens: int | None,
         on_text: OnText | None,
+        thinking: str,
+        web_search: bool,
         log_context: tuple[str, int, int],
     ) -> Completion:
         """One HTTP attempt, counted, timed and logged whatever its outcome."""
@@ -337,6 +403,8 @@ class ModelGateway:
                 temperature=temperature,
                 max_tokens=max_tokens,
                 on_text=on_text,
+                thinking=thinking,
+                web_search=web_search,
             )
         except AttemptError as exc:
             outcome = exc.kind
@@ -349,7 +417,14 @@ class ModelGateway:
             usage = completion.usage
             route.stats.prompt_tokens += usage.prompt_tokens
             route.stats.completion_tokens += usage.completion_tokens
-            detail = f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}"
+            route.stats.cached_tokens += usage.cached_tokens
+            completion.cost_usd = info.cost_usd(usage)
+            if completion.cost_usd is not None:
+                route.stats.cost_usd += completion.cost_usd
+            detail = (
+                f" prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}"
+                f" cached_tokens={usage.cached_tokens}"
+            )
             return completion
         finally:
             took = trio.current_time() - started
@@ -421,8 +496,10 @@ class ModelGateway:
                 "latency_p95_s": _percentile(latencies, 0.95),
                 "prompt_tokens": stats.prompt_tokens,
                 "completion_tokens": stats.completion_tokens,
-                "rpm": route.rate.rpm if route.rate is not None else None,
-                "rpm_waiting": route.rate.waiting if route.rate is not None else 0,
+                "cached_tokens": stats.cached_tokens,
+                "cost_usd": round(stats.cost_usd, 6),
+                "rpm": route.rate.rpm,
+                "rpm_waiting": route.rate.waiting,
                 "probes_inflight": route.circuit.probes_inflight,
                 "busy_connections": _busy_connections(route),
             }
@@ -435,6 +512,31 @@ def _busy_connections(route: Route) -> int:
     return 0
 
 
+def _echo(completion: Completion) -> list[dict[str, Any]]:
+    """The messages that answer a completion's search calls: the assistant's turn with its
+    calls (and its thinking, which Kimi's thinking models expect back), then each call's
+    arguments as the tool message."""
+    turn: dict[str, Any] = {"role": "assistant", "content": completion.text, "tool_calls": completion.tool_calls}
+    if completion.reasoning:
+        turn["reasoning_content"] = completion.reasoning
+    return [
+        turn,
+        *(
+            {
+                "role": "tool",
+                "tool_call_id": str(call.get("id", "")),
+                "name": str(call["function"].get("name", "")),
+                "content": str(call["function"].get("arguments", "")),
+            }
+            for call in completion.tool_calls
+        ),
+    ]
+
+
+def _unique(sources: list[Source]) -> list[Source]:
+    return list(dict.fromkeys(sources))
+
+
 def _final(exc: AttemptError, attempts: int) -> ProviderError:
     if attempts == 1:
         return exc
@@ -443,6 +545,7 @@ def _final(exc: AttemptError, attempts: int) -> ProviderError:
         exc.kind,
         f"{exc} (gave up after {attempts} attempts)",
         retryable=exc.retryable,
+        fails_circuit=exc.fails_circuit,
         status=exc.status,
     )
 

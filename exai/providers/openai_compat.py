@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,10 +33,18 @@ import httpx
 import orjson
 import trio
 
-from exai.providers.base import Completion, ErrorKind, OnText, ProviderError, Usage
+from exai.providers.base import Completion, ErrorKind, OnText, ProviderError, Source, Usage
 from exai.providers.catalog import PROVIDER_INFO, ModelInfo, ProviderInfo, estimate_tokens
-from exai.providers.retry import is_retryable_status, parse_retry_after
+from exai.providers.retry import parse_retry_after
 from exai.providers.transport import TrioH11Transport
+from exai.providers.vendors import (
+    DIALECTS,
+    known,
+    rate_hold_s,
+    reset_time,
+    thinking_field,
+    verdict,
+)
 
 CONNECT_TIMEOUT_S: Final = 10.0
 KEEPALIVE_EXPIRY_S: Final = 30.0
@@ -44,37 +52,6 @@ PROGRESS_INTERVAL_S: Final = 0.1  # at most ~10 on_text calls per second, the fi
 ERROR_DETAIL_CHARS: Final = 300
 USER_AGENT: Final = "exai/0.1"
 
-_CONTEXT_HINTS: Final = (
-    "context length",
-    "context_length",
-    "context window",
-    "maximum context",
-    "token limit",
-    "too long",
-    "too many tokens",
-    "prompt is too long",
-    "input length",
-    "超长",
-)
-_FILTER_HINTS: Final = (
-    "content_filter",
-    "content filter",
-    "sensitive",
-    "high risk",
-    "unsafe",
-    "inappropriate",
-    "1301",
-    "敏感",
-)
-_QUOTA_HINTS: Final = (
-    "insufficient",
-    "quota",
-    "balance",
-    "billing",
-    "arrears",
-    "1113",
-    "余额",
-)
 _FILTERED_FINISH: Final = frozenset({"content_filter", "sensitive"})
 
 
@@ -117,6 +94,8 @@ class OpenAICompatProvider:
     """A chat-completions endpoint and the shared client that talks to it.
 
     `open_requests` counts requests whose HTTP exchange has begun and not yet been closed.
+    `hold` is told, in seconds, how long the provider's rate headers (X-RateLimit-Remaining: 0,
+    X-RateLimit-Reset) ask the next request to wait.
     """
 
     def __init__(
@@ -127,8 +106,11 @@ class OpenAICompatProvider:
         *,
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
+        hold: Callable[[float], None] | None = None,
     ):
         self.name = name
+        self.dialect = DIALECTS[name]
+        self.hold = hold
         self.info: ProviderInfo = PROVIDER_INFO[name]
         self.base_url = str(base_url).rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
@@ -158,8 +140,14 @@ class OpenAICompatProvider:
         temperature: float | None = None,
         max_tokens: int | None = None,
         on_text: OnText | None = None,
+        thinking: str = "auto",
+        web_search: bool = False,
     ) -> Completion:
         """Make one request; return the whole answer or raise AttemptError.
+
+        `thinking` (auto|enabled|disabled) is sent as the `thinking` field when the model takes
+        it; `web_search` adds the vendor's own search tool. A Kimi answer that calls
+        `$web_search` comes back with `tool_calls` for the caller to echo in the next request.
 
         The attempt ends by `timeout_s` (a retryable timeout) unless the caller's own deadline
         comes first, in which case the caller's cancellation propagates untouched. Cancellation
@@ -170,6 +158,10 @@ class OpenAICompatProvider:
             body["temperature"] = temperature
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        if model.thinking and (field_value := thinking_field(thinking)) is not None:
+            body["thinking"] = field_value
+        if web_search:
+            body["tools"] = [self.dialect.web_search_tool]
         now = trio.current_time()
         call_deadline = trio.current_effective_deadline()
         attempt_deadline = now + timeout_s
@@ -229,6 +221,10 @@ class OpenAICompatProvider:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         response = await self.transport.handle_async_request(request)
         response.request = request
+        if self.hold is not None and (remaining := response.headers.get("x-ratelimit-remaining")) is not None:
+            wait = rate_hold_s(remaining, response.headers.get("x-ratelimit-reset"))
+            if wait:
+                self.hold(wait)
         return response
 
     async def _request(
@@ -243,16 +239,32 @@ class OpenAICompatProvider:
             raise self._error_from_response(response, model, messages)
         try:
             payload = orjson.loads(response.content)
+        except ValueError:
+            raise self._bad_response("an answer that is not a chat completion") from None
+        if isinstance(payload, dict) and "error" in payload:
+            raise self._stream_error(payload)  # an error answered with 200
+        try:
             choice = payload["choices"][0]
-            text = choice["message"]["content"] or ""
+            message = choice["message"]
+            text = message.get("content") or ""
             finish = choice.get("finish_reason")
-            if not isinstance(text, str):
+            tool_calls = message.get("tool_calls") or []
+            if not isinstance(text, str) or not isinstance(tool_calls, list):
                 raise TypeError("content is not text")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise self._bad_response("an answer that is not a chat completion") from None
         self._check_finish(finish)
         usage = _usage(payload.get("usage")) or Usage(estimate_tokens(messages), 0)
-        return Completion(text=text, model=model.name, provider=self.name, usage=usage, finish_reason=finish)
+        return Completion(
+            text=text,
+            model=model.name,
+            provider=self.name,
+            usage=usage,
+            finish_reason=finish,
+            tool_calls=self._echoed(tool_calls),
+            reasoning=str(message.get("reasoning_content") or ""),
+            sources=_sources(payload.get("web_search")),
+        )
 
     async def _stream(
         self,
@@ -282,7 +294,7 @@ class OpenAICompatProvider:
                         if self._take_event(data, state, now):
                             # The caller's time (a slow client, say) is not provider silence.
                             idle.deadline = math.inf
-                            await on_text("".join(state.parts), state.tokens)
+                            await on_text("".join(state.parts), state.tokens, state.thinking)
                             now = trio.current_time()
                             armed_at_read = -1
                         if armed_at_read != events.reads:
@@ -311,7 +323,14 @@ class OpenAICompatProvider:
         self._check_finish(state.finish)
         usage = state.usage or Usage(estimate_tokens(messages), state.tokens)
         return Completion(
-            text="".join(state.parts), model=model.name, provider=self.name, usage=usage, finish_reason=state.finish
+            text="".join(state.parts),
+            model=model.name,
+            provider=self.name,
+            usage=usage,
+            finish_reason=state.finish,
+            tool_calls=self._echoed([state.tool_calls[i] for i in sorted(state.tool_calls)]),
+            reasoning="".join(state.reasoning),
+            sources=state.sources,
         )
 
     def _take_event(self, data: str, state: _StreamState, now: float) -> bool:
@@ -324,21 +343,25 @@ class OpenAICompatProvider:
             return False
         chunk = self._parse_chunk(data)
         if "error" in chunk:
-            message, _ = _error_detail(orjson.dumps(chunk).decode(), self._api_key)
-            raise AttemptError(
-                self.name,
-                ErrorKind.UNAVAILABLE,
-                f"{self.info.label} reported an error mid-answer ({message}). Try again.",
-                retryable=True,
-            )
+            raise self._stream_error(chunk)
         state.usage = _usage(chunk.get("usage")) or state.usage
+        if "web_search" in chunk:
+            state.sources += _sources(chunk["web_search"])
         delta, finish, choice_usage = self._parse_choice(chunk)
         state.usage = choice_usage or state.usage
         state.finish = finish or state.finish
+        if delta.get("tool_calls"):
+            _merge_tool_calls(state.tool_calls, delta["tool_calls"])
         content = delta.get("content")
+        reasoning = delta.get("reasoning_content")
         if isinstance(content, str) and content:
             state.parts.append(content)
-        elif not delta.get("reasoning_content"):
+            state.thinking = False
+        elif isinstance(reasoning, str) and reasoning:
+            # The model's thinking: progress, never part of the answer.
+            state.reasoning.append(reasoning)
+            state.thinking = not state.parts
+        else:
             return False
         state.tokens += 1
         if now - state.last_report < PROGRESS_INTERVAL_S:
@@ -389,60 +412,75 @@ class OpenAICompatProvider:
     def _error_from_response(
         self, response: httpx.Response, model: ModelInfo, messages: list[dict[str, Any]]
     ) -> AttemptError:
-        """Map a non-200 answer to an error, by status and by what the body says."""
+        """Map a non-200 answer to an error by the vendor's table (exai.providers.vendors)."""
         status = response.status_code
-        detail, code = _error_detail(response.text, self._api_key)
-        lowered = f"{detail} {code}".lower()
-        label = self.info.label
-        said = f"HTTP {status}: {detail}" if detail else f"HTTP {status}"
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        error = _error_object(response.text)
+        detail, code, error_type = _error_detail(error, response.text, self._api_key)
+        found = verdict(self.name, status, code, error_type, detail)
+        named = name_and_verdict[0] if (name_and_verdict := known(code, error_type)) else ""
+        said = f"HTTP {status}" + (f" {named}" if named else "") + (f": {detail}" if detail else "")
+        if found.kind is ErrorKind.CONTEXT_TOO_LONG:
+            message = context_too_long_message(model, estimate_tokens(messages), said)
+        else:
+            message = self._sentence(found.cause, found.action, said, model.name)
+            if found.kind is ErrorKind.QUOTA and (reset := reset_time(error, detail)) is not None:
+                message = message.replace(f" ({said}).", f" ({said}; it resets at {reset}).", 1)
+        return AttemptError(
+            self.name,
+            found.kind,
+            message,
+            retryable=found.retry,
+            fails_circuit=found.circuit,
+            status=status,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        )
 
-        def error(kind: ErrorKind, message: str, retryable: bool = False) -> AttemptError:
+    def _sentence(self, cause: str, action: str, said: str, model: str) -> str:
+        """`<cause, naming the provider> (<what it said>). <What to do>.`"""
+        fields = {
+            "label": self.info.label,
+            "model": model,
+            "key": self.info.key_env,
+            "rpm": self.info.rpm_env,
+            "url": self.info.url_env,
+            "allowed": self.info.allowed_env,
+        }
+        return f"{cause.format(**fields)} ({said}). {action.format(**fields)}."
+
+    def _stream_error(self, chunk: dict[str, Any]) -> AttemptError:
+        """An error object inside a 200 answer (a streamed chunk, or the whole body): the
+        vendor's table when it names a known code or type, else a retryable failure."""
+        error = chunk.get("error")
+        error = error if isinstance(error, dict) else {}
+        detail, code, error_type = _error_detail(error, orjson.dumps(chunk).decode(), self._api_key)
+        found = known(code, error_type)
+        if found is None:
             return AttemptError(
-                self.name, kind, message, retryable=retryable, status=status, retry_after=retry_after
-            )
-
-        if status in (401, 403):
-            return error(
-                ErrorKind.AUTH,
-                f"{label} rejected the API key ({said}). Fix {self.info.key_env} and restart exai.",
-            )
-        if status == 429 and any(hint in lowered for hint in _QUOTA_HINTS):
-            return error(
-                ErrorKind.RATE_LIMITED,
-                f"{label} refused the request because the account's quota or balance is used up "
-                f"({said}). Top up the account or use a model of the other provider.",
-            )
-        if status == 429:
-            return error(
-                ErrorKind.RATE_LIMITED,
-                f"{label} is rate limiting requests ({said}). Wait a little and try again, or set "
-                f"{self.info.rpm_env} below your plan's limit.",
+                self.name,
+                ErrorKind.UNAVAILABLE,
+                f"{self.info.label} reported an error mid-answer ({detail}). Try again.",
                 retryable=True,
             )
-        if status == 408:
-            return error(ErrorKind.TIMEOUT, f"{label} timed out the request ({said}). Try again.", True)
-        if is_retryable_status(status):
-            return error(
-                ErrorKind.UNAVAILABLE,
-                f"{label} is unavailable ({said}). Try again later or use a model of the other provider.",
-                True,
-            )
-        if status == 413 or any(hint in lowered for hint in _CONTEXT_HINTS):
-            return error(ErrorKind.CONTEXT_TOO_LONG, context_too_long_message(model, estimate_tokens(messages), said))
-        if any(hint in lowered for hint in _FILTER_HINTS):
-            return error(
-                ErrorKind.CONTENT_FILTERED,
-                f"{label} refused the content ({said}). Rephrase the request or leave out the "
-                "flagged material.",
-            )
-        if status == 404:
-            return error(
-                ErrorKind.BAD_REQUEST,
-                f"{label} does not serve model {model.name} at {self.base_url} ({said}). Check the "
-                f"model name and {self.info.url_env}.",
-            )
-        return error(ErrorKind.BAD_REQUEST, f"{label} refused the request ({said}). Check the request's parameters.")
+        name, answer = found
+        said = f"{name}: {detail}" if detail else name
+        return AttemptError(
+            self.name,
+            answer.kind,
+            self._sentence(answer.cause, answer.action, said, str(chunk.get("model") or "")),
+            retryable=answer.retry,
+            fails_circuit=answer.circuit,
+        )
+
+    def _echoed(self, tool_calls: list[Any]) -> list[dict[str, Any]]:
+        """The answer's calls of the vendor's builtin search, to send back as they came; other
+        tool calls are not exai's (it offers no other tools)."""
+        echo = self.dialect.echo_tool
+        return [
+            call
+            for call in tool_calls
+            if echo is not None and isinstance(call, dict) and isinstance(call.get("function"), dict)
+            and call["function"].get("name") == echo
+        ]
 
     def _map_transport_errors(self) -> _TransportErrors:
         """The one place httpx exceptions become exai errors (`trio.Cancelled` passes untouched)."""
@@ -522,6 +560,10 @@ class _TransportErrors:
 @dataclass
 class _StreamState:
     parts: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    thinking: bool = False  # the model is thinking and has not begun its answer
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Source] = field(default_factory=list)
     tokens: int = 0
     finish: str | None = None
     usage: Usage | None = None
@@ -632,33 +674,73 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _error_detail(text: str, api_key: str) -> tuple[str, str]:
-    """The provider's error message and code from an error body, secrets scrubbed, shortened."""
-    message, code = text.strip(), ""
+def _error_object(text: str) -> dict[str, Any]:
+    """The `error` object of an error body (or the body itself when it has none); {} if not JSON."""
     try:
         data = orjson.loads(text)
     except ValueError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            message = str(error.get("message") or error.get("msg") or orjson.dumps(error).decode())
-            code = str(error.get("code") or error.get("type") or "")
-        elif error is not None:
-            message = str(error)
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    error = data.get("error", data)
+    return error if isinstance(error, dict) else {"message": str(error)}
+
+
+def _error_detail(error: dict[str, Any], text: str, api_key: str) -> tuple[str, str, str]:
+    """(message, GLM code, Kimi type) of an error, secrets scrubbed, shortened."""
+    if error:
+        message = str(error.get("message") or error.get("msg") or orjson.dumps(error).decode())
+    else:
+        message = text.strip()
+    code = str(error.get("code") or "")
+    error_type = str(error.get("type") or "")
     if api_key:
-        message = message.replace(api_key, "[redacted]")
-        code = code.replace(api_key, "[redacted]")
+        message, code, error_type = (part.replace(api_key, "[redacted]") for part in (message, code, error_type))
     message = " ".join(message.split())
     if len(message) > ERROR_DETAIL_CHARS:
         message = message[:ERROR_DETAIL_CHARS] + "…"
-    return message, code[:80]
+    return message, code[:80], error_type[:80]
 
 
 def _usage(raw: Any) -> Usage | None:
+    """Usage from an answer; cached prompt tokens as Kimi (`cached_tokens`) or GLM and OpenAI
+    (`prompt_tokens_details.cached_tokens`) report them."""
     if not isinstance(raw, dict):
         return None
     try:
-        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        details = raw.get("prompt_tokens_details")
+        cached = raw.get("cached_tokens") or (details.get("cached_tokens") if isinstance(details, dict) else 0)
+        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0), int(cached or 0))
     except (TypeError, ValueError):
         return None
+
+
+def _sources(raw: Any) -> list[Source]:
+    """GLM's `web_search` results as sources ({title, url}); anything else is no source."""
+    if not isinstance(raw, list):
+        return []
+    return [
+        Source(str(item.get("title") or item["link"])[:300], str(item["link"])[:2000])
+        for item in raw
+        if isinstance(item, dict) and isinstance(item.get("link"), str) and item["link"].startswith(("http://", "https://"))
+    ]
+
+
+def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: Any) -> None:
+    """Join streamed tool-call pieces by index (id and name come once, arguments in pieces)."""
+    if not isinstance(deltas, list):
+        return
+    for delta in deltas:
+        if not isinstance(delta, dict):
+            continue
+        index = delta.get("index", 0)
+        call = calls.setdefault(index if isinstance(index, int) else 0, {"type": "function", "function": {}})
+        for key in ("id", "type"):
+            if isinstance(delta.get(key), str):
+                call[key] = delta[key]
+        function = delta.get("function")
+        if isinstance(function, dict):
+            if isinstance(function.get("name"), str):
+                call["function"]["name"] = function["name"]
+            if isinstance(function.get("arguments"), str):
+                call["function"]["arguments"] = call["function"].get("arguments", "") + function["arguments"]

@@ -3,7 +3,11 @@
 A raw ASGI app served by hypercorn on trio. Each request's behaviour (latency, hang, error
 status with Retry-After, malformed body, slow, stalled, cut or broken streams) comes from
 the simulator's default `Behaviour`, overridden per request by a `#sim {...}` line in the
-last user message. While a request waits or streams, the app listens for the client going
+last user message. It answers in each vendor's shapes: GLM business codes (`glm_code`) and
+Kimi error types (`kimi_type`) with their documented statuses and messages, Kimi's
+X-RateLimit-* headers, streamed `reasoning_content` (when asked, or when the request enables
+`thinking`), usage with cached tokens, GLM's `web_search` results, and Kimi's `$web_search`
+tool-call round trip (it checks that the echo sends the call's arguments back). While a request waits or streams, the app listens for the client going
 away and stops at once, so tests can assert that a provider request was really aborted.
 
 Endpoints: `POST /v1/chat/completions`, `GET /v1/models` (also without `/v1`),
@@ -70,6 +74,16 @@ class Behaviour(BaseModel):
     stall_after: int | None = Field(default=None, ge=0)  # streaming: silent forever after N chunks
     cut_after: int | None = Field(default=None, ge=0)  # streaming: close after N chunks, no [DONE]
     bad_chunk_after: int | None = Field(default=None, ge=0)  # streaming: bad line after N chunks
+    # A vendor's error answer (for the first `fail_times` attempts, like `status`, which it
+    # overrides only when `status` is not given): its documented status and message.
+    glm_code: str | None = Field(default=None, pattern=r"^\d{4}$")
+    kimi_type: str | None = Field(default=None, pattern=r"^[a-z_]{1,60}$")
+    fail_model: str | None = None  # the error answers only requests for this model
+    # X-RateLimit-Remaining / X-RateLimit-Reset on every answer (Kimi's rate headers).
+    rate_remaining: int | None = Field(default=None, ge=0)
+    rate_reset: str | None = Field(default=None, pattern=r"^[\x20-\x7e]{0,40}$")
+    reasoning: str | None = None  # streamed as reasoning_content before the answer
+    cached_tokens: int = Field(default=0, ge=0)  # of the prompt tokens, reported as cached
 
 
 @dataclass
@@ -129,6 +143,109 @@ _ERROR_TYPES: Final = {
     408: "timeout_error",
     429: "rate_limit_error",
 }
+
+
+# GLM business codes: (HTTP status, message), https://docs.z.ai/api-reference/api-code.
+GLM_ERRORS: Final[dict[str, tuple[int, str]]] = {
+    "1002": (401, "Invalid Authentication Token, please confirm the correct transmission of the Authentication Token"),
+    "1113": (429, "Your account is in arrears, please recharge and try again"),
+    "1261": (400, "Prompt exceeds max length"),
+    "1301": (400, "System detected potentially unsafe or sensitive content in input or generation."),
+    "1302": (429, "High concurrency usage of this API, please reduce concurrency or contact customer service to increase limits"),
+    "1303": (429, "High frequency usage of this API, please reduce frequency or contact customer service to increase limits"),
+    "1304": (429, "The daily call limit for this API has been reached. Please contact customer service to purchase more."),
+    "1305": (429, "The API is currently experiencing high traffic, please try again later"),
+    "1308": (429, "Usage limit reached for 5 hour. Your limit will reset at 2026-12-05 08:00:00"),
+    "1309": (429, "Your GLM Coding Plan package has expired. Please renew to continue."),
+    "1310": (429, "Weekly/Monthly Limit Exhausted. Your limit will reset at 2026-12-07 00:00:00"),
+    "1311": (429, "The current subscription plan does not include access to this model"),
+    "1312": (429, "The model is currently overloaded, please try again later"),
+}
+# Kimi error types: (HTTP status, message), https://platform.moonshot.ai/docs/api/chat.
+KIMI_ERRORS: Final[dict[str, tuple[int, str]]] = {
+    "invalid_authentication_error": (401, "Invalid Authentication"),
+    "incorrect_api_key_error": (401, "Incorrect API key provided"),
+    "content_filter": (400, "The request was rejected because it was considered high risk"),
+    "permission_denied_error": (403, "The API you are accessing is not open"),
+    "exceeded_current_quota_error": (429, "You exceeded your current token quota: <org-sim> 0, please check your account balance"),
+    "engine_overloaded_error": (429, "The engine is currently overloaded, please try again later"),
+    "rate_limit_reached_error": (429, "Your account sim<ak-sim> request reached organization max RPM: 3, please try again after 1 seconds"),
+}
+SEARCH_TOOL: Final = "$web_search"
+
+
+def vendor_error(behaviour: Behaviour) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) of the behaviour's GLM code or Kimi type, in that vendor's shape."""
+    if behaviour.glm_code is not None:
+        status, message = GLM_ERRORS.get(behaviour.glm_code, (400, f"simulated GLM error {behaviour.glm_code}"))
+        return behaviour.status or status, {"error": {"code": behaviour.glm_code, "message": message}}
+    if behaviour.kimi_type is not None:
+        status, message = KIMI_ERRORS.get(behaviour.kimi_type, (400, f"simulated Kimi error {behaviour.kimi_type}"))
+        return behaviour.status or status, {"error": {"type": behaviour.kimi_type, "message": message}}
+    return None
+
+
+def _search_tool(request: dict[str, Any]) -> str | None:
+    """Which vendor's web search the request turned on: "glm", "kimi" or None."""
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict) and tool.get("type") == "web_search":
+            return "glm"
+        if isinstance(tool, dict) and isinstance(tool.get("function"), dict) and tool["function"].get("name") == SEARCH_TOOL:
+            return "kimi"
+    return None
+
+
+def _thinks(request: dict[str, Any], behaviour: Behaviour, prompt: str) -> str:
+    """The reasoning to stream: the behaviour's, else some when the request enables thinking."""
+    if behaviour.reasoning is not None:
+        return behaviour.reasoning
+    thinking = request.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        return f"Simulated thinking about: {' '.join(prompt.split()[:12])}"
+    return ""
+
+
+def glm_search_results(prompt: str) -> list[dict[str, Any]]:
+    """GLM's `web_search` answer field, two results derived from the prompt."""
+    words = "-".join(prompt.split()[:3]).lower() or "query"
+    return [
+        {
+            "title": f"Simulated result {i} for {words}",
+            "link": f"https://search.example/{words}/{i}",
+            "content": "simulated page text",
+            "media": "example",
+            "icon": "",
+            "refer": f"ref_{i}",
+            "publish_date": "2026-12-01",
+        }
+        for i in (1, 2)
+    ]
+
+
+def _search_call(number: int) -> dict[str, Any]:
+    arguments = json.dumps({"search_result": {"search_id": f"sim-search-{number}"}, "usage": {"total_tokens": 42}})
+    return {"index": 0, "id": f"call_sim_{number}", "type": "builtin_function", "function": {"name": SEARCH_TOOL, "arguments": arguments}}
+
+
+def _echoed_search(messages: list[dict[str, Any]]) -> bool:
+    """Whether the conversation ends with Kimi's echo round trip, done as its docs require:
+    the assistant's `$web_search` call, then a tool message carrying the call's arguments."""
+    if len(messages) < 2 or messages[-1].get("role") != "tool":
+        return False
+    call_message, tool = messages[-2], messages[-1]
+    calls = call_message.get("tool_calls") if call_message.get("role") == "assistant" else None
+    if not isinstance(calls, list) or not calls:
+        raise _BadRequest(400, "a tool message must follow the assistant message with its tool_calls")
+    call = calls[-1]
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or function.get("name") != SEARCH_TOOL:
+        raise _BadRequest(400, "only $web_search tool calls can be answered here")
+    if tool.get("tool_call_id") != call.get("id") or tool.get("name") != SEARCH_TOOL:
+        raise _BadRequest(400, "the tool message must name the $web_search call it answers (tool_call_id, name)")
+    if tool.get("content") != function.get("arguments"):
+        raise _BadRequest(400, "the tool message must carry the $web_search call's arguments unchanged")
+    return True
 
 
 def _phrase(status: int) -> str:
@@ -367,20 +484,20 @@ class Simulator:
     ) -> None:
         if behaviour.latency_s:
             await trio.sleep(behaviour.latency_s)
+        vendor = vendor_error(behaviour)
         if (
-            behaviour.status is not None
+            (behaviour.status is not None or vendor is not None)
+            and behaviour.fail_model in (None, request["model"])
             and self._attempt(request) <= behaviour.fail_times
             and (behaviour.fail_ratio >= 1 or random.random() < behaviour.fail_ratio)
         ):
-            headers = list(JSON_HEADERS)
+            headers = [*JSON_HEADERS, *_rate_headers(behaviour)]
             if behaviour.retry_after is not None:
                 headers.append((b"retry-after", behaviour.retry_after.encode("latin-1")))
-            payload = (
-                behaviour.error_body
-                if behaviour.error_body is not None
-                else error_body(behaviour.status)
-            )
-            await self._send_chat(send, behaviour.status, payload, headers)
+            status, payload = vendor or (behaviour.status or 500, error_body(behaviour.status or 500))
+            if behaviour.error_body is not None:
+                payload = behaviour.error_body
+            await self._send_chat(send, status, payload, headers)
             return
         if behaviour.hang:
             await trio.sleep_forever()
@@ -394,15 +511,36 @@ class Simulator:
         if behaviour.reply is not None:
             reply = behaviour.reply.replace("{n}", str(self._ids))
         model = request["model"]
-        usage = {
+        search = _search_tool(request)
+        extra: dict[str, Any] = {}
+        tool_calls: list[dict[str, Any]] = []
+        if search == "glm":
+            extra["web_search"] = glm_search_results(prompt)
+            reply += " [ref_1]"
+        elif search == "kimi" and _echoed_search(request["messages"]):
+            reply += " Sources: [Simulated source 1](https://search.example/kimi/1), [Simulated source 2](https://search.example/kimi/2)"
+        elif search == "kimi":
+            tool_calls, reply = [_search_call(self._ids)], ""
+        reasoning = _thinks(request, behaviour, prompt)
+        usage: dict[str, Any] = {
             "prompt_tokens": _count_tokens(_all_text(request["messages"])),
-            "completion_tokens": _count_tokens(reply),
+            "completion_tokens": _count_tokens(reply) + _count_tokens(reasoning),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if behaviour.cached_tokens:
+            cached = min(behaviour.cached_tokens, usage["prompt_tokens"])
+            usage["cached_tokens"] = cached  # Kimi's field
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}  # GLM's (and OpenAI's)
         completion_id = f"chatcmpl-sim-{self._ids}"
+        answer = _Answer(completion_id, model, reply, reasoning, tool_calls, usage, extra, _rate_headers(behaviour))
         if request.get("stream") is True:
-            await self._stream(send, behaviour, completion_id, model, reply, usage)
+            await self._stream(send, behaviour, answer)
             return
+        message: dict[str, Any] = {"role": "assistant", "content": reply}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if tool_calls:
+            message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in tool_calls]
         await self._send_chat(
             send,
             200,
@@ -414,40 +552,42 @@ class Simulator:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if tool_calls else "stop",
                     }
                 ],
                 "usage": usage,
+                **extra,
             },
+            [*JSON_HEADERS, *answer.headers],
         )
 
-    async def _stream(
-        self,
-        send: Send,
-        behaviour: Behaviour,
-        completion_id: str,
-        model: str,
-        reply: str,
-        usage: dict[str, int],
-    ) -> None:
-        """Send the reply as `chunks` SSE deltas, a last chunk with usage, then [DONE]."""
+    async def _stream(self, send: Send, behaviour: Behaviour, answer: _Answer) -> None:
+        """Send the reasoning (if any) and the reply as `chunks` SSE deltas each, a last chunk
+        with usage (and the tool calls), then [DONE]."""
         created = int(time.time())
 
         def event(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
             chunk = {
-                "id": completion_id,
+                "id": answer.completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
-                "model": model,
+                "model": answer.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                 **extra,
             }
             return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
-        pieces = _pieces(reply, behaviour.chunks)
+        pieces = _pieces(answer.reply, behaviour.chunks) if answer.reply else [""]
+        usage = answer.usage
         self._count_status(200)
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *answer.headers]})
+        if answer.extra:  # GLM sends its search results before the answer
+            await send({"type": "http.response.body", "body": event({"role": "assistant"}, **answer.extra), "more_body": True})
+        for piece in _pieces(answer.reasoning, behaviour.chunks) if answer.reasoning else []:
+            await send({"type": "http.response.body", "body": event({"reasoning_content": piece}), "more_body": True})
+            if behaviour.chunk_delay_s:
+                await trio.sleep(behaviour.chunk_delay_s)
         # Position i is "after i content chunks"; the last position is after all of them.
         for i in range(len(pieces) + 1):
             if i == _clamp(behaviour.stall_after, len(pieces)):
@@ -470,7 +610,14 @@ class Simulator:
                 {"role": "assistant", "content": pieces[i]} if i == 0 else {"content": pieces[i]}
             )
             await send({"type": "http.response.body", "body": event(delta), "more_body": True})
-        tail = event({}, "stop", usage=usage) + b"data: [DONE]\n\n"
+        if answer.tool_calls:  # Kimi streams a tool call's arguments in pieces
+            call = answer.tool_calls[0]
+            arguments = call["function"]["arguments"]
+            head = {**call, "function": {"name": SEARCH_TOOL, "arguments": arguments[:10]}}
+            for delta_calls in ([head], [{"index": 0, "function": {"arguments": arguments[10:]}}]):
+                await send({"type": "http.response.body", "body": event({"tool_calls": delta_calls}), "more_body": True})
+        finish = "tool_calls" if answer.tool_calls else "stop"
+        tail = event({}, finish, usage=usage) + b"data: [DONE]\n\n"
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _parse(self, body: bytes) -> tuple[dict[str, Any], Behaviour, str]:
@@ -490,7 +637,11 @@ class Simulator:
             raise _BadRequest(400, "'messages' must be a non-empty list of message objects")
         if not isinstance(request.get("model"), str) or not request["model"]:
             raise _BadRequest(400, "'model' is required")
-        self.recent.append({"model": request["model"], "messages": messages})
+        self.recent.append(
+            {"model": request["model"], "messages": messages, **{k: request[k] for k in ("thinking", "tools") if k in request}}
+        )
+        if _search_tool(request) == "kimi":
+            _echoed_search(messages)  # a bad echo is refused as Kimi would, before anything else
         prompt = next(
             (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
@@ -523,6 +674,27 @@ class Simulator:
     ) -> None:
         self._count_status(status)
         await _send_bytes(send, status, json.dumps(payload).encode(), headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    completion_id: str
+    model: str
+    reply: str
+    reasoning: str
+    tool_calls: list[dict[str, Any]]
+    usage: dict[str, Any]
+    extra: dict[str, Any]  # top-level fields of the answer (GLM's web_search)
+    headers: list[tuple[bytes, bytes]]
+
+
+def _rate_headers(behaviour: Behaviour) -> list[tuple[bytes, bytes]]:
+    headers = []
+    if behaviour.rate_remaining is not None:
+        headers.append((b"x-ratelimit-remaining", str(behaviour.rate_remaining).encode()))
+    if behaviour.rate_reset is not None:
+        headers.append((b"x-ratelimit-reset", behaviour.rate_reset.encode("latin-1")))
+    return headers
 
 
 def _waits(behaviour: Behaviour, request: dict[str, Any]) -> bool:

@@ -43,6 +43,8 @@ class Turn:
     model: str | None = None
     files: list[str] = field(default_factory=list)  # files embedded in this turn
     versions: dict[str, str] = field(default_factory=dict)  # file -> digest of the text embedded
+    # An assistant turn's model use: prompt/completion/cached tokens and cost_usd (None: no price).
+    usage: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, tool: str, created: float) -> Turn:
@@ -56,6 +58,7 @@ class Turn:
             model=data.get("model"),
             files=list(data.get("files") or []),
             versions=dict(data.get("versions") or {}),
+            usage=data.get("usage") if isinstance(data.get("usage"), dict) else None,
         )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
@@ -16,6 +16,49 @@ from exai.store import Store
 
 class ToolArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Thinking = Literal["auto", "enabled", "disabled"]
+
+
+# The arguments of every tool that calls a model (chat, the step engine's tools).
+# No docstring: pydantic would put it into every tool's schema.
+class ModelArgs(ToolArgs):
+    thinking: Thinking = Field(
+        "auto",
+        description="The model's thinking (reasoning) mode: auto (the model's default), enabled or "
+        "disabled; sent to models that support it. The thinking is never part of the answer.",
+    )
+
+
+@dataclass
+class CallUsage:
+    """What one tools/call used of the models, over all its completions."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0  # completions whose model has no price: the total cost is unknown
+
+    def add(self, completion: Completion) -> None:
+        self.prompt_tokens += completion.usage.prompt_tokens
+        self.completion_tokens += completion.usage.completion_tokens
+        self.cached_tokens += completion.usage.cached_tokens
+        if completion.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_usd += completion.cost_usd
+
+    def as_dict(self, provider_calls: int) -> dict[str, Any]:
+        """`structuredContent.usage`: cost_usd is null when a model used has no price."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "provider_calls": provider_calls,
+            "cost_usd": None if self.unpriced else round(self.cost_usd, 6),
+        }
 
 
 @dataclass
@@ -41,8 +84,9 @@ class ToolContext:
     store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
-    usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    usage: CallUsage = field(default_factory=CallUsage)
     activity: dict[str, Any] = field(default_factory=dict)
+    thinking: Thinking = "auto"  # the call's `thinking` argument, for every completion it asks for
 
     async def complete(
         self,
@@ -50,30 +94,47 @@ class ToolContext:
         *,
         model: str | None,
         temperature: float | None = None,
+        web_search: bool = False,
     ) -> Completion:
-        """One model completion within this call's budget and deadline.
+        """One model completion within this call's budget and deadline, with the call's
+        `thinking` mode; counted in `usage`.
 
         Always streams, so a provider that goes silent is caught after EXAI_STREAM_IDLE_SECS;
         `report` forwards progress only to a client that asked for it.
         """
 
-        async def on_text(text: str, tokens: int) -> None:
-            await self.report(f"{tokens} tokens: {_tail(text)}")
+        async def on_text(text: str, tokens: int, thinking: bool) -> None:
+            if thinking:
+                await self.report(f"{tokens} tokens: the model is thinking…")
+            else:
+                await self.report(f"{tokens} tokens: {_tail(text)}")
 
         with contextlib.suppress(ProviderError):  # for the monitor; an unknown model fails just below
             self.activity["model"] = self.gateway.resolve(model)[1]
-        completion = await self.gateway.complete(
+        completion: Completion = await self.gateway.complete(
             model=model,
             messages=messages,
             budget=self.budget,
             temperature=temperature,
             on_text=on_text,
             request_id=self.request_id,
+            thinking=self.thinking,
+            web_search=web_search,
         )
         self.activity["model"] = completion.model
-        self.usage["prompt_tokens"] += completion.usage.prompt_tokens
-        self.usage["completion_tokens"] += completion.usage.completion_tokens
+        self.usage.add(completion)
         return completion
+
+
+def turn_usage(completion: Completion) -> dict[str, Any]:
+    """What a thread's assistant turn records of the completion behind it (`exai thread ID`)."""
+    usage = completion.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "cost_usd": None if completion.cost_usd is None else round(completion.cost_usd, 6),
+    }
 
 
 def _tail(text: str, width: int = 60) -> str:

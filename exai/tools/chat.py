@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from exai.store import ThreadNotFound, Turn
-from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput, turn_usage
 from exai.tools.context import fit_context, keep_under, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -18,7 +18,7 @@ SYSTEM = (
 RESULT_NOTES_TOKENS = 500  # of EXAI_MAX_RESULT_TOKENS, kept for exai's lines after the answer
 
 
-class ChatArgs(ToolArgs):
+class ChatArgs(ModelArgs):
     prompt: str = Field(min_length=1, description="What to ask or discuss.")
     model: str | None = Field(None, description="Model name, or 'auto' (default) to let exai choose.")
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature, 0 to 2.")
@@ -27,6 +27,11 @@ class ChatArgs(ToolArgs):
     )
     files: list[str] = Field(
         default_factory=list, description="Absolute paths of files to include as context."
+    )
+    web_search: bool = Field(
+        False,
+        description="Let the model search the web (the provider's own search); the sources it "
+        "used are listed in structuredContent.sources.",
     )
 
 
@@ -54,13 +59,15 @@ class Chat(Tool):
             context = fit_context(
                 system=SYSTEM, history=history, files=files, prompt=args.prompt, window_tokens=window_of(ctx, args.model)
             )
-            completion = await ctx.complete(context.messages, model=args.model, temperature=args.temperature)
+            completion = await ctx.complete(
+                context.messages, model=args.model, temperature=args.temperature, web_search=args.web_search
+            )
             appended = await ctx.store.append(
                 args.continuation_id,
                 self.name,
                 [
                     Turn("user", context.messages[-1]["content"], self.name, files=context.embedded, versions=context.versions),
-                    Turn("assistant", completion.text, self.name, model=completion.model),
+                    Turn("assistant", completion.text, self.name, model=completion.model, usage=turn_usage(completion)),
                 ],
                 files=context.embedded,
                 model=completion.model,
@@ -74,6 +81,13 @@ class Chat(Tool):
             "provider": completion.provider,
             "continuation_id": appended.thread_id,
         }
+        # structuredContent: who answered, where the thread goes on, the sources; the call's
+        # usage is added for every tool alike.
+        structured: dict[str, Any] = dict(meta)
+        if args.web_search:
+            structured["sources"] = [{"title": s.title, "url": s.url} for s in completion.sources]
+            if completion.sources:
+                text += "\n\n[exai] Sources: " + "; ".join(f"{s.title} <{s.url}>" for s in completion.sources)
         if note := trimmed_note(files):
             meta["files_trimmed"] = [
                 {"path": f.path, "size": f.size, "sent_bytes": f.shown} for f in files if f.trimmed
@@ -88,4 +102,4 @@ class Chat(Tool):
                 f"\n\n(This thread keeps its newest {ctx.store.max_turns} turns "
                 f"(EXAI_MAX_CONVERSATION_TURNS): {appended.dropped_now} older turn(s) were dropped.)"
             )
-        return ToolOutput(text, meta=meta)
+        return ToolOutput(text, structured=structured, meta=meta)

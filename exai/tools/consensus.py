@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from exai.providers.base import ErrorKind, ProviderError
 from exai.providers.catalog import PROVIDERS, default_model
 from exai.store import Turn
-from exai.tools.base import ToolContext, ToolOutput
+from exai.tools.base import ToolContext, ToolOutput, turn_usage
 from exai.tools.context import fit_context, window_of
 from exai.tools.files import FileContent
 from exai.tools.workflow import StepArgs, StepRun, WorkflowTool
@@ -93,7 +93,7 @@ class Consensus(WorkflowTool):
         await run.save(
             [
                 Turn(role="assistant", content=f"[{r['model']} ({r['stance']})] {r['text']}", tool=self.name,
-                     created=now_wall, step_number=run.step_number, model=r["model"])
+                     created=now_wall, step_number=run.step_number, model=r["model"], usage=r["usage"])
                 for r in responses
                 if r["status"] == "ok"
             ]
@@ -130,7 +130,7 @@ class Consensus(WorkflowTool):
             except ProviderError as exc:
                 response.update(status="timeout" if exc.kind == "timeout" else "error", error=str(exc))
                 return
-            response.update(status="ok", text=completion.text)
+            response.update(status="ok", text=completion.text, usage=turn_usage(completion))
             return
         response.update(status="timeout", error="no answer in the time this call left for the models")
 
@@ -168,7 +168,7 @@ class Consensus(WorkflowTool):
                 else:
                     await run.save(
                         [Turn(role="assistant", content=completion.text, tool=self.name, created=time.time(),
-                              step_number=run.step_number, model=completion.model)]
+                              step_number=run.step_number, model=completion.model, usage=turn_usage(completion))]
                     )
                     return completion.text
             why = why or "the call's deadline left no time for it"

@@ -115,7 +115,7 @@ class Planner(Tool):
             # The fields every workflow result has; a plan has no findings, files or model use.
             "findings": [],
             "files_used": [],
-            "usage": dict(ctx.usage),
+            "usage": ctx.usage.as_dict(ctx.budget.used),
         }
         if final:
             structured["expert_analysis"] = None

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from exai.providers.base import BudgetExhausted, ProviderError
 from exai.store import Thread, ThreadNotFound, Turn
-from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput, turn_usage
 from exai.tools.context import fit_context, fit_result, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -55,7 +55,7 @@ class Issue(BaseModel):
 
 # The fields every step of an investigating workflow tool takes.
 # No docstring: pydantic would put it into every tool's schema.
-class StepArgs(ToolArgs):
+class StepArgs(ModelArgs):
     step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
     step_number: int = Field(ge=1, description="This step's number, from 1.")
     total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
@@ -326,7 +326,7 @@ class WorkflowTool(Tool):
                 [
                     # The files sent stay in the thread (later steps refer to them); the findings list is there already.
                     Turn(role="user", content=f"[{self.name} step {number}, run by exai]{context.attachments}", tool=self.name, created=now, step_number=number, files=context.embedded, versions=context.versions),
-                    Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model),
+                    Turn(role="assistant", content=completion.text, tool=self.name, created=now, step_number=number, model=completion.model, usage=turn_usage(completion)),
                 ],
                 findings=[findings],
                 model=completion.model,
@@ -391,7 +391,7 @@ class WorkflowTool(Tool):
             expert = completion.text
         run.embedded = list(dict.fromkeys([*run.embedded, *context.embedded]))
         await run.save(
-            [Turn(role="assistant", content=completion.text, tool=self.name, created=time.time(), step_number=run.step_number, model=completion.model)],
+            [Turn(role="assistant", content=completion.text, tool=self.name, created=time.time(), step_number=run.step_number, model=completion.model, usage=turn_usage(completion))],
             model=completion.model,
         )
         return self.result(run, status="calling_expert_analysis", final=True, expert=expert)
@@ -426,7 +426,7 @@ class WorkflowTool(Tool):
             "findings": run.findings,
             "confidence": run.confidence,
             "files_used": run.embedded,
-            "usage": dict(ctx.usage),
+            "usage": ctx.usage.as_dict(ctx.budget.used),
         }
         if run.hypothesis:
             structured["hypothesis"] = run.hypothesis
