@@ -294,7 +294,10 @@ async def other_tool(soak: Soak, client: ExaiClient) -> str:
     )
     try:
         if arguments is None:  # a method, not a tool
-            await client.request(name)
+            if name == "ping":
+                await client.ping()  # ping, or server/discover on a modern client (which has no ping)
+            else:
+                await client.request(name)
             return "ok"
         result = await client.call_tool(name, arguments)
         return result_outcome(soak, result)
