@@ -28,6 +28,17 @@ async def api_status(monitor_url: str) -> dict[str, Any]:
         return status
 
 
+async def status_leaks_when(monitor_url: str, condition: Any, timeout: float = 5.0) -> list[str]:
+    """status_leaks of /api/status once they satisfy `condition` (the status is at most one
+    heartbeat old); fail after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while True:
+            leaks = status_leaks(await api_status(monitor_url))
+            if condition(leaks):
+                return leaks
+            await trio.sleep(0.02)
+
+
 async def held_then_released(daemons: Any, bound: Any, calls: list[dict[str, Any]], expected: list[str]) -> None:
     """Start `calls` on one connection; once `expected` all show, in-process and in /api/status,
     leave; then nothing shows."""
@@ -44,12 +55,12 @@ async def held_then_released(daemons: Any, bound: Any, calls: list[dict[str, Any
                 return all(any(what in leak for leak in found_inside) for what in expected)
 
             await eventually(all_seen, timeout=5, what=f"{expected} in {found_inside}")
-            found_outside = status_leaks(await api_status(bound.monitor_url))
+            found_outside = await status_leaks_when(bound.monitor_url, bool)
             nursery.cancel_scope.cancel()
     assert any("connections" in leak for leak in found_inside)
     assert found_outside, "the daemon's /api/status showed nothing held"
     await eventually(lambda: not daemons.leaks(bound), timeout=5, what="no leak once the client left")
-    assert status_leaks(await api_status(bound.monitor_url)) == []
+    assert await status_leaks_when(bound.monitor_url, lambda leaks: not leaks) == []
 
 
 async def test_it_sees_borrowed_slots_queued_calls_and_limiter_waiters(daemons: Any) -> None:
