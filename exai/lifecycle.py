@@ -31,14 +31,15 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.providers.gateway import ModelGateway
 from exai.store import Store
 from exai.subscriptions import Listeners
 from exai.tools.base import (
     Activity,
     CallUsage,
     ModelArgs,
+    ServedTool,
     Shown,
-    Tool,
     ToolArgumentError,
     ToolContext,
     ToolOutput,
@@ -165,7 +166,7 @@ class Services:
     settings: Settings
     limits: Limits
     gateway: ModelGateway
-    tools: dict[str, Tool]
+    tools: dict[str, ServedTool]
     store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
@@ -178,7 +179,7 @@ async def run_tool_call(
     services: Services,
     call: InflightCall,
     request: ToolCall,
-    tool: Tool,
+    tool: ServedTool,
     session_slots: trio.CapacityLimiter,
     send: Send,
 ) -> dict[str, Any] | None:
@@ -208,12 +209,12 @@ async def run_tool_call(
     try:
         with call.scope:
             try:
-                args = tool.parse(request.arguments)
-                if isinstance(args, ModelArgs):
-                    ctx.thinking = args.thinking
+                bound = tool.bind(request.arguments)
+                if isinstance(bound.args, ModelArgs):
+                    ctx.thinking = bound.args.thinking
                 async with services.limits.admit(session_slots):
                     call.activity = replace(call.activity, state="running")
-                    output = await tool.run(args, ctx)
+                    output = await bound.run(ctx)
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
             except ProviderError as exc:

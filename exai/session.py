@@ -48,7 +48,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.subscriptions import Subscription
-from exai.tools.base import Tool
+from exai.tools.base import ServedTool
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -260,7 +260,7 @@ class Session:
         for subscription in list(self.subscriptions.values()):
             subscription.end()
 
-    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: Tool, era: Era) -> None:
+    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: ServedTool, era: Era) -> None:
         try:
             response = await run_tool_call(self.services, call, parsed, tool, self.session_slots, self.send)
             if response is not None:
