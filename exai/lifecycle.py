@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 from loguru import logger
@@ -44,9 +44,6 @@ from exai.tools.base import (
     ToolContext,
     ToolOutput,
 )
-
-if TYPE_CHECKING:
-    from exai.providers.gateway import ModelGateway
 
 # At most this many progress notifications per second per call.
 PROGRESS_INTERVAL_S = 0.25
