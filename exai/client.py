@@ -50,6 +50,7 @@ META_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
 META_SERVER: Final = "io.modelcontextprotocol/serverInfo"
 UNSUPPORTED_VERSION: Final = -32022
 BASE64_SENTINEL: Final = ("=?base64?", "?=")
+MODERN_ROUTING: Final = "Mcp-Method"  # the header only a modern request carries
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 CONNECT_TIMEOUT_SECS: Final = 10.0
 DISCONNECT_TIMEOUT_SECS: Final = 2.0
@@ -223,11 +224,6 @@ class LegacyEra:
         """Whether there is a session to end with DELETE when the client closes."""
         return self.session_id is not None
 
-    def http_closes_instead(self, text: str) -> RequestId | None:
-        """The request whose HTTP stream is closed instead of sending this notification
-        (a modern cancel), or None to send it (legacy: always sent)."""
-        return None
-
     def ping(self) -> str:
         """The method of a liveness round trip."""
         return "ping"
@@ -284,9 +280,6 @@ class ModernEra:
     def http_session(self) -> bool:
         return False
 
-    def http_closes_instead(self, text: str) -> RequestId | None:
-        return _cancelled_id(text)
-
     def ping(self) -> str:
         return "server/discover"  # the modern revision has no ping
 
@@ -338,9 +331,6 @@ class Negotiated:
     def http_session(self) -> bool:
         return self.current.http_session
 
-    def http_closes_instead(self, text: str) -> RequestId | None:
-        return self.current.http_closes_instead(text)
-
     def ping(self) -> str:
         return self.current.ping()
 
@@ -348,12 +338,11 @@ class Negotiated:
 class PerMessage:
     """A raw client's messages (the stdio bridge's): each sent as its own era requires. A
     request whose `_meta` states a version goes with the modern routing headers (and its
-    cancel closes its stream); anything else with the legacy session's."""
+    cancel closes its stream, see HttpWire); anything else with the legacy session's."""
 
     def __init__(self) -> None:
         self.legacy = LegacyEra()
         self.negotiated: str | None = None
-        self._modern_requests: set[RequestId] = set()
 
     @property
     def session_id(self) -> str | None:
@@ -376,9 +365,6 @@ class PerMessage:
         version = meta.get(META_VERSION) if isinstance(meta, dict) else None
         if not isinstance(version, str):
             return self.legacy.http_headers(text)
-        request_id = message.get("id") if isinstance(message, dict) else None
-        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-            self._modern_requests.add(request_id)
         return modern_routing(message, version)
 
     def http_answered(self, headers: httpx.Headers) -> None:
@@ -387,13 +373,6 @@ class PerMessage:
     @property
     def http_session(self) -> bool:
         return self.legacy.http_session
-
-    def http_closes_instead(self, text: str) -> RequestId | None:
-        request_id = _cancelled_id(text)
-        if request_id is not None and request_id in self._modern_requests:
-            self._modern_requests.discard(request_id)
-            return request_id
-        return None
 
     def ping(self) -> str:
         return "ping"
@@ -765,6 +744,7 @@ class HttpWire:
         self._nursery: trio.Nursery | None = None
         self._inbox: Inbox | None = None
         self._streams: dict[RequestId, trio.CancelScope] = {}
+        self._modern: set[RequestId] = set()  # in-flight requests sent as modern (routing headers)
         self.closed: str | None = None
 
     async def run(
@@ -784,11 +764,10 @@ class HttpWire:
     async def send(self, text: str, request_id: RequestId | None) -> None:
         if self.closed is not None or self._nursery is None:
             raise WireClosed(self.closed or "connection closed by the client")
-        if request_id is None:
-            cancelled = self.era.http_closes_instead(text)
-            if cancelled is not None:  # modern: closing the request's stream is its cancel
-                self.done(cancelled)
-                return
+        cancelled = _cancelled_id(text) if request_id is None else None
+        if cancelled is not None and cancelled in self._modern:
+            self.done(cancelled)  # a modern request's cancel is closing its stream, not a message
+            return
         try:
             await self._nursery.start(self._post, text, request_id)
         except WireClosed as exc:
@@ -844,6 +823,8 @@ class HttpWire:
                 self._streams[request_id] = scope
             try:
                 headers = self._headers(text, **{"Content-Type": "application/json"})
+                if request_id is not None and MODERN_ROUTING in headers:
+                    self._modern.add(request_id)
                 async with self._request("POST", headers, text) as response:
                     await self._answer(response, exchange)
                 if exchange.broken and not exchange.answered:
@@ -855,8 +836,10 @@ class HttpWire:
                     raise
                 self._request_lost(request_id, str(exc))
             finally:
-                if request_id is not None and self._streams.get(request_id) is scope:
-                    del self._streams[request_id]
+                if request_id is not None:
+                    self._modern.discard(request_id)
+                    if self._streams.get(request_id) is scope:
+                        del self._streams[request_id]
 
     @asynccontextmanager
     async def _request(
