@@ -129,3 +129,19 @@ async def test_the_python_sdk_through_exai_stdio_to_streamable_http_is_modern(da
     async with Client(server) as client:
         assert client.protocol_version == "2026-07-28"
         assert (await client.call_tool("version", {})).is_error is False
+
+
+async def test_a_name_that_is_no_plain_header_value_travels_base64(daemon: Any) -> None:
+    """The client encodes Mcp-Name as `=?base64?...?=`, the daemon decodes it before comparing:
+    the request passes the header check and meets the ordinary unknown-tool error."""
+    from exai.client import RpcError, modern_routing
+
+    assert modern_routing({"method": "tools/call", "params": {"name": "chät"}}, "2026-07-28")["Mcp-Name"] == (
+        "=?base64?Y2jDpHQ=?="
+    )
+    assert modern_routing({"method": "tools/call", "params": {"name": " x"}}, "v")["Mcp-Name"].startswith("=?base64?")
+    assert modern_routing({"method": "tools/call", "params": {"name": "chat"}}, "v")["Mcp-Name"] == "chat"
+    async with connect(daemon.http_url) as client:
+        with pytest.raises(RpcError) as unknown:
+            await client.call_tool("chät", {})
+    assert unknown.value.code == -32602 and "Unknown tool: chät" in unknown.value.message
