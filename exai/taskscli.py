@@ -126,7 +126,7 @@ async def _call_task(tool: str, arguments: dict[str, Any], timeout: float | None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(interrupts.watch)
         try:
-            async with connect(url, token=token) as client:
+            async with connect(url, token=token, era="legacy") as client:
                 nursery.start_soon(progress.tick)
                 with interrupts.scope:
                     created = (await client.request("tools/call", params))["task"]

@@ -43,6 +43,8 @@ from exai.tasks import (
 from exai.tools.base import Tool, ToolArgs, ToolContext, ToolOutput
 
 HANG = '#sim {"hang": true}'
+# These tests speak legacy 2025-11-25 tasks; the modern extension's are in test_tasks_modern.py.
+connect_legacy = partial(connect, era="legacy")
 
 
 def sim_prompt(text: str, **behaviour: Any) -> str:
@@ -73,14 +75,14 @@ async def rpc_error(client: ExaiClient, method: str, params: dict[str, Any]) -> 
 
 
 async def test_initialize_and_tools_list_offer_tasks(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         assert client.capabilities["tasks"] == {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
         tools = await client.list_tools()
         assert tools and all(tool["execution"] == {"taskSupport": "optional"} for tool in tools)
 
 
 async def test_a_task_answers_at_once_and_its_result_is_the_call_s(daemon: Any, simulator: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         prompt = sim_prompt("slow", chunks=4, chunk_delay_s=0.1, reply="the answer")
         with trio.fail_after(0.3):  # well before the call could end
             task = await create_task(client, prompt, ttl=60_000)
@@ -104,7 +106,7 @@ async def test_a_task_answers_at_once_and_its_result_is_the_call_s(daemon: Any, 
 
 
 async def test_status_message_tracks_model_and_tokens(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, sim_prompt("slow", chunks=30, chunk_delay_s=0.1))
         messages: set[str] = set()
         with trio.fail_after(10):
@@ -119,11 +121,11 @@ async def test_status_message_tracks_model_and_tokens(daemon: Any) -> None:
 
 async def test_closing_the_connection_does_not_cancel_a_task(daemon: Any, simulator: Any) -> None:
     prompt = sim_prompt("survives", chunks=3, chunk_delay_s=0.2, reply="still here")
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, prompt)
         await client.close_abruptly()
     await simulator.wait_until(lambda s: s.inflight == 1)
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         with trio.fail_after(10):
             result = await client.request("tasks/result", {"taskId": task["taskId"]})
         assert "still here" in result["content"][0]["text"]
@@ -131,7 +133,7 @@ async def test_closing_the_connection_does_not_cancel_a_task(daemon: Any, simula
 
 
 async def test_tasks_cancel_stops_the_work_and_aborts_the_provider_request(daemon: Any, simulator: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, HANG)
         await simulator.wait_until(lambda s: s.inflight == 1)
         cancelled = await client.request("tasks/cancel", {"taskId": task["taskId"]})
@@ -148,7 +150,7 @@ async def test_tasks_cancel_stops_the_work_and_aborts_the_provider_request(daemo
 
 
 async def test_giving_up_on_tasks_result_cancels_the_wait_not_the_task(daemon: Any, simulator: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, sim_prompt("x", latency_s=0.5, reply="kept going"))
         with trio.move_on_after(0.1):  # the client library sends notifications/cancelled
             await client.request("tasks/result", {"taskId": task["taskId"]})
@@ -157,7 +159,7 @@ async def test_giving_up_on_tasks_result_cancels_the_wait_not_the_task(daemon: A
     assert simulator.stats.aborted == 0
 
 async def test_a_finished_task_cannot_be_cancelled(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, "quick")
         await client.request("tasks/result", {"taskId": task["taskId"]})
         refused = await rpc_error(client, "tasks/cancel", {"taskId": task["taskId"]})
@@ -167,7 +169,7 @@ async def test_a_finished_task_cannot_be_cancelled(daemon: Any) -> None:
 
 async def test_the_task_deadline_replaces_the_tool_timeout(daemons: Any, simulator: Any) -> None:
     daemon = await daemons.start(tool_timeout_secs=0.5, provider_timeout_secs=0.5, task_timeout_secs=2.5)
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         # A failed attempt, a retry, a slow answer: longer than the tool timeout in all.
         prompt = sim_prompt("slower than the tool timeout", latency_s=0.3, status=503, fail_times=1, reply="made it")
         started = trio.current_time()
@@ -175,7 +177,7 @@ async def test_the_task_deadline_replaces_the_tool_timeout(daemons: Any, simulat
         result = await client.request("tasks/result", {"taskId": task["taskId"]})
         assert "made it" in result["content"][0]["text"] and trio.current_time() - started > 0.5
     shorter = await daemons.start(tool_timeout_secs=5, provider_timeout_secs=5, task_timeout_secs=1.0)
-    async with connect(shorter.url) as client:
+    async with connect_legacy(shorter.url) as client:
         task = await create_task(client, HANG)
         with trio.fail_after(4):
             timed_out = await rpc_error(client, "tasks/result", {"taskId": task["taskId"]})
@@ -186,7 +188,7 @@ async def test_the_task_deadline_replaces_the_tool_timeout(daemons: Any, simulat
 
 
 async def test_a_tool_error_reads_failed_and_its_result_is_the_error_result(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         task = await create_task(client, "x", ttl=1000)
         await client.request("tasks/result", {"taskId": task["taskId"]})
         result = await client.request(
@@ -201,7 +203,7 @@ async def test_a_tool_error_reads_failed_and_its_result_is_the_error_result(daem
 
 async def test_at_most_max_tasks_unfinished(daemons: Any) -> None:
     daemon = await daemons.start(max_tasks=1)
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         first = await create_task(client, HANG)
         refused = await rpc_error(client, "tools/call", {"name": "chat", "arguments": {"prompt": "x"}, "task": {}})
         assert refused.code == -32000 and refused.data["retry_after_s"] >= 1
@@ -213,7 +215,7 @@ async def test_at_most_max_tasks_unfinished(daemons: Any) -> None:
 
 async def test_a_longer_ttl_is_cut_and_a_shorter_one_kept(daemons: Any) -> None:
     daemon = await daemons.start(task_ttl_secs=30)
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         assert (await create_task(client, "a", ttl=10**9))["ttl"] == 30_000
         assert (await create_task(client, "b", ttl=1500))["ttl"] == 1500
         assert (await create_task(client, "c"))["ttl"] == 30_000
@@ -223,7 +225,7 @@ async def test_a_longer_ttl_is_cut_and_a_shorter_one_kept(daemons: Any) -> None:
 
 @pytest.mark.parametrize("method", ["tasks/get", "tasks/result", "tasks/cancel"])
 async def test_unknown_or_malformed_task_ids_are_invalid_params(daemon: Any, method: str) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         for params in ({"taskId": "no-such-task"}, {"taskId": "x" * 500}, {}, {"taskId": 7}, {"taskId": ""}):
             error = await rpc_error(client, method, params)
             assert error.code == -32602, (params, error)
@@ -231,7 +233,7 @@ async def test_unknown_or_malformed_task_ids_are_invalid_params(daemon: Any, met
 
 
 async def test_bad_task_params_are_invalid_params_and_start_nothing(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         for task in ([], "soon", {"ttl": -1}, {"ttl": "long"}, {"ttl": True}):
             error = await rpc_error(client, "tools/call", {"name": "chat", "arguments": {"prompt": "x"}, "task": task})
             assert error.code == -32602 and "task" in error.message
@@ -245,7 +247,7 @@ async def test_bad_task_params_are_invalid_params_and_start_nothing(daemon: Any)
 
 async def test_tasks_list_pages_with_next_cursor(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(legacytasks, "PAGE_SIZE", 2)
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         created = [(await create_task(client, f"task {n}"))["taskId"] for n in range(5)]
         seen: list[str] = []
         cursor = None
@@ -264,22 +266,22 @@ async def test_tasks_list_pages_with_next_cursor(daemon: Any, monkeypatch: pytes
 
 async def test_only_the_same_credentials_see_a_task(daemons: Any, tmp_path: Path) -> None:
     daemon = await daemons.start(auth_token="first-token")
-    async with connect(daemon.url, token="first-token") as client:
+    async with connect_legacy(daemon.url, token="first-token") as client:
         task = await create_task(client, "mine")
         await client.request("tasks/result", {"taskId": task["taskId"]})
     daemon.daemon.request_shutdown()
     await daemon.daemon.stopped.wait()
     other = await daemons.start(auth_token="second-token")
-    async with connect(other.url, token="second-token") as client:
+    async with connect_legacy(other.url, token="second-token") as client:
         assert (await rpc_error(client, "tasks/get", {"taskId": task["taskId"]})).code == -32602
         assert (await client.request("tasks/list", {}))["tasks"] == []
     again = await daemons.start(auth_token="first-token")
-    async with connect(again.url, token="first-token") as client:
+    async with connect_legacy(again.url, token="first-token") as client:
         assert (await client.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "completed"
 
 
 async def test_status_and_tasks_in_api_status(daemon: Any) -> None:
-    async with connect(daemon.url) as client, httpx.AsyncClient(base_url=daemon.monitor_url) as http:
+    async with connect_legacy(daemon.url) as client, httpx.AsyncClient(base_url=daemon.monitor_url) as http:
         task = await create_task(client, HANG)
         await eventually(lambda: daemon.daemon.status()["tasks"]["running"] != [], what="the task is listed")
         status = (await http.get("/api/status")).json()
@@ -352,7 +354,7 @@ async def test_a_task_outlives_its_http_session(daemon: Any, simulator: Any) -> 
         answer = await http.post("/mcp", json=call, headers={**headers, "Accept": "application/json"})
         task_id = answer.json()["result"]["task"]["taskId"]
     # The session is deleted; the task goes on and a new connection reads its result.
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         result = await client.request("tasks/result", {"taskId": task_id})
         assert "later" in result["content"][0]["text"]
     assert simulator.stats.aborted == 0
@@ -362,7 +364,7 @@ async def test_a_task_outlives_its_http_session(daemon: Any, simulator: Any) -> 
 
 
 async def read_task(url: str, task_id: str) -> dict[str, Any]:
-    async with connect(url) as client:
+    async with connect_legacy(url) as client:
         return dict(await client.request("tasks/get", {"taskId": task_id}))
 
 
@@ -370,7 +372,7 @@ async def read_task(url: str, task_id: str) -> dict[str, Any]:
 async def test_after_a_restart_finished_tasks_answer_and_working_ones_read_failed(tmp_path: Path, stop: str) -> None:
     env = {"EXAI_SHUTDOWN_GRACE_SECS": "0.3"}
     async with serve_process(tmp_path, "--demo", **env) as first:
-        async with connect(first.url) as client:
+        async with connect_legacy(first.url) as client:
             done = await create_task(client, "finished before the stop")
             finished = await client.request("tasks/result", {"taskId": done["taskId"]})
             working = await create_task(client, HANG)
@@ -382,7 +384,7 @@ async def test_after_a_restart_finished_tasks_answer_and_working_ones_read_faile
             first.proc.kill()
             await first.proc.wait()
     async with serve_process(tmp_path, "--demo", **env) as second:
-        async with connect(second.url) as client:
+        async with connect_legacy(second.url) as client:
             again = await client.request("tasks/result", {"taskId": done["taskId"]})
             assert again == finished
             lost = await client.request("tasks/get", {"taskId": working["taskId"]})
@@ -514,7 +516,7 @@ async def run_exai(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 async def test_exai_tasks_and_task_read_the_store(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+    async with connect_legacy(daemon.url) as client:
         done = await create_task(client, sim_prompt("x", reply="stored answer"))
         await client.request("tasks/result", {"taskId": done["taskId"]})
         cancelled = await create_task(client, HANG)
