@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from exai import __version__, legacytasks
+from exai import __version__, legacytasks, moderntasks
 from exai.protocol import (
     ALL_VERSIONS,
     INVALID_PARAMS,
@@ -25,6 +25,7 @@ from exai.protocol import (
     parse_envelope,
     parse_initialize,
 )
+from exai.subscriptions import Subscription
 
 if TYPE_CHECKING:
     from exai.session import Session
@@ -38,7 +39,7 @@ INSTRUCTIONS: Final = "exai serves AI workflow tools backed by GLM and Kimi; see
 # How long a client may keep server/discover and tools/list: the tool set changes only on
 # SIGHUP, and then every subscriber hears of it at once.
 CACHE_TTL_MS: Final = 300_000
-TASKS_EXTENSION: Final = "io.modelcontextprotocol/tasks"
+TASKS_EXTENSION: Final = moderntasks.EXTENSION
 
 
 class Era(Protocol):
@@ -73,6 +74,14 @@ def call_legacy_tool(session: Session, request: Request) -> None:
     """A call, or with `params.task` a task (answered at once with its handle)."""
     if "task" in request.params:
         legacytasks.call_as_task(session, request)
+    else:
+        session.start_call(request)
+
+
+def call_modern_tool(session: Session, request: Request) -> None:
+    """A call; from a client that declared the tasks extension, a task if it runs long."""
+    if moderntasks.declares_tasks(request.params):
+        moderntasks.call(session, request)
     else:
         session.start_call(request)
 
@@ -121,8 +130,9 @@ class Modern:
         self.methods: Mapping[str, Handler] = {
             "server/discover": lambda session, request: self.discover(),
             "tools/list": self.list_tools,
-            "tools/call": call_tool,
+            "tools/call": call_modern_tool,
             "subscriptions/listen": self.listen,
+            **moderntasks.METHODS,
         }
 
     def admit(self, session: Session, request: Request) -> None:
@@ -152,7 +162,9 @@ class Modern:
         tools = wanted.get("toolsListChanged", False)
         if not isinstance(tools, bool):
             raise RpcError(INVALID_PARAMS, 'Invalid params: "notifications.toolsListChanged" must be a boolean')
-        session.start_subscription(request, tools, self)
+        task_ids = moderntasks.followed_task_ids(request.params)
+        subscription = Subscription(request.id, tools, task_ids, moderntasks.detailed_view)
+        session.start_subscription(request, subscription, self)
 
 
 LEGACY: Final = Legacy()

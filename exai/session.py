@@ -230,10 +230,11 @@ class Session:
         if request_id in self.calls or request_id in self.replies or request_id in self.subscriptions:
             raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request_id!r} is already in flight")
 
-    def start_reply(self, request: Request, work: Callable[[], Awaitable[Result]]) -> None:
+    def start_reply(self, request: Request, work: Callable[[], Awaitable[Result | None]]) -> None:
         """Answer `request` with what `work` returns, from a task in the session's nursery
         (for answers that wait: a store, a task's end). RpcError from `work` is answered as
-        an error; the session's end or `notifications/cancelled` cancels it (no answer then).
+        an error, None not at all; the session's end or `notifications/cancelled` cancels it
+        (no answer then).
         """
         self._check_new_id(request.id)
         scope = trio.CancelScope()
@@ -241,12 +242,15 @@ class Session:
         self.nursery.start_soon(self._reply, request, scope, work, era_of(request))
 
     async def _reply(
-        self, request: Request, scope: trio.CancelScope, work: Callable[[], Awaitable[Result]], era: Era
+        self, request: Request, scope: trio.CancelScope, work: Callable[[], Awaitable[Result | None]], era: Era
     ) -> None:
         try:
             with scope:
                 try:
-                    answer = result_message(request.id, era.finish(await work()))
+                    result = await work()
+                    if result is None:
+                        return
+                    answer = result_message(request.id, era.finish(result))
                 except RpcError as exc:
                     answer = error_message(request.id, exc.code, exc.message, exc.data)
                 except Exception:
@@ -258,13 +262,12 @@ class Session:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    def start_subscription(self, request: Request, wants_tools: bool, era: Era) -> None:
+    def start_subscription(self, request: Request, subscription: Subscription, era: Era) -> None:
         """Open a `subscriptions/listen` stream in the session's nursery: acknowledged first,
         then a notification per change asked for, until the client cancels it or it ends."""
         self._check_new_id(request.id)
         if self.services.draining():
             raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
-        subscription = Subscription(request.id, wants_tools)
         self.subscriptions[request.id] = subscription
         self.nursery.start_soon(self._run_subscription, subscription, era)
 
@@ -272,18 +275,35 @@ class Session:
         tag = {META_SUBSCRIPTION: subscription.id}
         listeners = self.services.listeners
         listeners.subscriptions.add(subscription)
+        tasks = self.services.tasks
+        followed: list[str] = []
         try:
             with subscription.scope:
-                agreed = {"toolsListChanged": True} if subscription.wants_tools else {}
+                agreed: dict[str, Any] = {"toolsListChanged": True} if subscription.wants_tools else {}
+                if subscription.task_ids:
+                    # Only tasks these credentials may see; a finished one is told where it stands.
+                    for record in await tasks.visible(subscription.task_ids):
+                        tasks.follow(record.id, subscription.task_changed)
+                        followed.append(record.id)
+                        if record.status.finished:
+                            subscription.task_changed(record)
+                    agreed["taskIds"] = followed
                 ack = {"_meta": tag, "notifications": agreed}
                 await self.send(notification_message("notifications/subscriptions/acknowledged", ack))
                 while True:
-                    await subscription.next_change()
-                    await self.send(notification_message("notifications/tools/list_changed", {"_meta": tag}))
+                    tools, heard = await subscription.next_change()
+                    if tools:
+                        await self.send(notification_message("notifications/tools/list_changed", {"_meta": tag}))
+                    for record in heard:
+                        assert subscription.task_view is not None
+                        note = {**subscription.task_view(record), "_meta": tag}
+                        await self.send(notification_message("notifications/tasks", note))
             if subscription.graceful:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await self._send_answer(result_message(subscription.id, era.finish({"_meta": tag})))
         finally:
+            for task_id in followed:
+                tasks.unfollow(task_id, subscription.task_changed)
             listeners.subscriptions.discard(subscription)
             del self.subscriptions[subscription.id]
             self.hooks.call_ended(subscription.id)

@@ -1,4 +1,5 @@
-"""Who hears that the tool set changed: open `subscriptions/listen` requests and sessions.
+"""Who hears that the tool set changed: open `subscriptions/listen` requests and sessions;
+and which tasks a subscription follows (modern `notifications/tasks`).
 
 A change (SIGHUP re-reading EXAI_DISABLED_TOOLS) is told to every listener at once; each
 sends its own notification in its own time, so a slow client delays nobody.
@@ -6,11 +7,13 @@ sends its own notification in its own time, so a slow client delays nobody.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import trio
 
 from exai.protocol import RequestId
+from exai.store import TaskRecord
 
 
 class HearsToolChanges(Protocol):
@@ -21,21 +24,41 @@ class HearsToolChanges(Protocol):
 class Subscription:
     """One open `subscriptions/listen` request: what it asked for, and how it ends."""
 
-    def __init__(self, request_id: RequestId, wants_tools: bool):
+    def __init__(
+        self,
+        request_id: RequestId,
+        wants_tools: bool,
+        task_ids: Sequence[str] = (),
+        task_view: Callable[[TaskRecord], dict[str, Any]] | None = None,
+    ):
         self.id = request_id
         self.wants_tools = wants_tools
+        self.task_ids = list(task_ids)  # the tasks it asked to follow (notifications/tasks)
+        self.task_view = task_view  # how its era shows a task in a notification
         self.scope = trio.CancelScope()
         self.graceful = False  # ended by the server: it answers the request before it goes
         self._changed = trio.Event()
+        self._tools_changed = False
+        self._tasks_heard: list[TaskRecord] = []
 
     def tools_changed(self) -> None:
         if self.wants_tools:
+            self._tools_changed = True
             self._changed.set()
 
-    async def next_change(self) -> None:
-        """Wait for the next change this subscription asked for (changes in between merge)."""
+    def task_changed(self, record: TaskRecord) -> None:
+        """A followed task changed (its work ended); never blocks."""
+        self._tasks_heard.append(record)
+        self._changed.set()
+
+    async def next_change(self) -> tuple[bool, list[TaskRecord]]:
+        """Wait for the next change this subscription asked for (changes in between merge):
+        whether the tool set changed, and the followed tasks' new states."""
         await self._changed.wait()
         self._changed = trio.Event()
+        tools, self._tools_changed = self._tools_changed, False
+        heard, self._tasks_heard = self._tasks_heard, []
+        return tools, heard
 
     def end(self) -> None:
         """End it from the server's side: its request gets its (empty) result."""

@@ -21,7 +21,7 @@ import hmac
 import itertools
 import math
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -57,6 +57,10 @@ LOST_AT_START: Final = (
 CANCELLED: Final = "cancelled by tasks/cancel"
 
 Notify = Callable[[TaskRecord], Awaitable[None]]
+
+
+async def nobody(record: TaskRecord) -> None:
+    """A Notify for a creator that hears of a task's end some other way (or not at all)."""
 
 
 def task_owner(token: str | None) -> str:
@@ -114,6 +118,8 @@ class TaskRunner:
         self.counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self._mean_task_s = 5.0  # to tell a refused creator when to come back
         self._calls = itertools.count(1)
+        # Who hears of a task's end besides its creator (modern subscriptions/listen), by task id.
+        self.followers: dict[str, set[Callable[[TaskRecord], None]]] = {}
 
     # -- creating --------------------------------------------------------------------------
 
@@ -257,7 +263,30 @@ class TaskRunner:
         self._mean_task_s = 0.9 * self._mean_task_s + 0.1 * took
         logger.info("task {} tool={} {} after {:.3f}s: {}", _shown(final.id), final.tool, final.status, took, final.message)
         await self._refresh_counts()
+        for hear in list(self.followers.get(final.id, ())):
+            hear(final)
         await work.notify(final)
+
+    async def visible(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """The live tasks among `task_ids` that these credentials may see (unknown ones left out)."""
+        found = []
+        for task_id in dict.fromkeys(task_ids):
+            try:
+                found.append(await self.store.task(task_id, self.owner))
+            except TaskNotFound:
+                continue
+        return found
+
+    def follow(self, task_id: str, hear: Callable[[TaskRecord], None]) -> None:
+        """Call `hear` (it must not block) with the record when this task's work here ends."""
+        self.followers.setdefault(task_id, set()).add(hear)
+
+    def unfollow(self, task_id: str, hear: Callable[[TaskRecord], None]) -> None:
+        hearing = self.followers.get(task_id)
+        if hearing is not None:
+            hearing.discard(hear)
+            if not hearing:
+                del self.followers[task_id]
 
     async def _track(self, work: _Work) -> None:
         """Keep the record's message on what the call is doing, at most every MESSAGE_EVERY_S."""
