@@ -10,6 +10,7 @@ and how a result is dressed. Nothing else in the code asks which era it is in.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from exai import __version__, legacytasks, moderntasks
@@ -132,7 +133,7 @@ class Modern:
             "tools/list": self.list_tools,
             "tools/call": call_modern_tool,
             "subscriptions/listen": self.listen,
-            **moderntasks.METHODS,
+            **moderntasks.methods(self.finish),
         }
 
     def admit(self, session: Session, request: Request) -> None:
@@ -163,7 +164,7 @@ class Modern:
         if not isinstance(tools, bool):
             raise RpcError(INVALID_PARAMS, 'Invalid params: "notifications.toolsListChanged" must be a boolean')
         task_ids = moderntasks.followed_task_ids(request.params)
-        subscription = Subscription(request.id, tools, task_ids, moderntasks.detailed_view)
+        subscription = Subscription(request.id, tools, task_ids, partial(moderntasks.detailed_view, finish=self.finish))
         session.start_subscription(request, subscription, self)
 
 

@@ -11,6 +11,7 @@ acknowledged (it keeps its status), times are `ttlMs` / `pollIntervalMs`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from exai.legacytasks import iso
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from exai.eras import Result
     from exai.session import Session
 
+Finish = Callable[[dict[str, Any]], dict[str, Any]]
 EXTENSION: Final = "io.modelcontextprotocol/tasks"
 MISSING_CAPABILITY: Final = -32021
 CLIENT_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
@@ -48,12 +50,13 @@ def task_view(record: TaskRecord) -> Result:
     }
 
 
-def detailed_view(record: TaskRecord) -> Result:
-    """The extension's `DetailedTask`: the task with its result or error inline once finished."""
+def detailed_view(record: TaskRecord, finish: Finish) -> Result:
+    """The extension's `DetailedTask`: the task with its result (as the era's `finish` dresses
+    a call's result) or its error inline once finished."""
     view = task_view(record)
     outcome = record.outcome or {}
     if record.status is TaskStatus.COMPLETED and "result" in outcome:
-        view["result"] = outcome["result"]
+        view["result"] = finish(outcome["result"])
     elif record.status is TaskStatus.FAILED and "error" in outcome:
         view["error"] = outcome["error"]
     return view
@@ -82,13 +85,18 @@ def call(session: Session, request: Request) -> None:
     session.start_reply(request, answer)
 
 
-def get(session: Session, request: Request) -> None:
-    task_id = task_id_of(request.params)
+def getter(finish: Finish) -> Callable[[Session, Request], None]:
+    """`tasks/get` for an era that dresses a call's result with `finish`."""
 
-    async def answer() -> Result:
-        return detailed_view(await session.services.tasks.get(task_id))
+    def get(session: Session, request: Request) -> None:
+        task_id = task_id_of(request.params)
 
-    session.start_reply(request, answer)
+        async def answer() -> Result:
+            return detailed_view(await session.services.tasks.get(task_id), finish)
+
+        session.start_reply(request, answer)
+
+    return get
 
 
 def cancel(session: Session, request: Request) -> None:
@@ -112,7 +120,9 @@ def update(session: Session, request: Request) -> None:
     session.start_reply(request, answer)
 
 
-METHODS: Final = {"tasks/get": get, "tasks/cancel": cancel, "tasks/update": update}
+def methods(finish: Finish) -> dict[str, Callable[[Session, Request], None]]:
+    """The extension's methods, for an era that dresses a call's result with `finish`."""
+    return {"tasks/get": getter(finish), "tasks/cancel": cancel, "tasks/update": update}
 
 
 def followed_task_ids(params: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ HANG = '#sim {"hang": true}'
 EXTENSION = "io.modelcontextprotocol/tasks"
 DECLARED = {"_meta": {"io.modelcontextprotocol/clientCapabilities": {"extensions": {EXTENSION: {}}}}}
 VERSION = "2026-07-28"
+NODE_DIR = Path(__file__).parent / "node"
 
 
 def sim_prompt(text: str, **behaviour: Any) -> str:
@@ -66,6 +69,7 @@ async def test_a_slow_call_becomes_a_task_and_a_fast_one_answers_as_usual(modern
         done = await poll(client, task["taskId"])
         assert done["status"] == "completed" and done["resultType"] == "complete"
         assert "the long answer" in done["result"]["content"][0]["text"]
+        assert done["result"]["resultType"] == "complete"  # the CallToolResult the call would have returned
         assert "io.modelcontextprotocol/serverInfo" in done["_meta"]
     assert simulator.stats.aborted == 0
 
@@ -182,3 +186,23 @@ async def test_over_modern_streamable_http(modern: Any, simulator: Any) -> None:
         assert got["status"] == "completed" and "over http" in got["result"]["content"][0]["text"]
         assert re.fullmatch(r".*Z", got["createdAt"])
     assert simulator.stats.aborted == 0
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
+@pytest.mark.parametrize("generation, version", [("legacy", "2025-11-25"), ("modern", VERSION)])
+async def test_the_official_tasks_client_settles_a_chat_task(modern: Any, generation: str, version: str) -> None:
+    assert (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "ext-tasks").is_dir(), (
+        "the tasks client is not installed: run `npm ci --prefix tests/node` (.ci/run does)"
+    )
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            ["node", str(NODE_DIR / "ext_tasks_client.mjs"), modern.http_url, generation],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert (report["era"], report["version"]) == (generation, version)
+    assert report["kind"] == "task" and report["outcome"] == "completed"  # a task, not an immediate answer
+    assert "settled answer" in report["text"] and report["isError"] is False
