@@ -1,8 +1,8 @@
 """Calls that run as tasks: the work belongs to the daemon, the record to the store.
 
 `open_task_runner` gives the daemon its `TaskRunner`; each protocol era turns its own task
-requests into the runner's few operations (start, get, wait, cancel, page) and shows the
-records in its own shapes. A task's work runs in the runner's nursery, which the daemon owns:
+requests into the runner's few operations (start or call_or_task, get, wait, cancel, page,
+follow) and shows the records in its own shapes (exai.legacytasks, exai.moderntasks). A task's work runs in the runner's nursery, which the daemon owns:
 the connection or stream that asked may close, the work goes on. Its deadline is
 EXAI_TASK_TIMEOUT_SECS (never past its TTL: nothing runs for a result nobody can read), its
 provider budget the call's; `cancel`, the deadline and the daemon's shutdown stop it, and
