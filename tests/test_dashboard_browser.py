@@ -158,7 +158,7 @@ async def test_dashboard_shows_the_working_tasks_and_the_counts(daemon: Any, tmp
     async with open_page(tmp_path / "profile") as page:
         await page.goto(f"{daemon.monitor_url}/")
         await seen(page, lambda v: v["live"] == "live", "itself live")
-        async with connect(daemon.url) as client:
+        async with connect(daemon.url, era="legacy") as client:  # a legacy task: made at once
             params = {"name": "chat", "arguments": {"prompt": '#sim {"hang": true}'}, "task": {}}
             task_id = (await client.request("tools/call", params))["task"]["taskId"]
             view = await seen(page, lambda v: len(v["tasks"]) == 1, "the working task")
