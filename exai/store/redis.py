@@ -1,0 +1,365 @@
+"""The Redis backend of the store (`redis://[:password@]host:port/db`, Redis 7+ or Valkey):
+conversation threads shared by every replica of a deployment.
+
+Each thread is one hash `exai:thread:<uuid>` (`doc`: its JSON; `updated`: its last use;
+`version`: bumped by every write) with a Redis key expiry of EXAI_CONVERSATION_TTL_HOURS,
+refreshed by every use, so Redis itself frees what nobody uses; the sorted set `exai:threads`
+(thread id by last use) lists them. A thread is live while `updated` is within the TTL of the
+store's clock (the same rule as the SQLite backend, so a reader with another TTL sees the
+same threads).
+
+Round trips: every operation is one Lua script (one EVALSHA), except `append`, which is two (read
+the thread with its version, then write it if that version is still current; a write from another
+replica in between makes it read again). The client is coredis on anyio (trio): a cancelled
+command leaves its connection usable (tests/test_redis.py checks exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict
+from typing import Final, TypeVar
+
+import coredis
+import orjson
+import trio
+from coredis.exceptions import RedisError
+
+from exai.config import RedisLocation
+from exai.store.holds import ThreadHolds
+from exai.store.threads import (
+    Appended,
+    StoreUnavailable,
+    Thread,
+    ThreadNotFound,
+    Turn,
+    lookup_ids,
+)
+
+KEY_PREFIX: Final = "exai:"
+INDEX_KEY: Final = f"{KEY_PREFIX}threads"
+CONNECT_TIMEOUT_S: Final = 2.0
+COMMAND_TIMEOUT_S: Final = 5.0
+# A write that lost to another replica's write of the same thread reads it again, this often.
+WRITE_ATTEMPTS: Final = 20
+
+T = TypeVar("T")
+
+# KEYS: thread, index. ARGV: now, cutoff, ttl (whole seconds), touch ("1"/"0"), id.
+# -> false (no live thread) or {doc, updated, version}.
+_READ: Final = """
+local v = redis.call('HMGET', KEYS[1], 'doc', 'updated', 'version')
+if not v[1] or tonumber(v[2]) < tonumber(ARGV[2]) then return false end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'updated', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[5])
+  v[2] = ARGV[1]
+end
+return v
+"""
+# KEYS: thread, index. ARGV: doc, now, ttl, expected version ("0": a new thread), id, cutoff.
+# -> 1 written, 0 another write came first.
+_WRITE: Final = """
+local current = redis.call('HGET', KEYS[1], 'version') or '0'
+if current ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'updated', ARGV[2], 'version', tonumber(current) + 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] == '0' then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[6]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+return 1
+"""
+# KEYS: index. ARGV: cutoff, key prefix. -> {id, doc, updated, ...} newest first.
+_LIST: Final = """
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1])) do
+  local v = redis.call('HMGET', ARGV[2] .. id, 'doc', 'updated')
+  if v[1] and tonumber(v[2]) >= tonumber(ARGV[1]) then
+    table.insert(out, id); table.insert(out, v[1]); table.insert(out, v[2])
+  end
+end
+return out
+"""
+# KEYS: index. ARGV: cutoff, key prefix. -> how many expired threads were deleted.
+_EXPIRE: Final = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+for _, id in ipairs(gone) do redis.call('DEL', ARGV[2] .. id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+return #gone
+"""
+
+
+def _thread_key(thread_id: str) -> str:
+    return f"{KEY_PREFIX}thread:{thread_id}"
+
+
+def _doc(thread: Thread) -> str:
+    body = {
+        "tool": thread.tool,
+        "created": thread.created,
+        "model": thread.model,
+        "dropped": thread.dropped,
+        "findings": thread.findings,
+        "files": thread.files,
+        "turns": [asdict(turn) for turn in thread.turns],
+    }
+    try:
+        return orjson.dumps(body).decode()
+    except TypeError:  # what orjson refuses (an int beyond 64 bits in a usage): json's text
+        return json.dumps(body)
+
+
+def _thread(thread_id: str, doc: str, updated: float, ttl_s: float) -> Thread:
+    body = json.loads(doc)
+    tool, created = str(body["tool"]), float(body["created"])
+    return Thread(
+        id=thread_id,
+        tool=tool,
+        created=created,
+        updated=updated,
+        expires=updated + ttl_s,
+        turns=[Turn.from_json(t, tool=tool, created=created) for t in body["turns"]],
+        findings=list(body["findings"]),
+        files=list(body["files"]),
+        model=body["model"],
+        dropped=int(body["dropped"]),
+    )
+
+
+class _Threads:
+    """The scripts on one client; every method one round trip. Errors are the client's."""
+
+    def __init__(
+        self, client: coredis.Redis[str], *, ttl_s: float, clock: Callable[[], float]
+    ):
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._expiry_s = max(1, math.ceil(ttl_s))
+        self._read = client.register_script(_READ)
+        self._write = client.register_script(_WRITE)
+        self._list = client.register_script(_LIST)
+        self._expire = client.register_script(_EXPIRE)
+        self._client = client
+
+    def _cutoff(self, now: float) -> float:
+        return now - self.ttl_s
+
+    async def read(self, thread_id: str, *, touch: bool) -> tuple[Thread, str]:
+        """The live thread and its version; ThreadNotFound if there is none."""
+        ids = lookup_ids(thread_id)
+        if ids is None:
+            raise ThreadNotFound(thread_id)
+        now = self.clock()
+        found: list[str] | None = await self._read(
+            [_thread_key(ids[0]), INDEX_KEY],
+            [repr(now), repr(self._cutoff(now)), self._expiry_s, "1" if touch else "0", ids[0]],
+        )
+        if not found:
+            raise ThreadNotFound(thread_id)
+        doc, updated, version = found
+        return _thread(ids[0], str(doc), float(updated), self.ttl_s), str(version)
+
+    async def write(self, thread: Thread, version: str) -> bool:
+        """Store `thread` as used now if it is still at `version`; False if another write won."""
+        now = self.clock()
+        written: int = await self._write(
+            [_thread_key(thread.id), INDEX_KEY],
+            [_doc(thread), repr(now), self._expiry_s, version, thread.id, repr(self._cutoff(now))],
+        )
+        return bool(written)
+
+    async def list(self) -> list[Thread]:
+        flat: list[str] = await self._list([INDEX_KEY], [repr(self._cutoff(self.clock())), _thread_key("")])
+        rows = [flat[i : i + 3] for i in range(0, len(flat), 3)]
+        return [_thread(str(i), str(doc), float(upd), self.ttl_s) for i, doc, upd in rows]
+
+    async def count(self) -> int:
+        cutoff = self._cutoff(self.clock())
+        return int(await self._client.zcount(INDEX_KEY, cutoff, "+inf"))
+
+    async def expire(self) -> int:
+        expired: int = await self._expire([INDEX_KEY], [repr(self._cutoff(self.clock())), _thread_key("")])
+        return expired
+
+
+def _unavailable(location: RedisLocation, exc: BaseException) -> StoreUnavailable:
+    reason = str(exc) or type(exc).__name__
+    return StoreUnavailable(f"the conversation store {location} is unavailable: {reason}")
+
+
+class RedisStore:
+    """The `Store` on a Redis server. A cancelled call either wrote its script or did not
+    (a script runs whole); the client's connection stays usable. Built by `open_redis`."""
+
+    def __init__(self, threads: _Threads, location: RedisLocation, *, max_turns: int):
+        self._threads = threads
+        self._location = location
+        self._max_turns = max_turns
+        self._holds = ThreadHolds()
+
+    @property
+    def max_turns(self) -> int:
+        return self._max_turns
+
+    async def get(self, thread_id: str) -> Thread:
+        thread, _ = await self._call(self._threads.read(thread_id, touch=True))
+        return thread
+
+    async def append(
+        self,
+        thread_id: str | None,
+        tool: str,
+        turns: list[Turn],
+        *,
+        findings: Sequence[str] = (),
+        files: Sequence[str] = (),
+        model: str | None = None,
+    ) -> Appended:
+        for _ in range(WRITE_ATTEMPTS):
+            if thread_id is None:
+                now = self._threads.clock()
+                thread = Thread(str(uuid.uuid4()), tool, now, now, now, [], [], [], None, 0)
+                version = "0"
+            else:
+                thread, version = await self._call(self._threads.read(thread_id, touch=False))
+            every = thread.turns + list(turns)
+            dropped_now = max(0, len(every) - self._max_turns)
+            thread.turns = every[dropped_now:]
+            thread.dropped += dropped_now
+            thread.findings.extend(findings)
+            thread.files.extend(dict.fromkeys(f for f in files if f not in thread.files))
+            thread.model = model or thread.model
+            if await self._call(self._threads.write(thread, version)):
+                return Appended(thread.id, dropped_now)
+        raise StoreUnavailable(
+            f"the conversation store {self._location} is too busy: thread {thread_id} was"
+            f" written by others {WRITE_ATTEMPTS} times while this call tried"
+        )
+
+    def hold(self, thread_id: str | None) -> AbstractAsyncContextManager[None]:
+        """Serialise this daemon's calls on one thread, first come first served; None holds
+        nothing. Another replica's call on the same thread does not wait, but never loses
+        or overwrites a write: `append` writes only onto the version it read."""
+        return self._holds.hold(thread_id)
+
+    async def list(self) -> list[Thread]:
+        return await self._call(self._threads.list())
+
+    async def count(self) -> int:
+        return await self._call(self._threads.count())
+
+    async def expire(self) -> int:
+        return await self._call(self._threads.expire())
+
+    async def aclose(self) -> None:
+        """Nothing of its own: the client is closed by `open_redis`."""
+
+    async def _call(self, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except (RedisError, OSError) as exc:
+            raise _unavailable(self._location, exc) from None
+
+
+def _client(location: RedisLocation) -> coredis.Redis[str]:
+    return coredis.Redis(
+        host=location.host,
+        port=location.port,
+        db=location.db,
+        password=location.password,
+        decode_responses=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        stream_timeout=COMMAND_TIMEOUT_S,
+    )
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception a group wraps (through nested groups), or None if it holds more."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup):
+        if len(inner.exceptions) != 1:
+            return None
+        inner = inner.exceptions[0]
+    return inner
+
+
+@asynccontextmanager
+async def open_redis(
+    location: RedisLocation, *, ttl_s: float, max_turns: int, clock: Callable[[], float]
+) -> AsyncIterator[RedisStore]:
+    """The store on the Redis server at `location`, its client closed on exit. Opening does
+    not wait for the server: while it is unreachable each call raises StoreUnavailable, and
+    calls succeed again as soon as it is back."""
+    client = _client(location)
+    try:
+        async with client:
+            yield RedisStore(_Threads(client, ttl_s=ttl_s, clock=clock), location, max_turns=max_turns)
+    except BaseExceptionGroup as group:
+        # The client's connection pool runs in a task group, which wraps whatever leaves this
+        # block; callers see the one exception they would see from any other backend.
+        single = _single(group)
+        if single is None:
+            raise
+        raise single from None
+
+
+class RedisReader:
+    """The `ThreadReader` on a Redis server: reads without touching, each command in a trio
+    run of its own on a short-lived thread (the CLI may itself be inside a trio run)."""
+
+    def __init__(self, location: RedisLocation, *, ttl_s: float, max_turns: int):
+        self.location = location
+        self.ttl_s = ttl_s
+        self.max_turns = max_turns
+
+    @property
+    def where(self) -> str:
+        return str(self.location)
+
+    def threads(self) -> list[Thread]:
+        return self._run(lambda threads: threads.list())
+
+    def thread(self, thread_id: str) -> Thread:
+        async def one(threads: _Threads) -> Thread:
+            thread, _ = await threads.read(thread_id, touch=False)
+            return thread
+
+        return self._run(one)
+
+    def _run(self, work: Callable[[_Threads], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with _client(self.location) as client:
+                return await work(_Threads(client, ttl_s=self.ttl_s, clock=time.time))
+
+        outcome: list[T] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                outcome.append(trio.run(main))
+            except BaseException as exc:  # carried to the calling thread, raised there
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name="exai-redis-reader")
+        worker.start()
+        worker.join()
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, BaseExceptionGroup):
+                exc = _single(exc) or exc
+            if isinstance(exc, (RedisError, OSError)):
+                raise StoreUnavailable(
+                    f"cannot read the conversation store {self.location}: {exc}"
+                ) from None
+            raise exc
+        return outcome[0]
+
+
+__all__ = ["RedisReader", "RedisStore", "open_redis"]
+
