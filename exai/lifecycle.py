@@ -31,7 +31,7 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
-from exai.store import Store
+from exai.store import Store, StoreUnavailable
 from exai.tools.base import CallUsage, ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput
 
 # At most this many progress notifications per second per call.
@@ -206,6 +206,8 @@ async def run_tool_call(
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
             except ProviderError as exc:
+                output = ToolOutput(str(exc), is_error=True)
+            except StoreUnavailable as exc:  # the daemon goes on; the store is watched (/readyz)
                 output = ToolOutput(str(exc), is_error=True)
             outcome = "tool_error" if output.is_error else "ok"
             response = result_message(call.id, _result(output, budget, ctx.usage))

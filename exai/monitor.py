@@ -29,7 +29,7 @@ from trio.testing import MockClock
 
 from exai import metrics
 from exai.asgi import lifespan
-from exai.store import Store
+from exai.store import Store, StoreUnavailable
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, str, bytes, Headers]
@@ -37,6 +37,7 @@ Response = tuple[int, str, bytes, Headers]
 # The daemon's loop beats every HEARTBEAT_S; /healthz fails once it has been silent this long.
 HEARTBEAT_S: Final = 0.25
 HEALTH_STALL_S: Final = 2.0
+STORE_CHECK_S: Final = 0.5  # how often the store is asked whether it answers (/readyz)
 THREADS_EVERY: Final = 40  # heartbeats between two counts of the stored threads (10 s)
 MAX_SINCE_DIGITS: Final = 12  # /api/history?since= is a Unix second
 COOKIE: Final = b"exai_dashboard"
@@ -71,6 +72,25 @@ async def heartbeat(daemon: Any) -> None:
             history.threads = await _count_threads(services.store)
         beats += 1
         await trio.sleep(HEARTBEAT_S)
+
+
+async def watch_store(daemon: Any) -> None:
+    """Ask the store every STORE_CHECK_S whether it answers; `daemon.store_problem` says why
+    not (it makes /readyz 503) until it answers again. Runs beside the heartbeat, which must
+    never wait for the store."""
+    while True:
+        try:
+            await daemon.services.store.check()
+            problem = None
+        except StoreUnavailable as exc:
+            problem = str(exc)
+        if problem != daemon.store_problem:
+            if problem is None:
+                logger.info("the conversation store answers again")
+            else:
+                logger.warning("not ready: {}", problem)
+            daemon.store_problem = problem
+        await trio.sleep(STORE_CHECK_S)
 
 
 async def _count_threads(store: Store) -> int | None:
@@ -122,6 +142,8 @@ def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Head
             return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode(), []
         return 200, "text/plain", b"ok", []
     if path == "/readyz":
+        if daemon.ready and daemon.store_problem is not None:
+            return 503, "application/json", _json({"ready": False, "reason": daemon.store_problem}), []
         if daemon.ready:
             return 200, "application/json", _json({"ready": True}), []
         why = "draining: shutting down" if daemon.draining else "starting"

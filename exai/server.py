@@ -43,6 +43,7 @@ class Daemon:
         self.started_wall = time.time()
         self.heartbeat = time.monotonic()
         self.ready = False
+        self.store_problem: str | None = None  # why the store does not answer (watch_store)
         self.draining = False
         self.stopping = trio.Event()
         self.stopped = trio.Event()
@@ -90,7 +91,7 @@ async def serve(
 
 
 async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
-    from exai.monitor import heartbeat, serve_monitor
+    from exai.monitor import heartbeat, serve_monitor, watch_store
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
     from exai.store import open_store
@@ -123,6 +124,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                     draining=lambda: daemon.draining,
                 )
                 background.start_soon(heartbeat, daemon)
+                background.start_soon(watch_store, daemon)
                 monitor_url = None
                 if settings.monitor_port is not None and settings.monitor_port >= 0:
                     monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import coredis
+import httpx
 import pytest
 import trio
 from click.testing import CliRunner
 from redis_support import RedisServer
 
 from exai.cli import main
+from exai.client import connect
 from exai.config import Settings
 from exai.store import StoreUnavailable, Thread, ThreadNotFound, Turn, open_store, read_thread
 
@@ -176,3 +179,37 @@ def test_cli_reads_a_redis_store_and_names_it_when_down(tmp_path: Path, redis_ur
         redis_server.start()
     assert down.exit_code == 1
     assert f"exai: cannot read the conversation store redis://127.0.0.1:{redis_server.port}/0: " in down.output
+
+
+# -- the daemon on a Redis store ------------------------------------------------------------
+
+
+async def test_the_daemon_survives_a_redis_outage_and_recovers_by_itself(
+    daemons: Any, redis_url: str, redis_server: RedisServer
+) -> None:
+    bound = await daemons.start(store_url=redis_url)
+    where = f"the conversation store redis://127.0.0.1:{redis_server.port}/0 is unavailable: "
+    async with httpx.AsyncClient(base_url=bound.monitor_url) as http, connect(bound.url) as client:
+        first = await client.call_tool("chat", {"prompt": "hello"})
+        assert not first.is_error
+        cid = first.meta["continuation_id"]
+        assert (await http.get("/readyz")).status_code == 200
+        redis_server.stop()
+        try:
+            with trio.fail_after(5):
+                while (ready := await http.get("/readyz")).status_code != 503:  # noqa: ASYNC110 - polled over HTTP
+                    await trio.sleep(0.05)
+            assert ready.json() == {"ready": False, "reason": ready.json()["reason"]}
+            assert ready.json()["reason"].startswith(where)
+            down = await client.call_tool("chat", {"prompt": "again", "continuation_id": cid})
+            assert down.is_error and down.text.startswith(where), down.text
+            assert (await http.get("/healthz")).status_code == 200  # the daemon is up
+        finally:
+            redis_server.start()  # empty: the server keeps nothing (--save '')
+        with trio.fail_after(5):
+            while (await http.get("/readyz")).status_code != 200:  # noqa: ASYNC110 - polled over HTTP
+                await trio.sleep(0.05)
+        back = await client.call_tool("chat", {"prompt": "after"})
+        assert not back.is_error
+        again = await client.call_tool("chat", {"prompt": "go on", "continuation_id": back.meta["continuation_id"]})
+        assert not again.is_error and "go on" in again.text

@@ -71,6 +71,11 @@ class Store(Protocol):
         """Delete expired threads; return how many."""
         ...
 
+    async def check(self) -> None:
+        """Return when the store answers now; StoreUnavailable (naming it) when it does not.
+        Bounded in time (the backend's connect and command timeouts); `/readyz` uses it."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the store holds; runs to its end even when cancelled."""
         ...

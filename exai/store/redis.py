@@ -183,6 +183,9 @@ class _Threads:
         cutoff = self._cutoff(self.clock())
         return int(await self._client.zcount(INDEX_KEY, cutoff, "+inf"))
 
+    async def ping(self) -> None:
+        await self._client.ping()
+
     async def expire(self) -> int:
         expired: int = await self._expire([INDEX_KEY], [repr(self._cutoff(self.clock())), _thread_key("")])
         return expired
@@ -256,6 +259,9 @@ class RedisStore:
 
     async def expire(self) -> int:
         return await self._call(self._threads.expire())
+
+    async def check(self) -> None:
+        await self._call(self._threads.ping())
 
     async def aclose(self) -> None:
         """Nothing of its own: the client is closed by `open_redis`."""

@@ -330,6 +330,9 @@ class SqliteStore:
             if not entry.users:
                 del self._holds[key]
 
+    async def check(self) -> None:
+        """A local file opened at start-up: its problems show as each call's error."""
+
     async def list(self) -> list[Thread]:
         """Live threads, newest first."""
         return await self._run(self._worker_rows.list)
