@@ -1,8 +1,9 @@
-"""`exai stdio`: an MCP stdio <-> WebSocket bridge to the daemon.
+"""`exai stdio`: an MCP stdio bridge to the daemon, through the client library (WebSocket,
+or Streamable HTTP when the URL is http://).
 
-Each line on stdin (one JSON-RPC message) goes to the daemon as one text frame, unchanged;
-each frame from the daemon is written to stdout as one line. stdout carries nothing else:
-logs go to stderr.
+Each line on stdin (one JSON-RPC message) goes to the daemon as one message, unchanged;
+each message from the daemon is written to stdout as one line (compact JSON). stdout carries
+nothing else: logs go to stderr.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from typing import Any, Final
 
 import trio
 from loguru import logger
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from exai.client import MAX_MESSAGE_BYTES, CannotConnect, describe_close, open_websocket
+from exai.client import MAX_MESSAGE_BYTES, CannotConnect, ConnectionLost, ExaiClient, connect
 from exai.clientcli import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -97,7 +97,7 @@ def _parse(text: str) -> Any:
         return None
 
 
-async def _stdin_to_daemon(ws: WebSocketConnection, outstanding: _Outstanding) -> None:
+async def _stdin_to_daemon(client: ExaiClient, outstanding: _Outstanding) -> None:
     """Forward stdin lines until EOF. Raises DaemonClosed if the daemon went away."""
     buffer = bytearray()
     async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
@@ -113,58 +113,51 @@ async def _stdin_to_daemon(ws: WebSocketConnection, outstanding: _Outstanding) -
                 if line:
                     outstanding.sent(line)
                     try:
-                        await ws.send_message(line)
-                    except ConnectionClosed as exc:
-                        raise DaemonClosed(describe_close(exc.reason)) from None
+                        await client.send_raw(line)
+                    except ConnectionLost as exc:
+                        raise DaemonClosed(str(exc)) from None
             if len(buffer) > MAX_LINE_BYTES:
                 raise LineTooLong(f"a line on stdin is longer than {MAX_LINE_BYTES} bytes")
             if not chunk:
                 return
 
 
-async def _daemon_to_stdout(ws: WebSocketConnection, outstanding: _Outstanding) -> None:
-    """Write each daemon frame to stdout as one line. Returns when the daemon closes."""
+async def _daemon_to_stdout(client: ExaiClient, outstanding: _Outstanding) -> None:
+    """Write each daemon message to stdout as one line. Returns when the daemon closes."""
     async with trio.lowlevel.FdStream(os.dup(sys.stdout.fileno())) as stdout:
         while True:
             try:
-                frame = await ws.get_message()
-            except ConnectionClosed:
+                message = await client.receive_raw()
+            except ConnectionLost:
                 return
-            text = frame.decode("utf-8", errors="replace") if isinstance(frame, bytes) else frame
-            message = _parse(text)
-            if "\n" in text or "\r" in text:
-                # stdio framing forbids embedded newlines; compact JSON has none.
-                text = (
-                    json.dumps(message, separators=(",", ":"))
-                    if message is not None
-                    else (text.replace("\r", " ").replace("\n", " "))
-                )
-            await stdout.send_all(text.encode("utf-8") + b"\n")
+            if isinstance(message, str | bytes):  # not JSON: passed on, on one line
+                text = message.decode("utf-8", errors="replace") if isinstance(message, bytes) else message
+                line = text.replace("\r", " ").replace("\n", " ")
+            else:  # compact JSON has no newline, which stdio framing forbids
+                line = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+            await stdout.send_all(line.encode("utf-8") + b"\n")
             outstanding.received(message)
 
 
-async def _pump(ws: WebSocketConnection, outstanding: _Outstanding) -> int:
+async def _pump(client: ExaiClient, outstanding: _Outstanding) -> int:
     """Run both directions until stdin EOF (and its answers) or until either side goes."""
     exit_code = EXIT_OK
 
     async def pump_out() -> None:
         nonlocal exit_code
         try:
-            await _daemon_to_stdout(ws, outstanding)
+            await _daemon_to_stdout(client, outstanding)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             logger.info("stdout closed; stopping")
         else:
             exit_code = EXIT_UNREACHABLE
-            print(
-                f"exai stdio: the daemon closed the connection ({describe_close(ws.closed)})",
-                file=sys.stderr,
-            )
+            print(f"exai stdio: {client.closed_reason or 'the daemon closed the connection'}", file=sys.stderr)
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pump_out)
         try:
-            await _stdin_to_daemon(ws, outstanding)
+            await _stdin_to_daemon(client, outstanding)
         except DaemonClosed:
             await trio.sleep_forever()  # pump_out reports it and ends the bridge
         except LineTooLong as exc:
@@ -178,9 +171,9 @@ async def _pump(ws: WebSocketConnection, outstanding: _Outstanding) -> int:
 
 async def _bridge(url: str, token: str | None) -> int:
     try:
-        async with open_websocket(url, token=token) as ws:
+        async with connect(url, token=token, initialize=False) as client:
             logger.info("bridging stdio to {}", url)
-            return await _pump(ws, _Outstanding())
+            return await _pump(client, _Outstanding())
     except CannotConnect as exc:
         print(f"exai stdio: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -188,7 +181,7 @@ async def _bridge(url: str, token: str | None) -> int:
 
 def run_stdio(*, url: str | None, token: str | None) -> int:
     """`exai stdio`: bridge until stdin EOF (exit 0, after the answers to requests already
-    forwarded) or until the daemon closes (exit 4). The WebSocket is closed on the way out."""
+    forwarded) or until the daemon closes (exit 4). The connection is closed on the way out."""
     quiet_logs("INFO")
     try:
         return trio.run(_bridge, resolve_url(url), resolve_token(token))

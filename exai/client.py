@@ -1,8 +1,17 @@
-"""The trio client library for the exai daemon: MCP (JSON-RPC 2.0) over one WebSocket.
+"""The trio client library for the exai daemon: MCP (JSON-RPC 2.0) over a WebSocket or
+Streamable HTTP, one API for both (`connect` picks the transport by the URL's scheme).
 
-One reader task per connection dispatches every frame: responses go to the caller waiting
-on that id, progress notifications to the call that registered the progressToken, and
-everything else to the `receive_raw` queue. Many calls may share one connection.
+Three rooms, each one idea:
+- `ExaiClient`: the session as a caller sees it (ids, waiting calls, progress, cancellation).
+  Every message from the daemon goes through `_dispatch`: responses to the caller waiting on
+  that id, progress notifications to the call that registered the progressToken, everything
+  else to the `receive_raw` queue. Many calls may share one client.
+- The era (`LegacyEra`): what differs between MCP protocol revisions, in one place: the
+  opening handshake, how a message is framed, and the HTTP headers and session it implies.
+  A second era is a second class with the same four members.
+- The wire (`WebSocketWire`, `HttpWire`): moves whole messages; knows nothing of ids except
+  that an HTTP response stream belongs to one request (so a dropped stream is resumed with
+  Last-Event-ID until that request's response has come).
 """
 
 from __future__ import annotations
@@ -13,11 +22,13 @@ import json
 import math
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
+import httpx
 import trio
+from httpx_sse import EventSource
 from loguru import logger
 from trio_websocket import (
     CloseReason,
@@ -38,6 +49,10 @@ DISCONNECT_TIMEOUT_SECS: Final = 2.0
 SEND_TIMEOUT_SECS: Final = 10.0
 CANCEL_NOTIFY_TIMEOUT_SECS: Final = 1.0
 RAW_QUEUE_SIZE: Final = 10_000
+# A dropped SSE stream is resumed with Last-Event-ID at most this many times in a row (a
+# resumed stream that brings a new event resets the count).
+RESUME_ATTEMPTS: Final = 3
+ACCEPT_BOTH: Final = "application/json, text/event-stream"
 
 ProgressCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
 
@@ -108,13 +123,106 @@ def describe_close(reason: CloseReason | None) -> str:
     return text
 
 
+RequestId = str | int
+
+
+class WireClosed(Exception):
+    """A wire can carry no more messages; the message says why (raised by `Wire.send`)."""
+
+
+class Inbox(Protocol):
+    """Where a wire puts what it receives (the client)."""
+
+    def deliver(self, text: str | bytes) -> Any:
+        """Route one message from the daemon; returns it parsed."""
+
+    def connection_lost(self, reason: str) -> None:
+        """The wire is gone for good."""
+
+    def request_lost(self, request_id: RequestId, reason: str, *, owed: bool) -> None:
+        """This one request gets no answer (the connection lives on): `owed` when one was
+        due and the wire could not bring it, else the daemon owes none (cancelled, ended)."""
+
+
+class Wire(Protocol):
+    """Moves whole JSON-RPC messages to and from the daemon."""
+
+    async def run(
+        self, inbox: Inbox, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Carry messages into `inbox` until cancelled."""
+
+    async def send(self, text: str, request_id: RequestId | None) -> None:
+        """Send one message (`request_id` when it is a request). Raises WireClosed."""
+
+    def done(self, request_id: RequestId) -> None:
+        """The caller no longer waits for `request_id`: stop carrying its answer."""
+
+    async def abort(self) -> None:
+        """Drop the connection with no goodbye, as a crashed client would."""
+
+
+class LegacyEra:
+    """MCP 2025-11-25 (and the older revisions it negotiates down to): `initialize` opens a
+    session; over HTTP the session is the `Mcp-Session-Id` header, ended by DELETE."""
+
+    def __init__(self, version: str = DEFAULT_PROTOCOL_VERSION) -> None:
+        self.version = version
+        self.session_id: str | None = None
+        self.negotiated: str | None = None
+
+    async def open(self, client: ExaiClient) -> None:
+        """The opening handshake: initialize, then notifications/initialized."""
+        result = await client.request(
+            "initialize",
+            {
+                "protocolVersion": self.version,
+                "capabilities": {},
+                "clientInfo": {"name": "exai-client", "version": __version__},
+            },
+        )
+        if not isinstance(result, dict):
+            raise RpcError(-32603, f"malformed initialize result: {result!r}")
+        self.negotiated = result.get("protocolVersion")
+        client.protocol_version = self.negotiated
+        client.server_info = result.get("serverInfo") or {}
+        client.capabilities = result.get("capabilities") or {}
+        client.instructions = result.get("instructions")
+        await client.notify("notifications/initialized")
+
+    def frame(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The message as this era sends it (legacy: as it is)."""
+        return message
+
+    def http_headers(self) -> dict[str, str]:
+        """Headers every HTTP request of this era carries, beyond Accept and the token."""
+        headers: dict[str, str] = {}
+        if self.session_id is not None:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.negotiated is not None:
+            headers["MCP-Protocol-Version"] = self.negotiated
+        return headers
+
+    def http_answered(self, headers: httpx.Headers) -> None:
+        """Note what an HTTP answer says about the session (initialize's answer names it)."""
+        if self.session_id is None and "mcp-session-id" in headers:
+            self.session_id = headers["mcp-session-id"]
+
+    @property
+    def http_session(self) -> bool:
+        """Whether there is a session to end with DELETE when the client closes."""
+        return self.session_id is not None
+
+
 class ExaiClient:
     """One MCP session with the daemon. Obtain it from `connect`; safe to share among tasks."""
 
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self._ws = ws
+    def __init__(self, wire: Wire, era: LegacyEra) -> None:
+        self._wire = wire
+        self.era = era
         self._ids = itertools.count(1)
-        # request id -> channel receiving ("progress", params) and ("response", message)
+        # request id -> channel receiving ("progress", params), ("response", message) or
+        # ("lost", {"reason": ...}) when the wire could not bring this one answer
         self._pending: dict[int, trio.MemorySendChannel[tuple[str, dict[str, Any]]]] = {}
         self._progress: dict[Any, trio.MemorySendChannel[tuple[str, dict[str, Any]]]] = {}
         self._raw_send, self._raw_recv = trio.open_memory_channel[Any](RAW_QUEUE_SIZE)
@@ -140,7 +248,7 @@ class ExaiClient:
         frame: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             frame["params"] = params
-        await self._send_text(json.dumps(frame))
+        await self._send_text(json.dumps(self.era.frame(frame)), None)
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def call_tool(
@@ -185,8 +293,9 @@ class ExaiClient:
         await self.request("ping")
 
     async def send_raw(self, text: str) -> None:
-        """Send an arbitrary text frame (for protocol tests)."""
-        await self._send_text(text)
+        """Send an arbitrary message as it is (for protocol tests and the stdio bridge);
+        what the daemon answers arrives on `receive_raw`."""
+        await self._send_text(text, _request_id_of(text))
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def receive_raw(self) -> Any:
@@ -199,33 +308,21 @@ class ExaiClient:
             raise ConnectionLost(self._lost or "connection closed") from None
 
     async def close_abruptly(self) -> None:
-        """Drop the TCP connection with no close handshake, as a crashed client would."""
-        # trio-websocket has no public abort; its stream is the socket underneath.
-        await self._ws._stream.aclose()
+        """Drop the connection with no goodbye (no close handshake, no DELETE), as a crashed
+        client would."""
+        await self._wire.abort()
 
     @property
     def closed_reason(self) -> str | None:
         """Why the connection is gone, or None while it is open."""
         return self._lost
 
-    # -- internals ---------------------------------------------------------------------
+    @property
+    def session_id(self) -> str | None:
+        """The Streamable HTTP session (`Mcp-Session-Id`), if this client has one."""
+        return self.era.session_id
 
-    async def _initialize(self, protocol_version: str) -> None:
-        result = await self.request(
-            "initialize",
-            {
-                "protocolVersion": protocol_version,
-                "capabilities": {},
-                "clientInfo": {"name": "exai-client", "version": __version__},
-            },
-        )
-        if not isinstance(result, dict):
-            raise RpcError(-32603, f"malformed initialize result: {result!r}")
-        self.protocol_version = result.get("protocolVersion")
-        self.server_info = result.get("serverInfo") or {}
-        self.capabilities = result.get("capabilities") or {}
-        self.instructions = result.get("instructions")
-        await self.notify("notifications/initialized")
+    # -- internals ---------------------------------------------------------------------
 
     async def _roundtrip(
         self,
@@ -250,14 +347,19 @@ class ExaiClient:
         sent = answered = False
         reason = "client cancelled"
         try:
-            await self._send_text(json.dumps(frame))
+            # Counted as sent once begun: a send cut short may still have reached the daemon
+            # (over HTTP), and a cancel for an id it never saw is ignored.
             sent = True
+            await self._send_text(json.dumps(self.era.frame(frame)), request_id)
             await trio.lowlevel.checkpoint_if_cancelled()
-            async with recv:
+            with recv:  # closed without a checkpoint: no message can come to a closed channel
                 async for kind, message in recv:
                     if kind == "response":
                         answered = True
                         return _unwrap_response(message)
+                    if kind == "lost":
+                        answered = True
+                        raise ConnectionLost(message["reason"])
                     if on_progress is not None:
                         outcome = on_progress(message)
                         if inspect.isawaitable(outcome):
@@ -273,6 +375,7 @@ class ExaiClient:
             send.close()
             if sent and not answered and self._lost is None:
                 await self._notify_cancelled(request_id, reason)
+            self._wire.done(request_id)
 
     async def _notify_cancelled(self, request_id: int, reason: str) -> None:
         """Tell the daemon to stop a request; shielded and bounded, never raises."""
@@ -283,49 +386,30 @@ class ExaiClient:
         }
         with trio.CancelScope(shield=True), trio.move_on_after(CANCEL_NOTIFY_TIMEOUT_SECS):
             try:
-                await self._ws.send_message(json.dumps(frame))
-            except ConnectionClosed:
+                await self._wire.send(json.dumps(self.era.frame(frame)), None)
+            except WireClosed:
                 pass
 
-    async def _send_text(self, text: str) -> None:
-        """Send one frame whole: shielded against cancellation, bounded by SEND_TIMEOUT_SECS.
-        Not a cancel point: callers deliver a pending cancellation after noting the send."""
+    async def _send_text(self, text: str, request_id: RequestId | None) -> None:
+        """Send one message, or raise ConnectionLost (and mark the client lost)."""
         if self._lost is not None:
             raise ConnectionLost(self._lost)
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(SEND_TIMEOUT_SECS) as send_deadline:
-                try:
-                    await self._ws.send_message(text)
-                except ConnectionClosed as exc:
-                    self._connection_lost(
-                        f"daemon closed the connection ({describe_close(exc.reason)})"
-                    )
-                    raise ConnectionLost(self._lost) from None
-            if send_deadline.cancelled_caught:
-                self._connection_lost(
-                    f"sending to the daemon timed out after {SEND_TIMEOUT_SECS} s"
-                )
-                raise ConnectionLost(self._lost)
-
-    async def _read_loop(self) -> None:
-        """Dispatch frames until the connection closes; then fail every waiting caller."""
-        reason = "connection closed by the client"
         try:
-            while True:
-                text = await self._ws.get_message()
-                self._dispatch(text)
-        except ConnectionClosed as exc:
-            reason = f"daemon closed the connection ({describe_close(exc.reason)})"
-        finally:
-            self._connection_lost(reason)
+            await self._wire.send(text, request_id)
+        except WireClosed as exc:
+            self.connection_lost(str(exc))
+            raise ConnectionLost(self._lost) from None
 
-    def _dispatch(self, text: str | bytes) -> None:
+    # -- the Inbox its wire fills ---------------------------------------------------------
+
+    def deliver(self, text: str | bytes) -> Any:
+        """Route one message from the daemon; returns it parsed (the text if not JSON)."""
         try:
             message = json.loads(text)
         except ValueError:
-            logger.warning("daemon sent a frame that is not JSON ({} chars)", len(text))
+            logger.warning("daemon sent a message that is not JSON ({} chars)", len(text))
             self._to_raw(text)
-            return
+            return text
         if isinstance(message, dict):
             if "method" not in message and ("result" in message or "error" in message):
                 response_id = message.get("id")
@@ -335,16 +419,27 @@ class ExaiClient:
                     else None
                 )
                 if waiter is not None:
-                    waiter.send_nowait(("response", message))
-                    return
+                    _hand(waiter, ("response", message))
+                    return message
             elif message.get("method") == "notifications/progress":
                 params = message.get("params")
                 token = params.get("progressToken") if isinstance(params, dict) else None
                 waiter = self._progress.get(token) if _hashable(token) else None
                 if waiter is not None and isinstance(params, dict):
-                    waiter.send_nowait(("progress", params))
-                    return
+                    _hand(waiter, ("progress", params))
+                    return message
         self._to_raw(message)
+        return message
+
+    def request_lost(self, request_id: RequestId, reason: str, *, owed: bool) -> None:
+        """This one request gets no answer. A caller waiting for it gets ConnectionLost; a
+        raw request (send_raw) whose owed answer cannot come gets a -32603 on receive_raw, so
+        that a bridge's client is answered; one owed nothing gets nothing, as on a WebSocket."""
+        waiter = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if waiter is not None:
+            _hand(waiter, ("lost", {"reason": reason}))
+        elif owed:
+            self._to_raw({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": reason}})
 
     def _to_raw(self, message: Any) -> None:
         try:
@@ -354,7 +449,7 @@ class ExaiClient:
         except trio.ClosedResourceError:
             pass
 
-    def _connection_lost(self, reason: str) -> None:
+    def connection_lost(self, reason: str) -> None:
         """Mark the connection gone: every waiting caller and receive_raw get ConnectionLost."""
         if self._lost is not None:
             return
@@ -362,6 +457,319 @@ class ExaiClient:
         for waiter in list(self._pending.values()):
             waiter.close()
         self._raw_send.close()
+
+
+# -- WebSocket -------------------------------------------------------------------------------
+
+
+class WebSocketWire:
+    """Messages as text frames on one WebSocket, read by one task."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def run(
+        self, inbox: Inbox, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Deliver frames until the connection closes; then report it lost."""
+        reason = "connection closed by the client"
+        task_status.started()
+        try:
+            while True:
+                inbox.deliver(await self.ws.get_message())
+        except ConnectionClosed as exc:
+            reason = f"daemon closed the connection ({describe_close(exc.reason)})"
+        finally:
+            inbox.connection_lost(reason)
+
+    async def send(self, text: str, request_id: RequestId | None) -> None:
+        """Send one frame whole: shielded against cancellation (a half-sent frame would
+        corrupt the stream for every other call), bounded by SEND_TIMEOUT_SECS."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(SEND_TIMEOUT_SECS) as send_deadline:
+                try:
+                    await self.ws.send_message(text)
+                except ConnectionClosed as exc:
+                    raise WireClosed(
+                        f"daemon closed the connection ({describe_close(exc.reason)})"
+                    ) from None
+            if send_deadline.cancelled_caught:
+                raise WireClosed(f"sending to the daemon timed out after {SEND_TIMEOUT_SECS} s")
+
+    def done(self, request_id: RequestId) -> None:
+        """Nothing to do: answers share the one connection."""
+
+    async def abort(self) -> None:
+        # trio-websocket has no public abort; its stream is the socket underneath.
+        await self.ws._stream.aclose()
+
+
+# -- Streamable HTTP -------------------------------------------------------------------------
+
+
+@dataclass
+class _Exchange:
+    """One POST and what its answer has brought so far."""
+
+    request_id: RequestId | None
+    task_status: trio.TaskStatus[None]
+    started: bool = False
+    streamed: bool = False  # the answer is an SSE stream
+    broken: bool = False  # ... cut short by the network, not ended by the daemon
+    answered: bool = False  # ... and it brought the response to request_id
+    last_event: str | None = None
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.task_status.started()
+
+
+class HttpWire:
+    """Messages as POSTs to the daemon's /mcp endpoint (MCP Streamable HTTP).
+
+    Each POST runs in a task of its own: `send` returns once the daemon has taken the
+    message (the answer's status line is in), and that task goes on reading the answer, JSON
+    or an SSE stream. An SSE stream that drops before its request's response is resumed
+    with GET and Last-Event-ID. All HTTP is httpx and httpx-sse.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, url: str, era: LegacyEra) -> None:
+        self.http = http
+        self.url = url
+        self.era = era
+        self._nursery: trio.Nursery | None = None
+        self._inbox: Inbox | None = None
+        self._streams: dict[RequestId, trio.CancelScope] = {}
+        self.closed: str | None = None
+
+    async def run(
+        self, inbox: Inbox, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Host the POST tasks until cancelled."""
+        self._inbox = inbox
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._close("connection closed by the client")
+
+    async def send(self, text: str, request_id: RequestId | None) -> None:
+        if self.closed is not None or self._nursery is None:
+            raise WireClosed(self.closed or "connection closed by the client")
+        try:
+            await self._nursery.start(self._post, text, request_id)
+        except WireClosed as exc:
+            if self.era.http_session:
+                raise
+            raise CannotConnect(str(exc)) from None
+
+    def done(self, request_id: RequestId) -> None:
+        scope = self._streams.pop(request_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def abort(self) -> None:
+        self.era.session_id = None  # a crashed client says no goodbye: no DELETE
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        await self.http.aclose()
+        self._close("connection dropped by the client")
+
+    async def end_session(self) -> None:
+        """DELETE the session, if there is one; shielded, bounded, never raises."""
+        if not self.era.http_session or self.http.is_closed:
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(DISCONNECT_TIMEOUT_SECS):
+            try:
+                await self.http.delete(self.url, headers=self._headers())
+            except httpx.HTTPError:
+                pass
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+            if self._inbox is not None:
+                self._inbox.connection_lost(reason)
+
+    def _request_lost(self, request_id: RequestId | None, reason: str, *, owed: bool = True) -> None:
+        if request_id is not None and self._inbox is not None:
+            self._inbox.request_lost(request_id, reason, owed=owed)
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        return {"Accept": ACCEPT_BOTH, **self.era.http_headers(), **extra}
+
+    async def _post(
+        self, text: str, request_id: RequestId | None, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """POST one message; started once the daemon answered with a status line. After
+        that, a failure loses this request's answer only, never the client."""
+        exchange = _Exchange(request_id, task_status)
+        with trio.CancelScope() as scope:
+            if request_id is not None:
+                self._streams[request_id] = scope
+            try:
+                headers = self._headers(**{"Content-Type": "application/json"})
+                async with self._request("POST", headers, text) as response:
+                    await self._answer(response, exchange)
+                if exchange.broken and not exchange.answered:
+                    await self._resume(exchange)
+                elif exchange.streamed and not exchange.answered:
+                    self._request_lost(request_id, NOT_OWED, owed=False)
+            except WireClosed as exc:
+                if not exchange.started:
+                    raise
+                self._request_lost(request_id, str(exc))
+            finally:
+                if request_id is not None and self._streams.get(request_id) is scope:
+                    del self._streams[request_id]
+
+    @asynccontextmanager
+    async def _request(
+        self, method: str, headers: dict[str, str], body: str | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """One HTTP exchange; httpx's failures to reach the daemon become WireClosed."""
+        try:
+            async with self.http.stream(method, self.url, headers=headers, content=body) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise WireClosed(f"cannot connect to {self.url}: {exc or type(exc).__name__}") from None
+
+    async def _answer(self, response: httpx.Response, exchange: _Exchange) -> None:
+        """Deliver what one answer to a POST carries."""
+        self.era.http_answered(response.headers)
+        if response.status_code >= 400:
+            await self._refused(response, exchange.request_id)
+            exchange.start()
+            return
+        exchange.start()
+        if _is_sse(response):
+            exchange.streamed = True
+            await self._read_events(response, exchange)
+            return
+        body = await response.aread()
+        if body:
+            self._deliver(body)
+        elif exchange.request_id is not None:  # 202 to a request: cancelled, or its session ended
+            self._request_lost(exchange.request_id, NOT_OWED, owed=False)
+
+    def _deliver(self, text: str | bytes) -> Any:
+        return self._inbox.deliver(text) if self._inbox is not None else None
+
+    async def _read_events(self, response: httpx.Response, exchange: _Exchange) -> None:
+        """Deliver an SSE stream's messages; note in `exchange.broken` whether the stream was
+        cut short (a network error) rather than ended by the daemon."""
+        exchange.broken = False
+        try:
+            async with aclosing(EventSource(response).aiter_sse()) as events:
+                async for event in events:
+                    if event.id:
+                        exchange.last_event = event.id
+                    if event.data:
+                        message = self._deliver(event.data)
+                        exchange.answered = exchange.answered or _answers(message, exchange.request_id)
+        except httpx.TransportError as exc:
+            exchange.broken = True
+            logger.debug("an SSE stream from the daemon dropped: {}", exc or type(exc).__name__)
+
+    async def _resume(self, exchange: _Exchange) -> None:
+        """GET with Last-Event-ID until the response to the exchange's request has come."""
+        attempts = 0
+        while attempts < RESUME_ATTEMPTS and exchange.last_event is not None:
+            attempts += 1
+            last = exchange.last_event
+            headers = self._headers(Accept="text/event-stream", **{"Last-Event-ID": last})
+            async with self._request("GET", headers) as response:
+                if response.status_code == 404:
+                    await response.aread()
+                    self._close("the daemon ended the session (HTTP 404)")
+                    return
+                if response.status_code != 200 or not _is_sse(response):
+                    await response.aread()
+                    break
+                await self._read_events(response, exchange)
+            if exchange.answered:
+                return
+            if not exchange.broken:
+                self._request_lost(exchange.request_id, NOT_OWED, owed=False)
+                return
+            if exchange.last_event != last:
+                attempts = 0  # it brought something: the stream is alive, keep following it
+        self._request_lost(exchange.request_id, "the answer's SSE stream dropped and could not be resumed")
+
+    async def _refused(self, response: httpx.Response, request_id: RequestId | None) -> None:
+        """An HTTP error. 401, 403 or 5xx with no session yet: the daemon turned the client
+        away, raises CannotConnect. 404 in a session: the session is over, raises WireClosed.
+        Else the JSON-RPC error in the body answers this request (it gets the request's id)."""
+        body = (await response.aread()).decode("utf-8", errors="replace")
+        message = _json_or_none(body)
+        error = message.get("error") if isinstance(message, dict) else None
+        why = str(error.get("message", "")) if isinstance(error, dict) else body.strip()[:300]
+        status = response.status_code
+        if not self.era.http_session and (status in (401, 403) or status >= 500):
+            hint = HINTS.get(status, "")
+            raise CannotConnect(f"daemon at {self.url} rejected the connection: HTTP {status}: {why}{hint}")
+        if status == 404:
+            reason = f"the daemon ended the session (HTTP 404: {why})"
+            self._close(reason)
+            raise WireClosed(reason)
+        if isinstance(message, dict) and isinstance(error, dict):
+            if message.get("id") is None and request_id is not None:
+                message["id"] = request_id
+            self._deliver(json.dumps(message))
+        else:
+            self._request_lost(request_id, f"the daemon answered HTTP {status}: {why}")
+
+
+NOT_OWED: Final = "the daemon ended this request's answer without a response (cancelled, or its session ended)"
+HINTS: Final = {
+    401: " (wrong or missing token: set EXAI_AUTH_TOKEN or pass --token)",
+    503: " (the daemon is at its connection limit or not ready)",
+}
+
+
+def _is_sse(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
+def _answers(message: Any, request_id: RequestId | None) -> bool:
+    return (
+        request_id is not None
+        and isinstance(message, dict)
+        and "method" not in message
+        and message.get("id") == request_id
+    )
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):  # send_raw may carry anything, 100 000 "[" too
+        return None
+
+
+def _request_id_of(text: str) -> RequestId | None:
+    """The id of a request given as text (None for a notification, a response or junk)."""
+    message = _json_or_none(text)
+    if isinstance(message, dict) and "method" in message:
+        request_id = message.get("id")
+        if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+            return request_id
+    return None
+
+
+def _hand(waiter: trio.MemorySendChannel[tuple[str, dict[str, Any]]], item: tuple[str, dict[str, Any]]) -> None:
+    """Give a waiting caller its message; one that just stopped waiting needs none."""
+    try:
+        waiter.send_nowait(item)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 def _hashable(value: Any) -> bool:
@@ -406,10 +814,7 @@ def _unwrap_single() -> Iterator[None]:
 
 def _rejection(url: str, exc: ConnectionRejected) -> CannotConnect:
     body = (exc.body or b"").decode("utf-8", errors="replace").strip()[:300]
-    hint = {
-        401: " (wrong or missing token: set EXAI_AUTH_TOKEN or pass --token)",
-        503: " (the daemon is at its connection limit or not ready)",
-    }.get(exc.status_code, "")
+    hint = HINTS.get(exc.status_code, "")
     detail = f": {body}" if body else ""
     return CannotConnect(
         f"daemon at {url} rejected the connection: HTTP {exc.status_code}{detail}{hint}"
@@ -506,6 +911,38 @@ async def open_websocket(
 
 
 @asynccontextmanager
+async def _websocket_wire(
+    url: str, era: LegacyEra, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
+) -> AsyncIterator[WebSocketWire]:
+    async with open_websocket(
+        url, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
+    ) as ws:
+        yield WebSocketWire(ws)
+
+
+@asynccontextmanager
+async def _http_wire(
+    url: str, era: LegacyEra, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
+) -> AsyncIterator[HttpWire]:
+    """An httpx client for the daemon's /mcp URL. Reading has no timeout of its own (an SSE
+    stream lasts as long as its call); connecting and writing do."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx.Timeout(None, connect=connect_timeout, write=SEND_TIMEOUT_SECS)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=HTTP_KEEPALIVE_CONNECTIONS)
+    async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits) as http:
+        wire = HttpWire(http, url, era)
+        try:
+            yield wire
+        finally:
+            await wire.end_session()
+
+
+HTTP_KEEPALIVE_CONNECTIONS: Final = 32
+WireOpener = Callable[..., AbstractAsyncContextManager[Wire]]
+WIRES: Final[dict[str, WireOpener]] = {"ws": _websocket_wire, "wss": _websocket_wire, "http": _http_wire, "https": _http_wire}
+
+
+@asynccontextmanager
 async def connect(
     url: str,
     *,
@@ -515,20 +952,28 @@ async def connect(
     subprotocols: Iterable[str] = ("mcp",),
     connect_timeout: float = CONNECT_TIMEOUT_SECS,
 ) -> AsyncIterator[ExaiClient]:
-    """Open an MCP session with the daemon at `url` (`ws://host:port/`).
+    """Open an MCP session with the daemon at `url`: `ws://host:port/` (WebSocket) or
+    `http://host:port/mcp` (Streamable HTTP); the same client either way.
 
-    Raises CannotConnect when the connection or handshake fails, RpcError if `initialize`
-    is refused. On leaving, the reader task is cancelled and the WebSocket closed with code
-    1000; callers still waiting get ConnectionLost.
+    Raises CannotConnect when the connection or handshake fails (over HTTP: when the daemon
+    refuses `initialize` with an HTTP error), RpcError if `initialize` is refused. On
+    leaving, the wire's tasks are cancelled and the connection closed (WebSocket: code 1000;
+    HTTP: the session is ended with DELETE); callers still waiting get ConnectionLost.
     """
-    async with open_websocket(
-        url, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
-    ) as ws:
-        client = ExaiClient(ws)
+    opener = WIRES.get(urllib.parse.urlsplit(url).scheme)
+    if opener is None:
+        raise CannotConnect(
+            f"invalid daemon URL {url!r}: the scheme must be ws://, wss://, http:// or https://"
+        )
+    era = LegacyEra(protocol_version)
+    async with opener(
+        url, era, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
+    ) as wire:
+        client = ExaiClient(wire, era)
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(client._read_loop)
+                await nursery.start(wire.run, client)
                 if initialize:
-                    await client._initialize(protocol_version)
+                    await era.open(client)
                 yield client
                 nursery.cancel_scope.cancel()

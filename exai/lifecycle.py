@@ -7,10 +7,9 @@ call started (slot, HTTP request) outlives it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -32,7 +31,16 @@ from exai.protocol import (
 )
 from exai.providers.base import CallBudget, ProviderError
 from exai.store import Store, StoreUnavailable
-from exai.tools.base import CallUsage, ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import (
+    Activity,
+    CallUsage,
+    ModelArgs,
+    Shown,
+    Tool,
+    ToolArgumentError,
+    ToolContext,
+    ToolOutput,
+)
 
 # At most this many progress notifications per second per call.
 PROGRESS_INTERVAL_S = 0.25
@@ -58,10 +66,7 @@ class InflightCall:
     deadline: float
     scope: trio.CancelScope
     reason: CancelReason | None = None
-    # The monitor reads snapshots from its own thread and clock: ages use the system's.
-    arrived_monotonic: float = field(default_factory=time.monotonic)
-    # What the call is doing now (model, workflow step, progress message), shared with its ToolContext.
-    activity: dict[str, Any] = field(default_factory=dict)
+    activity: Activity = field(default_factory=Activity)  # replaced by the call as it goes
 
     def cancel(self, reason: CancelReason) -> None:
         """Cancel the call; the first reason given is the one recorded."""
@@ -69,20 +74,20 @@ class InflightCall:
             self.reason = reason
         self.scope.cancel()
 
-    def snapshot(self, now_monotonic: float) -> dict[str, Any]:
-        age = now_monotonic - self.arrived_monotonic
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The call as /api/status shows it at `now`, on trio's clock (the loop's own)."""
         activity = self.activity
         return {
             "id": self.id,
             "connection": self.connection_id,
             "tool": self.tool,
-            "age_s": round(age, 3),
-            "deadline_s": round(max(0.0, self.deadline - self.arrived - age), 3),
+            "age_s": round(now - self.arrived, 3),
+            "deadline_s": round(max(0.0, self.deadline - now), 3),
             "timeout_s": round(self.deadline - self.arrived, 3),
-            "state": activity.get("state", "queued"),
-            "model": activity.get("model"),
-            "step": activity.get("step"),
-            "message": activity.get("message"),
+            "state": activity.state,
+            "model": activity.model,
+            "step": activity.step,
+            "message": activity.message,
         }
 
 
@@ -120,23 +125,23 @@ class Calls(Alive[tuple[str, RequestId], InflightCall]):
     """Every call in flight in the daemon, by (connection id, request id)."""
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Safe to call from another thread (the monitor's): copies before iterating."""
-        now = time.monotonic()
-        return [call.snapshot(now) for call in list(self.active.values())]
+        """Every call as /api/status shows it now; on the daemon's loop only."""
+        now = trio.current_time()
+        return [call.snapshot(now) for call in self.active.values()]
 
 
 class Progress:
     """Progress notifications of one call: strictly increasing, a few per second at most."""
 
-    def __init__(self, token: str | int | None, send: Send, activity: dict[str, Any] | None = None):
+    def __init__(self, token: str | int | None, send: Send, call: Shown):
         self.token = token
         self._send = send
-        self._activity = {} if activity is None else activity
+        self._call = call
         self._count = 0
         self._last = -PROGRESS_INTERVAL_S
 
     async def report(self, message: str) -> None:
-        self._activity["message"] = message  # the monitor shows it, token or not
+        self._call.activity = replace(self._call.activity, message=message)  # shown, token or not
         if self.token is None:
             return
         now = trio.current_time()
@@ -178,7 +183,7 @@ async def run_tool_call(
     """
     rid = f"{call.connection_id}/{call.id}"
     log = logger.bind(rid=rid)
-    progress = Progress(request.progress_token, send, call.activity)
+    progress = Progress(request.progress_token, send, call)
     budget = CallBudget(services.settings.max_provider_calls)
     ctx = ToolContext(
         request_id=rid,
@@ -188,7 +193,7 @@ async def run_tool_call(
         store=services.store,
         report=progress.report,
         status=services.status,
-        activity=call.activity,
+        call=call,
     )
     outcome = "cancelled"  # stays so only if an enclosing scope (the daemon's) cancels the call
     response: dict[str, Any] | None = None
@@ -201,7 +206,7 @@ async def run_tool_call(
                 if isinstance(args, ModelArgs):
                     ctx.thinking = args.thinking
                 async with services.limits.admit(session_slots):
-                    call.activity["state"] = "running"
+                    call.activity = replace(call.activity, state="running")
                     output = await tool.run(args, ctx)
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
@@ -217,9 +222,9 @@ async def run_tool_call(
             metrics.labelled(metrics.cancellations_total, reason.value).inc()
             outcome = f"cancelled_{reason.value}"
             response = _cancelled_response(call, reason)
-            if response is not None and "continuation_id" in ctx.activity:
+            if response is not None and ctx.continuation_id is not None:
                 # The steps it finished are saved: say where, so the work can go on.
-                response["error"]["data"]["continuation_id"] = ctx.activity["continuation_id"]
+                response["error"]["data"]["continuation_id"] = ctx.continuation_id
     except Overloaded as exc:
         outcome = "overloaded"
         response = error_message(call.id, exc.code, exc.message, exc.data)

@@ -1,9 +1,12 @@
 """The monitor: health, readiness, Prometheus metrics, JSON status and history, a live dashboard.
 
-It runs on its own thread and event loop; every answer is a snapshot of in-memory state, so
-it stays fast while the daemon is saturated. With EXAI_AUTH_TOKEN set, everything but
-/healthz and /readyz needs the token: a Bearer header, or the dashboard's cookie, which
-`/?token=` sets once.
+It runs on its own thread and event loop, and answers from the snapshot the daemon's heartbeat
+publishes (server.Snapshot: built on the daemon's loop, never changed after), so it stays fast
+while the daemon is saturated and never reads the daemon's live objects; the one exception is
+the History, a ring made for this with its own lock. Status is at most one beat old.
+
+With EXAI_AUTH_TOKEN set, everything but /healthz and /readyz needs the token: a Bearer
+header, or the dashboard's cookie, which `/?token=` sets once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import uuid
 from functools import cache, partial
 from importlib.resources import files
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote_to_bytes
 
 import trio
@@ -25,20 +28,27 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from trio.testing import MockClock
 
 from exai import metrics
 from exai.asgi import lifespan
 from exai.store import Store, StoreUnavailable
 
+if TYPE_CHECKING:
+    from exai.server import Daemon
+
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, str, bytes, Headers]
 
-# The daemon's loop beats every HEARTBEAT_S; /healthz fails once it has been silent this long.
-HEARTBEAT_S: Final = 0.25
+# The daemon's loop beats every HEARTBEAT_S, each beat a fresh snapshot; /healthz fails once
+# it has been silent this long.
+HEARTBEAT_S: Final = 0.1
 HEALTH_STALL_S: Final = 2.0
 STORE_CHECK_S: Final = 0.5  # how often the store is asked whether it answers (/readyz)
-THREADS_EVERY: Final = 40  # heartbeats between two counts of the stored threads (10 s)
+# /api/status and /metrics ask the daemon's loop for a snapshot of this moment and wait this
+# long for it; a saturated loop that has not built it by then gets the last beat's.
+FRESH_WAIT_S: Final = 0.05
+FRESH_PATHS: Final = frozenset({"/api/status", "/metrics"})
+THREADS_EVERY: Final = 100  # heartbeats between two counts of the stored threads (10 s)
 MAX_SINCE_DIGITS: Final = 12  # /api/history?since= is a Unix second
 COOKIE: Final = b"exai_dashboard"
 # The dashboard's files, served from the package (no CDN, no build step).
@@ -55,12 +65,12 @@ PAGE_HEADERS: Final = [
 ]
 
 
-async def heartbeat(daemon: Any) -> None:
-    """Prove, for /healthz, that the daemon's event loop runs; feed the history its load
-    gauges and provider totals, and now and then the stored threads' count; until cancelled."""
+async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Publish the monitor's snapshot every beat (its time proves, for /healthz, that the
+    daemon's loop runs); feed the history its load gauges and provider totals, and now and
+    then the stored threads' count; until cancelled. Started once the first one is out."""
     beats = 0
     while True:
-        daemon.heartbeat = time.monotonic()
         services = daemon.services
         history = services.history
         history.sample(
@@ -70,6 +80,9 @@ async def heartbeat(daemon: Any) -> None:
         )
         if beats % THREADS_EVERY == 0:
             history.threads = await _count_threads(services.store)
+        daemon.publish()
+        if beats == 0:
+            task_status.started()
         beats += 1
         await trio.sleep(HEARTBEAT_S)
 
@@ -103,7 +116,7 @@ async def _count_threads(store: Store) -> int | None:
         return None
 
 
-def monitor_app(daemon: Any) -> Any:
+def monitor_app(daemon: Daemon) -> Any:
     """The ASGI app over a Daemon's state."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -113,6 +126,8 @@ def monitor_app(daemon: Any) -> Any:
         if scope["type"] != "http":
             return
         try:
+            if scope["path"] in FRESH_PATHS:
+                await fresh_snapshot(daemon)
             status, content_type, body, extra = route(
                 daemon, scope["method"], scope["path"], scope.get("query_string", b""), scope.get("headers", [])
             )
@@ -132,21 +147,47 @@ def monitor_app(daemon: Any) -> Any:
     return app
 
 
-def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
+async def fresh_snapshot(daemon: Daemon, wait: float = FRESH_WAIT_S) -> None:
+    """On the monitor's loop: have the daemon's loop publish a snapshot of now, waiting at most
+    `wait` for it (a call that just ended is not shown as running for a heartbeat). The
+    daemon's loop builds it, as every snapshot; this thread still reads only the reference."""
+    if daemon.loop is None:
+        return
+    built = trio.Event()
+    monitor = trio.lowlevel.current_trio_token()
+
+    def publish() -> None:  # on the daemon's loop; nothing may escape a run_sync_soon callback
+        try:
+            daemon.publish()
+        except Exception:
+            logger.exception("the monitor's snapshot could not be built; the last one is shown")
+        with contextlib.suppress(trio.RunFinishedError):
+            monitor.run_sync_soon(built.set)
+
+    try:
+        daemon.loop.run_sync_soon(publish)
+    except trio.RunFinishedError:  # the daemon's loop is gone: its last snapshot stands
+        return
+    with trio.move_on_after(wait):
+        await built.wait()
+
+
+def route(daemon: Daemon, method: str, path: str, query: bytes = b"", headers: Headers | None = None) -> Response:
     """(status, content type, body, extra headers) for one monitor request."""
     if method not in ("GET", "HEAD"):
         return 405, "text/plain", b"method not allowed\n", [(b"allow", b"GET, HEAD")]
+    snapshot = daemon.snapshot  # one read: every answer below is of the same moment
     if path == "/healthz":
-        stalled = time.monotonic() - daemon.heartbeat
+        stalled = time.monotonic() - snapshot.beat
         if stalled > HEALTH_STALL_S:
             return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode(), []
         return 200, "text/plain", b"ok", []
     if path == "/readyz":
-        if daemon.ready and daemon.store_problem is not None:
-            return 503, "application/json", _json({"ready": False, "reason": daemon.store_problem}), []
-        if daemon.ready:
+        if snapshot.ready and snapshot.store_problem is not None:
+            return 503, "application/json", _json({"ready": False, "reason": snapshot.store_problem}), []
+        if snapshot.ready:
             return 200, "application/json", _json({"ready": True}), []
-        why = "draining: shutting down" if daemon.draining else "starting"
+        why = "draining: shutting down" if snapshot.draining else "starting"
         return 503, "application/json", _json({"ready": False, "reason": why}), []
     secret = daemon.settings.auth_token
     if secret is not None:
@@ -155,17 +196,16 @@ def route(daemon: Any, method: str, path: str, query: bytes = b"", headers: Head
         if refused is not None:
             return refused
     if path == "/metrics":
-        refresh_gauges(daemon)
+        refresh_gauges(snapshot.status)
         return 200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY), []
     if path == "/api/status":
-        return 200, "application/json", _json(daemon.status() | {"threads": daemon.services.history.threads}), []
+        return 200, "application/json", _json(snapshot.status), []
     if path == "/api/history":
         since = _query(query, b"since")
         if since is not None and not (since.isdigit() and len(since) <= MAX_SINCE_DIGITS):
             return 400, "text/plain", b"since must be a whole number of seconds (a Unix time)\n", []
         history = daemon.services.history.snapshot(int(since) if since is not None else None)
-        limits = daemon.limits
-        history["limits"] = {"inflight": int(limits.global_slots.total_tokens), "queued": limits.max_queued}
+        history["limits"] = snapshot.limits
         return 200, "application/json", _json(history), []
     if path in ASSETS:
         name, content_type = ASSETS[path]
@@ -211,9 +251,9 @@ def _asset(name: str) -> bytes:
     return files("exai.dashboard").joinpath(name).read_bytes()
 
 
-def refresh_gauges(daemon: Any) -> None:
-    """Gauges that mirror limiter state are read at scrape time, so they cannot drift."""
-    for name, stats in daemon.limits.statistics().items():
+def refresh_gauges(status: dict[str, Any]) -> None:
+    """Gauges that mirror limiter state are set from the snapshot at scrape time, so they cannot drift."""
+    for name, stats in status.get("limiters", {}).items():
         if not name.startswith("session:"):
             metrics.limiter_borrowed.labels(name).set(stats["borrowed"])
 
@@ -222,16 +262,8 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _shareable_clock() -> trio.abc.Clock | None:
-    """The daemon's clock, when it is trio's stateless system clock, so the monitor's loop
-    reads deadlines and circuit cooldowns on the daemon's time scale (each default clock has
-    its own random offset). A test's MockClock belongs to one run only: not shared."""
-    clock = trio.lowlevel.current_clock()
-    return None if isinstance(clock, MockClock) else clock
-
-
 async def serve_monitor(
-    daemon: Any, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    daemon: Daemon, host: str, port: int, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the monitor until cancelled; task_status gets its base URL (real port).
 
@@ -245,7 +277,6 @@ async def serve_monitor(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.5
-    clock = _shareable_clock()
     handoff: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException] = queue.Queue()
 
     def run_in_thread() -> None:
@@ -257,7 +288,7 @@ async def serve_monitor(
                 handoff.put((binds[0].rstrip("/"), trio.lowlevel.current_trio_token(), stop))
 
         try:
-            trio.run(main, clock=clock)
+            trio.run(main)
         except BaseException as exc:  # reaches the daemon's loop through the handoff
             handoff.put(exc)
 

@@ -61,7 +61,9 @@ from exai.providers.transport import TrioH11Transport
 from exai.store import read_thread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from h11sim import H11Sim
+from harness import read_until, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
@@ -93,14 +95,6 @@ def compared(direct: list[float], through: list[float], added: str = "added") ->
     }
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def cpu_times(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process, all its threads, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -123,18 +117,6 @@ def run_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that just ended
     return total / 1e9
-
-
-async def read_line_matching(stream: Any, pattern: bytes) -> re.Match[bytes]:
-    buffer = b""
-    while True:
-        match = re.search(pattern, buffer)
-        if match:
-            return match
-        chunk = await stream.receive_some()
-        if not chunk:
-            raise RuntimeError(f"process exited before printing {pattern!r}: {buffer!r}")
-        buffer += chunk
 
 
 async def _ignore_progress(params: dict[str, Any]) -> None:
@@ -168,7 +150,10 @@ class _Socket:
 
 
 class HttpMcpClient:
-    """The benchmark's MCP Streamable HTTP client (CONTRACT §3b): POST /mcp, one session.
+    """The benchmark's lean load generator for MCP Streamable HTTP (CONTRACT §3b): POST /mcp,
+    one session. Not a client library: the one client is `exai.client` (`connect("http://...")`,
+    httpx + httpx-sse), which the tests, the CLI, the bridge and the soak use; this one exists
+    only so the load generator does not measure itself, for this reason:
 
     h11 on kept-alive trio sockets (HTTP/1.1 carries one POST at a time, so a socket per call
     in flight, pooled), SSE events cut by httpx-sse's decoder. httpx.AsyncClient + aconnect_sse
@@ -898,7 +883,7 @@ async def daemon_process(env: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
     daemon = await trio.lowlevel.open_process([*EXAI, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(60):
-            found = await read_line_matching(
+            found = await read_until(
                 daemon.stdout, rb"listening on (ws://\S+)\s+exai monitor on (http://\S+)\s+exai http on (http://\S+)\s"
             )
         url, monitor, http = (group.decode() for group in found.groups())
@@ -914,7 +899,7 @@ async def floor_process(env: dict[str, str], sim_url: str) -> AsyncIterator[dict
                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(30):
-            found = await read_line_matching(relay.stdout, rb"floor relay on (ws://\S+)\s")
+            found = await read_until(relay.stdout, rb"floor relay on (ws://\S+)\s")
         yield {"url": found.group(1).decode(), "pid": relay.pid}
     finally:
         await stop(relay, signal.SIGTERM, grace=5)
@@ -1033,7 +1018,7 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                 [*EXAI, "mock-provider", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
         try:
-            sim_url = (await read_line_matching(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
+            sim_url = (await read_until(sim.stdout, rb"(http://127\.0\.0\.1:\d+/v1)")).group(1).decode()
             denv = daemon_env(env, sim_url, local_sim.url)
             async with daemon_process(denv) as daemon, AsyncExitStack() as stack:
                 floor = await stack.enter_async_context(floor_process(env, sim_url)) if opts.floor else None

@@ -33,13 +33,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,17 +45,18 @@ import time
 import traceback
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import httpx
 import trio
-from httpx_sse import EventSource
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed
 
 from exai.client import CannotConnect, ConnectionLost, ExaiClient, RpcError, connect, open_websocket
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from harness import HttpAnswer, RawMcpHttp, read_until, rss_kib, status_leaks, stop_process
 
 EXAI: Final = [sys.executable, "-c", "from exai.cli import main; main()"]
 TOKEN: Final = "soak-token-0123456789"
@@ -96,37 +95,6 @@ RSS_GROWTH_MAX: Final = 0.10
 
 
 # -- processes -------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def read_until(stream: Any, pattern: bytes, seen: bytearray) -> re.Match[bytes]:
-    while True:
-        match = re.search(pattern, seen)
-        if match:
-            return match
-        chunk = await stream.receive_some()
-        if not chunk:
-            raise RuntimeError(f"process exited before printing {pattern!r}: {bytes(seen)!r}")
-        seen += chunk
-
-
-async def stop_process(proc: trio.Process, timeout: float = 15.0) -> int | None:
-    """SIGTERM, then wait; kill if it does not end. The exit code, or None if it was killed."""
-    if proc.returncode is not None:
-        return proc.returncode
-    proc.send_signal(signal.SIGTERM)
-    with trio.move_on_after(timeout):
-        return await proc.wait()
-    proc.kill()
-    await proc.wait()
-    return None
 
 
 # -- bookkeeping -------------------------------------------------------------------------
@@ -317,9 +285,14 @@ async def other_tool(soak: Soak, client: ExaiClient) -> str:
             ("listmodels", {}),
             ("status", {}),
             ("chat", {"prompt": 7}),  # fails the tool's schema: an isError result
+            ("tools/list", None),
+            ("ping", None),
         ]
     )
     try:
+        if arguments is None:  # a method, not a tool
+            await client.request(name)
+            return "ok"
         result = await client.call_tool(name, arguments)
         return result_outcome(soak, result)
     except (RpcError, ConnectionLost) as exc:
@@ -341,7 +314,7 @@ async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
                     if action == "disconnect":
                         await disconnect_mid_call(soak, tag)
                     elif action == "burst":
-                        await burst(soak, client, tag)
+                        await burst(soak, client, tag, soak.record)
                     elif action == "outage":
                         await outage(soak, client, tag)
                     elif action == "other_tool":
@@ -359,11 +332,11 @@ async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
             await trio.sleep(0.2)
 
 
-async def burst(soak: Soak, client: ExaiClient, tag: str) -> None:
+async def burst(soak: Soak, client: ExaiClient, tag: str, record: Callable[[str, str], None]) -> None:
     """More calls at once than the session may run: they queue, or overflow it."""
 
     async def one(i: int) -> None:
-        soak.record("burst", await one_chat(soak, client, "latency", f"{tag}-{i}"))
+        record("burst", await one_chat(soak, client, "latency", f"{tag}-{i}"))
 
     async with trio.open_nursery() as nursery:
         for i in range(soak.rng.randint(5, 10)):
@@ -636,29 +609,6 @@ class HttpTrouble(Exception):
     """An HTTP exchange that did not give what the contract owes a well-behaved client."""
 
 
-@dataclass
-class HttpAnswer:
-    """What one HTTP request got: its status and JSON-RPC messages (SSE events or a JSON body)."""
-
-    status: int
-    content_type: str = ""
-    session_id: str | None = None
-    messages: list[Any] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
-    text: str = ""  # what was not JSON, for the report
-    dropped: bool = False  # the client left the stream before it ended
-
-    def response(self) -> dict[str, Any] | None:
-        """The JSON-RPC response among the messages (on a stream, the last), if any."""
-        for message in reversed(self.messages):
-            if isinstance(message, dict) and "method" not in message and ("result" in message or "error" in message):
-                return message
-        return None
-
-    def describe(self) -> str:
-        return f"HTTP {self.status} {self.content_type}: {(self.text or json.dumps(self.messages))[:160]}"
-
-
 def rpc(id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
     if params is not None:
@@ -666,112 +616,55 @@ def rpc(id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str,
     return message
 
 
-class HttpMcp:
-    """One Streamable HTTP session, driven raw with httpx (and httpx-sse for its streams)."""
+class HttpMcp(RawMcpHttp):
+    """One Streamable HTTP session driven raw (the harness's sender), with the soak's
+    bookkeeping: for the clients that drop streams or walk away, and for the fuzz client."""
 
     def __init__(self, soak: Soak, http: httpx.AsyncClient, name: str):
+        super().__init__(http, soak.http_url, TOKEN)
         self.soak = soak
-        self.http = http
         self.name = name
-        self.session_id: str | None = None
         self.overloaded = 0  # calls refused with -32000 ("Server overloaded"), for backing off
         self._ids = itertools.count(1)
 
     def next_id(self) -> str:
         return f"{self.name}-{next(self._ids)}"
 
-    def headers(self, **extra: str | bytes | None) -> dict[str, str | bytes]:
-        """A well-behaved client's headers; `extra` changes some (None leaves one out)."""
-        headers: dict[str, str | bytes] = {
-            "Accept": ACCEPT_BOTH,
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {TOKEN}",
-            "MCP-Protocol-Version": HTTP_VERSION,
-        }
-        if self.session_id is not None:
-            headers["Mcp-Session-Id"] = self.session_id
-        for name, value in extra.items():
-            name = name.replace("_", "-")
-            if value is None:
-                headers.pop(name, None)
-            else:
-                headers[name] = value
-        return headers
+    def headers(self, **extra: str | bytes | None) -> dict[str, Any]:
+        return super().headers(**{"MCP-Protocol-Version": HTTP_VERSION, **extra})
 
-    async def exchange(
-        self,
-        method: str,
-        *,
-        content: Any = None,
-        headers: Any = None,
-        url: str | None = None,
-        drop_when: Callable[[HttpAnswer], bool] | None = None,
-        hold_s: float = math.inf,
-        progressed: trio.Event | None = None,
-    ) -> HttpAnswer:
-        """One HTTP request and its answer, read to its end; once `drop_when` holds of what
-        came so far, or after `hold_s` seconds, the client leaves a stream early (which closes
-        its connection). `progressed` is set at the stream's first progress notification."""
-        async with self.http.stream(
-            method, url or self.soak.http_url, content=content, headers=self.headers() if headers is None else headers
-        ) as response:
-            answer = HttpAnswer(
-                response.status_code, response.headers.get("content-type", ""), response.headers.get("mcp-session-id")
-            )
-            if not answer.content_type.startswith("text/event-stream"):
-                body = await response.aread()
-                if body:
-                    try:
-                        answer.messages.append(json.loads(body))
-                    except ValueError:
-                        answer.text = body.decode(errors="replace")
-                return answer
-            answer.dropped = True
-            with trio.move_on_after(hold_s):
-                async with aclosing(EventSource(response).aiter_sse()) as events:
-                    async for event in events:
-                        answer.event_ids.append(event.id)
-                        if event.data:
-                            try:
-                                answer.messages.append(json.loads(event.data))
-                            except ValueError:
-                                answer.text += event.data
-                            if progressed is not None and progress_count(answer):
-                                progressed.set()
-                        if drop_when is not None and drop_when(answer):
-                            return answer
-                answer.dropped = False
-            return answer
-
-    async def post(self, message: Any, **kwargs: Any) -> HttpAnswer:
+    async def send(self, message: Any, **kwargs: Any) -> HttpAnswer:
         answer = await self.exchange("POST", content=json.dumps(message), **kwargs)
         error = (answer.response() or {}).get("error")
         if isinstance(error, dict) and error.get("code") == -32000:
             self.overloaded += 1
         return answer
 
-    async def initialize(self) -> None:
+    async def open(self) -> None:
         """Open the session: initialize (its answer carries the session id), then initialized."""
         params = {"protocolVersion": HTTP_VERSION, "capabilities": {}, "clientInfo": {"name": "exai-soak", "version": "0"}}
-        answer = await self.post(rpc(0, "initialize", params))
+        answer = await self.send(rpc(0, "initialize", params))
         response = answer.response()
         if answer.status != 200 or not answer.session_id or response is None or "result" not in response:
             raise HttpTrouble(f"initialize: {answer.describe()}")
         self.session_id = answer.session_id
         self.soak.http["opened"] += 1
-        note = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        note = await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         if note.status != 202:
             raise HttpTrouble(f"notifications/initialized: {note.describe()}")
 
-    async def delete(self) -> None:
+    async def end(self) -> None:
         """End the session, as a well-behaved client does: 204, then its id is unknown."""
-        response = await self.http.delete(self.soak.http_url, headers=self.headers())
+        response = await self.delete()
         if response.status_code != 204:
             raise HttpTrouble(f"DELETE: HTTP {response.status_code} {response.text[:160]}")
         self.soak.http["deleted"] += 1
-        after = await self.post(rpc(self.next_id(), "ping"))
+        await self.expect_ended("a ping after DELETE")
+
+    async def expect_ended(self, what: str) -> None:
+        after = await self.send(rpc(self.next_id(), "ping"))
         if after.status != 404:
-            raise HttpTrouble(f"a ping after DELETE: {after.describe()}, expected HTTP 404")
+            raise HttpTrouble(f"{what}: {after.describe()}, expected HTTP 404")
 
 
 def http_outcome(soak: Soak, what: str, answer: HttpAnswer, request_id: Any, *, no_response: str = "no_response") -> str:
@@ -844,62 +737,6 @@ def chat_call(soak: Soak, s: HttpMcp, tag: str, behaviour: dict[str, Any], strea
     return request_id, rpc(request_id, "tools/call", params)
 
 
-async def http_chat(soak: Soak, s: HttpMcp, action: str, tag: str) -> str:
-    behaviour, stream, timeout = directive(action, soak.rng)
-    request_id, message = chat_call(soak, s, tag, behaviour, stream, timeout)
-    if action != "client_cancel":
-        return http_outcome(soak, action, await s.post(message), request_id)
-    # Cancelled with notifications/cancelled: the stream ends with no response (or with the
-    # answer, when the call was done first).
-    answers: list[HttpAnswer] = []
-
-    async def post() -> None:
-        answers.append(await s.post(message))
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(post)
-        await trio.sleep(soak.rng.uniform(0.05, 1.0))
-        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id, "reason": "soak"}}
-        note = await s.post(cancel)
-        if note.status != 202:
-            soak.unexpected.append(f"http notifications/cancelled: {note.describe()}, expected HTTP 202")
-    return http_outcome(soak, action, answers[0], request_id, no_response="cancelled_by_client")
-
-
-async def http_other_tool(soak: Soak, s: HttpMcp) -> str:
-    method, params = soak.rng.choice(
-        [
-            ("tools/call", {"name": "version", "arguments": {}}),
-            ("tools/call", {"name": "listmodels", "arguments": {}}),
-            ("tools/call", {"name": "status", "arguments": {}}),
-            ("tools/call", {"name": "chat", "arguments": {"prompt": 7}}),  # fails the schema: isError
-            ("tools/list", {}),
-            ("ping", {}),
-        ]
-    )
-    request_id = s.next_id()
-    what = f"{method} {json.dumps(params)[:60]}"
-    answer = await s.post(rpc(request_id, method, params))
-    if method == "tools/call":
-        return http_outcome(soak, what, answer, request_id)
-    response = answer.response()
-    if answer.status != 200 or response is None or "result" not in response:
-        soak.unexpected.append(f"http {what}: {answer.describe()}")
-        return "bad_response"
-    return "ok"
-
-
-async def http_burst(soak: Soak, s: HttpMcp, tag: str) -> None:
-    """More calls at once than the session may run, each on its own HTTP request."""
-
-    async def one(i: int) -> None:
-        soak.record_http("burst", await http_chat(soak, s, "latency", f"{tag}-{i}"))
-
-    async with trio.open_nursery() as nursery:
-        for i in range(soak.rng.randint(5, 10)):
-            nursery.start_soon(one, i)
-
-
 async def http_drop_stream(soak: Soak, s: HttpMcp, tag: str) -> str:
     """A call whose SSE stream the client drops early; it comes back with Last-Event-ID
     (maybe dropping that stream too) and must get the call's response. A call refused as
@@ -917,7 +754,7 @@ async def http_drop_stream(soak: Soak, s: HttpMcp, tag: str) -> str:
         attempts -= 1
         request_id, message = chat_call(soak, s, tag, behaviour, stream=True)
         overloaded = s.overloaded
-        seen = await s.post(message, drop_when=lambda answer: progress_count(answer) >= wanted and bool(answer.event_ids))
+        seen = await s.send(message, drop_when=lambda answer: answer.progress_count() >= wanted and bool(answer.event_ids))
         if seen.dropped and seen.response() is None:
             break
         outcome = http_outcome(soak, "drop_stream", seen, request_id)  # done before the drop
@@ -945,57 +782,108 @@ async def http_drop_stream(soak: Soak, s: HttpMcp, tag: str) -> str:
     outcome = http_outcome(soak, "drop_stream", seen, request_id)
     if seen.response() is not None:
         soak.http["reconnect_result"] += 1
-        if progress_count(seen) and outcome in ("ok", "tool_error"):
+        if seen.progress_count() and outcome in ("ok", "tool_error"):
             soak.http["reconnect_ran"] += 1  # it ran when its stream was dropped, and finished
     return outcome
 
 
-def progress_count(answer: HttpAnswer) -> int:
-    return sum(1 for m in answer.messages if isinstance(m, dict) and m.get("method") == "notifications/progress")
-
-
 async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) -> None:
-    """A session of its own, DELETEd while its calls run: each stream ends with no response
-    (the sampler sees that none of their provider requests outlives the session). The first
-    call streams, and is asked again while refused as overloaded: the DELETE comes once it
-    shows progress (so it runs at the provider) or has ended, or after 3 s."""
+    """A session of its own (the client library), DELETEd while its calls run: each call ends
+    with no response, or, sent after the DELETE, is refused with 404 (the sampler sees that
+    none of their provider requests outlives the session). The first call streams, and is
+    asked again while refused as overloaded: the DELETE comes once it shows progress (so it
+    runs at the provider) or has ended, or after 3 s."""
     rng = soak.rng
-    s = HttpMcp(soak, http, f"{tag}d")
-    await s.initialize()
-    answers: list[tuple[str, HttpAnswer]] = []
+    outcomes: list[str] = []
     running = trio.Event()
     deleted = False
+    async with connect(soak.http_url, token=TOKEN) as client:
+        soak.http["opened"] += 1
+        raw = HttpMcp(soak, http, f"{tag}d")
+        raw.session_id = client.session_id
 
-    async def one(i: int) -> None:
-        while True:
-            behaviour = rng.choice([{"hang": True}, {"latency_s": 3.0}, {"chunks": 20, "chunk_delay_s": 0.2}])
-            stream = rng.random() < 0.5
-            if i == 0:
-                behaviour, stream = {"chunks": 20, "chunk_delay_s": 0.2}, True
-            request_id, message = chat_call(soak, s, f"{tag}-{i}", behaviour, stream=stream)
-            overloaded = s.overloaded
-            answer = await s.post(message, progressed=running if i == 0 else None)
-            answers.append((request_id, answer))
-            if i > 0:
-                return
-            if s.overloaded == overloaded or deleted:
-                running.set()  # done without progress (a failing provider): nothing to wait for
-                return
-            await trio.sleep(rng.uniform(0.1, 0.3))
+        def progressed(params: dict[str, Any]) -> None:
+            running.set()
 
-    async with trio.open_nursery() as nursery:
-        for i in range(rng.randint(1, 3)):
-            nursery.start_soon(one, i)
-        with trio.move_on_after(3.0):
-            await running.wait()
-        await trio.sleep(rng.uniform(0.0, 0.3))
-        deleted = True
-        await s.delete()
-    for request_id, answer in answers:
-        if answer.status == 404:  # its POST came after the DELETE
-            soak.record_http("delete_mid_call", "refused_after_delete")
-            continue
-        soak.record_http("delete_mid_call", http_outcome(soak, "delete_mid_call", answer, request_id, no_response="ended_by_delete"))
+        async def one(i: int) -> None:
+            while True:
+                behaviour = rng.choice([{"hang": True}, {"latency_s": 3.0}, {"chunks": 20, "chunk_delay_s": 0.2}])
+                stream = rng.random() < 0.5
+                if i == 0:
+                    behaviour, stream = {"chunks": 20, "chunk_delay_s": 0.2}, True
+                arguments = {"prompt": f"soak {tag}-{i}\n#sim {json.dumps(behaviour)}", "model": rng.choice(MODELS)}
+                on_progress = progressed if i == 0 else (ignore_progress if stream else None)
+                try:
+                    outcome = result_outcome(soak, await client.call_tool("chat", arguments, on_progress=on_progress))
+                except RpcError as exc:
+                    outcome = failure(soak, "delete_mid_call", exc)
+                except ConnectionLost as exc:
+                    if not deleted:
+                        soak.unexpected.append(f"http delete_mid_call: a call lost before the DELETE: {exc}")
+                    outcome = "refused_after_delete" if "HTTP 404" in str(exc) else "ended_by_delete"
+                outcomes.append(outcome)
+                if i > 0:
+                    return
+                if outcome != "overloaded" or deleted:
+                    running.set()  # done without progress (a failing provider): nothing to wait for
+                    return
+                await trio.sleep(rng.uniform(0.1, 0.3))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(rng.randint(1, 3)):
+                nursery.start_soon(one, i)
+            with trio.move_on_after(3.0):
+                await running.wait()
+            await trio.sleep(rng.uniform(0.0, 0.3))
+            deleted = True
+            await raw.end()
+    for outcome in outcomes:
+        soak.record_http("delete_mid_call", outcome)
+
+
+def ignore_progress(params: dict[str, Any]) -> None:
+    """Asks for progress (so the call streams) and needs nothing of it: the library checks
+    each notification belongs to its call."""
+
+
+async def http_session(soak: Soak, http: httpx.AsyncClient, number: int, tag: str, stop_at: float) -> None:
+    """One session of a well-behaved HTTP client, through the client library (the same calls
+    as the WebSocket clients make), beside which it drops a call's SSE stream now and then
+    (the raw sender: no library drops a stream on purpose). Ended by the library's DELETE, or
+    one time in ten walked away from."""
+    rng = soak.rng
+    names, weights = zip(*HTTP_ACTIONS, strict=True)
+    walked = False
+    async with connect(soak.http_url, token=TOKEN) as client:
+        soak.http["opened"] += 1
+        raw = HttpMcp(soak, http, tag)
+        raw.session_id = client.session_id
+        for n in range(rng.randint(3, 12)):
+            if not running(soak, stop_at):
+                break
+            action = rng.choices(names, weights)[0]
+            call_tag = f"{tag}-{n}"
+            if action == "burst":
+                await burst(soak, client, call_tag, soak.record_http)
+                outcome = ""
+            elif action == "drop_stream":
+                outcome = await http_drop_stream(soak, raw, call_tag)
+            elif action == "other_tool":
+                outcome = await other_tool(soak, client)
+            else:
+                outcome = await one_chat(soak, client, action, call_tag)
+            if outcome:
+                soak.record_http(action, outcome)
+            await trio.sleep(rng.uniform(0, 0.2))  # a client thinks between calls
+            if outcome == "overloaded":  # told to come back later (retry_after_s)
+                await trio.sleep(rng.uniform(0.3, 1.0))
+        if rng.random() < 0.1:
+            walked = True
+            walk_away(soak, raw)
+            await client.close_abruptly()  # no DELETE: only the idle timeout ends it
+    if not walked:
+        soak.http["deleted"] += 1
+        await raw.expect_ended("a ping after the client library's DELETE")
 
 
 async def http_abandon(soak: Soak, http: httpx.AsyncClient, tag: str) -> None:
@@ -1003,11 +891,11 @@ async def http_abandon(soak: Soak, http: httpx.AsyncClient, tag: str) -> None:
     on the way: no DELETE, so only the idle timeout ends it (checked at the end)."""
     rng = soak.rng
     s = HttpMcp(soak, http, f"{tag}a")
-    await s.initialize()
+    await s.open()
     if rng.random() < 0.6:
         behaviour = rng.choice([{"hang": True}, {"latency_s": round(rng.uniform(0.5, 5.0), 3)}, {"chunks": 30, "chunk_delay_s": 0.2}])
         request_id, message = chat_call(soak, s, tag, behaviour, stream=rng.random() < 0.5)
-        answer = await s.post(message, hold_s=rng.uniform(0.05, 1.0))
+        answer = await s.send(message, hold_s=rng.uniform(0.05, 1.0))
         outcome = "left_running" if answer.dropped else http_outcome(soak, "abandon", answer, request_id)
         soak.record_http("abandon", outcome)
     walk_away(soak, s)
@@ -1021,10 +909,10 @@ def walk_away(soak: Soak, s: HttpMcp) -> None:
 
 def http_trouble(exc: Exception) -> Exception | None:
     """`exc` when it is HTTP trouble (also inside a nursery's exception group), else None."""
-    if isinstance(exc, httpx.HTTPError | HttpTrouble):
+    if isinstance(exc, httpx.HTTPError | HttpTrouble | ConnectionLost | RpcError):
         return exc
     if isinstance(exc, ExceptionGroup):
-        trouble, rest = exc.split((httpx.HTTPError, HttpTrouble))
+        trouble, rest = exc.split((httpx.HTTPError, HttpTrouble, ConnectionLost, RpcError))
         if trouble is not None and rest is None:
             return http_trouble(trouble.exceptions[0])
     return None
@@ -1038,7 +926,6 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
     """A well-behaved Streamable HTTP client: one session after another (see HTTP_SESSIONS)."""
     rng = soak.rng
     kinds, kind_weights = zip(*HTTP_SESSIONS, strict=True)
-    names, weights = zip(*HTTP_ACTIONS, strict=True)
     calls = 0
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_POOL) as http:
         while running(soak, stop_at):
@@ -1051,30 +938,7 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
                 elif kind == "abandon":
                     await http_abandon(soak, http, tag)
                 else:
-                    s = HttpMcp(soak, http, tag)
-                    await s.initialize()
-                    for _ in range(rng.randint(3, 12)):
-                        if not running(soak, stop_at):
-                            break
-                        calls += 1
-                        action = rng.choices(names, weights)[0]
-                        tag = f"h{number}-{calls}"
-                        overloaded = s.overloaded
-                        if action == "drop_stream":
-                            soak.record_http(action, await http_drop_stream(soak, s, tag))
-                        elif action == "burst":
-                            await http_burst(soak, s, tag)
-                        elif action == "other_tool":
-                            soak.record_http(action, await http_other_tool(soak, s))
-                        else:
-                            soak.record_http(action, await http_chat(soak, s, action, tag))
-                        await trio.sleep(rng.uniform(0, 0.2))  # a client thinks between calls
-                        if s.overloaded > overloaded:  # told to come back later (retry_after_s)
-                            await trio.sleep(rng.uniform(0.3, 1.0))
-                    if rng.random() < 0.1:
-                        walk_away(soak, s)
-                    else:
-                        await s.delete()
+                    await http_session(soak, http, number, tag, stop_at)
                 await trio.sleep(rng.uniform(0, 0.2))
             except Exception as group:
                 exc = http_trouble(group)
@@ -1082,7 +946,7 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
                     raise
                 if not daemon_alive(soak):
                     return
-                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError) else "refused")
+                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError | ConnectionLost) else "refused")
                 soak.unexpected.append(f"http client {number}: {type(exc).__name__}: {exc}"[:300])
                 await trio.sleep(0.2)
 
@@ -1234,7 +1098,7 @@ async def http_fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
         while running(soak, stop_at):
             s = HttpMcp(soak, http, f"f{number}")
             try:
-                await s.initialize()
+                await s.open()
                 for _ in range(rng.randint(5, 40)):
                     if not running(soak, stop_at):
                         break
@@ -1254,11 +1118,11 @@ async def http_fuzz_client(soak: Soak, number: int, stop_at: float) -> None:
                     note_http_fuzz(soak, request, answer)
                     if answer.session_id is not None and request.kind == "bad_initialize":
                         soak.unexpected.append(f"http fuzz bad_initialize made a session: {answer.describe()}")
-                    pong = await s.post(rpc(s.next_id(), "ping"))
+                    pong = await s.send(rpc(s.next_id(), "ping"))
                     if pong.status != 200 or (pong.response() or {}).get("result") != {}:
                         soak.unexpected.append(f"http fuzz: the session broken after {request.kind}: {pong.describe()}")
                         break
-                await s.delete()
+                await s.end()
                 assert s.session_id is not None
                 ended.append(s.session_id)
             except Exception as group:
@@ -1426,25 +1290,8 @@ async def abandoned_checks(soak: Soak, http: httpx.AsyncClient) -> None:
 
 
 def rest_problems(status: dict[str, Any], sim: dict[str, Any]) -> list[str]:
-    found = []
-    sessions = [name for name in status["limiters"] if name.startswith("session:")]
-    if sessions:
-        found.append(f"sessions left: {sessions[:5]}")
-    borrowed = {n: s["borrowed"] for n, s in status["limiters"].items() if s["borrowed"] or s["waiting"]}
-    if borrowed:
-        found.append(f"limiters busy: {borrowed}")
-    for key in ("inflight", "queued", "connections"):
-        if status[key]:
-            found.append(f"{key}={status[key]}")
-    if status["requests"]:
-        found.append(f"calls alive: {[r['id'] for r in status['requests']]}")
-    for name, provider in status["providers"].items():
-        for key in ("inflight", "busy_connections", "rpm_waiting", "probes_inflight"):
-            if provider.get(key):
-                found.append(f"{name}.{key}={provider[key]}")
-    if sim["inflight"]:
-        found.append(f"simulator inflight={sim['inflight']}")
-    return found
+    """The leak invariant the tests use (harness.status_leaks), the simulator's side included."""
+    return status_leaks(status, simulator_inflight=sim["inflight"])
 
 
 def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -1640,6 +1487,24 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     return ok
 
 
+def summary(soak: Soak, ok: bool, took: float) -> dict[str, Any]:
+    """What the report prints, as numbers (`--json`): what tests assert on, not the prose."""
+    return {
+        "result": "pass" if ok else "FAIL",
+        "took_s": round(took, 1),
+        "seed": soak.args.seed,
+        "samples": soak.samples,
+        "checks": {c.name: {"ok": c.ok, "failures": c.failures, "detail": c.detail} for c in soak.checks.values()},
+        "ws": {"outcomes": dict(soak.outcomes), "by_action": {k: dict(v) for k, v in soak.by_action.items()},
+               "fuzz_frames": sum(soak.fuzz.values()), "fuzz_answers": dict(soak.fuzz_codes)},
+        "http": {"sessions": dict(soak.http), "outcomes": dict(soak.http_outcomes),
+                 "by_action": {k: dict(v) for k, v in soak.http_by_action.items()},
+                 "fuzz_requests": sum(soak.http_fuzz.values()), "fuzz_kinds": len(soak.http_fuzz),
+                 "fuzz_answers": dict(soak.http_fuzz_answers)},
+        "rss_kib": dict(soak.rss),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
@@ -1654,6 +1519,7 @@ def main() -> int:
         help="leave out the inputs known to kill today's daemon: the four of issue 6 "
         "(deep nesting, unhashable requestId, half handshake, non-ASCII bearer) and a lone surrogate in an id",
     )
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the report's numbers to PATH as JSON")
     args = parser.parse_args()
     if args.seed is None:
         args.seed = int(time.time()) % 100_000
@@ -1667,7 +1533,11 @@ def main() -> int:
             traceback.print_exception(exc)
             soak.check("the soak itself ran to its end").fail(f"{type(exc).__name__}: {exc} (traceback on stderr)")
             final = {}
-    ok = report(soak, final, time.monotonic() - started)
+    took = time.monotonic() - started
+    ok = report(soak, final, took)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(summary(soak, ok, took), out, indent=1, sort_keys=True)
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
     else:

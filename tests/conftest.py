@@ -2,12 +2,12 @@
 real simulator over real HTTP. `autojump_clock` for logic about time; real time only with
 short, generous bounds.
 
-After every test that started a daemon, the invariant check runs: no limiter token
-borrowed and no task waiting on a limiter, nothing queued, no call alive, no connection
-open (tests close their clients before they end), no provider request open or socket busy,
-no caller waiting for a request-rate turn, no circuit probe in flight. A leak fails the test
-that caused it. Daemons run as subprocesses get the same check from their /api/status
-(`support.assert_quiet_status`).
+After every test that started a daemon, the invariant check runs (`harness.status_leaks`, the
+one the soak uses too): no limiter token borrowed and no task waiting on a limiter, nothing
+queued, no call alive, no connection open (tests close their clients before they end), no
+provider request open or socket busy, no caller waiting for a request-rate turn, no circuit
+probe in flight. A leak fails the test that caused it. Daemons run as subprocesses get the
+same check from their /api/status (`support.assert_quiet_status`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from harness import status_leaks
 from loguru import logger
 from redis_support import RedisServer
 
@@ -96,31 +97,8 @@ class Daemons:
         return bound
 
     def leaks(self, bound: Bound) -> list[str]:
-        daemon = bound.daemon
-        found = []
-        stats = daemon.limits.statistics()
-        borrowed = {n: s["borrowed"] for n, s in stats.items() if s["borrowed"]}
-        if borrowed:
-            found.append(f"limiter tokens still borrowed: {borrowed}")
-        waiting = {n: s["waiting"] for n, s in stats.items() if s["waiting"]}
-        if waiting:
-            found.append(f"tasks still waiting on limiters: {waiting}")
-        if daemon.limits.queued:
-            found.append(f"calls still counted as queued: {daemon.limits.queued}")
-        if len(daemon.calls):
-            found.append(f"calls still alive: {daemon.calls.snapshot()}")
-        if len(daemon.connections):
-            found.append(f"connections still open: {sorted(daemon.connections.active)}")
-        providers = daemon.services.gateway.statistics().values()
-        for what, key in (
-            ("provider requests still open", "inflight"),
-            ("provider connections still busy", "busy_connections"),
-            ("calls still waiting for a request-rate turn", "rpm_waiting"),
-            ("circuit probes still in flight", "probes_inflight"),
-        ):
-            if count := sum(int(stats[key]) for stats in providers):
-                found.append(f"{what}: {count}")
-        return found
+        """The leak invariant (harness.status_leaks) over the daemon's own status snapshot."""
+        return status_leaks(bound.daemon.status())
 
     async def check_invariants(self) -> None:
         for bound in self.started:

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trio
+from harness import status_leaks
 
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 
@@ -60,31 +60,9 @@ def upgrade_request(*headers: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def status_leaks(status: dict[str, Any]) -> list[str]:
-    """What a quiet daemon's /api/status must not show: the conftest invariants, from outside."""
-    found = []
-    limiters = status["limiters"]
-    borrowed = {n: s["borrowed"] for n, s in limiters.items() if s["borrowed"]}
-    if borrowed:
-        found.append(f"limiter tokens still borrowed: {borrowed}")
-    waiting = {n: s["waiting"] for n, s in limiters.items() if s["waiting"]}
-    if waiting:
-        found.append(f"tasks still waiting on limiters: {waiting}")
-    for name in ("inflight", "queued", "connections"):
-        if status[name]:
-            found.append(f"{name} is {status[name]}, not 0")
-    if status["requests"]:
-        found.append(f"calls still alive: {status['requests']}")
-    for name, provider in status["providers"].items():
-        for key in ("inflight", "busy_connections", "rpm_waiting", "probes_inflight"):
-            if provider[key]:
-                found.append(f"provider {name} {key} is {provider[key]}, not 0")
-    return found
-
-
 async def assert_quiet_status(monitor_url: str, *, token: str | None = None, grace: float = QUIET_GRACE_S) -> None:
     """For a daemon in a subprocess, before it is stopped: its /api/status settles, within
-    `grace` seconds, to nothing borrowed, queued, open or alive (see `status_leaks`)."""
+    `grace` seconds, to nothing borrowed, queued, open or alive (`harness.status_leaks`)."""
     problems = [f"no answer from {monitor_url}/api/status within {grace} s"]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=monitor_url, timeout=grace, headers=headers) as http:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import eventually
 from test_client import BOUND, FakeDaemon
 
 pytestmark = pytest.mark.slow
@@ -151,3 +152,15 @@ async def test_token_from_the_environment(nursery: trio.Nursery) -> None:
     assert refused.returncode == 4
     assert b"HTTP 401: missing or wrong bearer token" in refused.stderr
     assert refused.stdout == b""
+
+
+async def test_the_bridge_speaks_streamable_http_when_the_url_is_http(daemon: Any) -> None:
+    stdin = INITIALIZE + INITIALIZED + TOOLS_LIST + call(3, "chat", {"prompt": "over http"})
+    done = await bridge("--url", daemon.http_url, *NO_CONFIG, stdin=stdin)
+    assert done.returncode == 0, done.stderr
+    responses = {message["id"]: message for message in map(json.loads, done.stdout.splitlines())}
+    assert sorted(responses) == [1, 2, 3]
+    assert responses[1]["result"]["protocolVersion"] == "2025-06-18"
+    assert "chat" in [tool["name"] for tool in responses[2]["result"]["tools"]]
+    assert responses[3]["result"]["isError"] is False, responses[3]
+    await eventually(lambda: len(daemon.daemon.connections) == 0, what="the bridge's session ended (DELETE)")

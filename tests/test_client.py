@@ -489,7 +489,13 @@ async def test_cannot_connect_to_a_closed_port() -> None:
 
 async def test_cannot_connect_to_an_invalid_url() -> None:
     with pytest.raises(CannotConnect, match="invalid daemon URL"):
-        async with connect("http://127.0.0.1:1/"):
+        async with connect("ftp://127.0.0.1:1/"):
+            pass
+
+
+async def test_cannot_connect_over_http_to_a_closed_port() -> None:
+    with pytest.raises(CannotConnect, match=r"cannot connect to http://127\.0\.0\.1:1/mcp"):
+        async with connect("http://127.0.0.1:1/mcp"):
             pass
 
 
@@ -800,3 +806,89 @@ async def test_exai_top_refreshes_until_ctrl_c(nursery: trio.Nursery) -> None:
             await monitor.served_three.wait()
         process.send_signal(signal.SIGINT)
     assert process.returncode == 0
+
+
+@pytest.mark.slow
+async def test_exai_call_over_streamable_http_same_contract(daemon: Any, simulator: Any, log_lines: list[str]) -> None:
+    """`--url http://.../mcp`: the same command through the same library, on the real daemon:
+    result on stdout, progress on stderr, exit 0; Ctrl-C cancels the call on the daemon (130)."""
+    prompt = 'hi\n#sim {"chunks": 3, "chunk_delay_s": 0.01}'
+    ok = await run_exai("call", "chat", f"prompt={prompt}", "--url", daemon.http_url, *NO_CONFIG)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() and b"tokens" in ok.stderr
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [*EXAI, "call", "chat", 'prompt=x\n#sim {"hang": true}', "--url", daemon.http_url, *NO_CONFIG],
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        with trio.fail_after(BOUND):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        process.send_signal(signal.SIGINT)
+    assert process.returncode == 130
+    with trio.fail_after(BOUND):
+        await simulator.wait_until(lambda s: s.aborted == 1)  # cancelled on the daemon, not left running
+    # by notifications/cancelled (the DELETE that follows would cancel it too, but later)
+    assert any("cancelled by client: 'client cancelled'" in line for line in log_lines), log_lines[-10:]
+
+
+# -- Streamable HTTP: a stream the network drops is resumed ---------------------------------
+
+
+class CuttingProxy:
+    """A loopback TCP relay to the daemon that cuts the first connection whose answer carries
+    a progress notification, as a flaky network would; it notes what the client sent."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.cuts = 0
+        self.sent = b""
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self.relay, listeners)
+
+    async def relay(self, client: trio.SocketStream) -> None:
+        try:
+            await self._relay(client)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # either side went away: so does the relay
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.upstream_port) as daemon:
+
+            async def up() -> None:
+                while data := await client.receive_some():
+                    self.sent += data
+                    await daemon.send_all(data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(up)
+                while data := await daemon.receive_some():
+                    if self.cuts == 0 and b"notifications/progress" in data:
+                        self.cuts += 1
+                        break  # leaving closes both sockets mid-answer
+                    await client.send_all(data)
+                nursery.cancel_scope.cancel()
+
+
+async def test_an_sse_stream_the_network_drops_is_resumed_with_last_event_id(
+    daemon: Any, simulator: Any, nursery: trio.Nursery
+) -> None:
+    proxy = CuttingProxy(int(daemon.http_url.rsplit(":", 1)[1].split("/")[0]))
+    port = await nursery.start(proxy.serve)
+    progress: list[float] = []
+    async with connect(f"http://127.0.0.1:{port}/mcp") as client:
+        prompt = 'slow\n#sim {"chunks": 5, "chunk_delay_s": 0.1}'
+        with trio.fail_after(BOUND):
+            result = await client.call_tool("chat", {"prompt": prompt}, on_progress=lambda p: progress.append(p["progress"]))
+        assert not result.is_error, result.text
+        await client.ping()  # the client goes on after the cut
+    assert proxy.cuts == 1
+    assert b"last-event-id: " in proxy.sent.lower() and b"GET /mcp" in proxy.sent
+    assert progress == sorted(set(progress)) and progress
+    assert simulator.stats.aborted == 0  # the call ran on through the cut, as the contract says

@@ -8,7 +8,6 @@ httpx so every status and header is visible.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,22 +16,20 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from harness import ACCEPT_BOTH, HttpAnswer, RawMcpHttp, request
 from httpx_sse import aconnect_sse
 from support import eventually
+from test_error_table import INVALID_FRAMES
 
 from exai.transports import http as http_transport
 from exai.transports.http import REPLAY_MAX_EVENTS, accepts
 
 HANG = '#sim {"hang": true}'
-ACCEPT_BOTH = "application/json, text/event-stream"
+McpHttp = RawMcpHttp  # the one raw sender (tests/harness.py): these tests watch every status and header
 
 
 def sim_prompt(text: str, **behaviour: Any) -> str:
     return f"{text}\n#sim {json.dumps(behaviour)}"
-
-
-def request(id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": id, "method": method, "params": params or {}}
 
 
 def call(id: Any, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
@@ -42,68 +39,16 @@ def call(id: Any, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str
     return request(id, "tools/call", params)
 
 
-def sse_messages(text: str) -> list[tuple[str, dict[str, Any] | None]]:
-    """(event id, message or None for a priming event) of an SSE body."""
-    found = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in block.splitlines())
-        if "id" in fields:
-            data = fields.get("data", "")
-            found.append((fields["id"], json.loads(data) if data else None))
-    return found
-
-
-class McpHttp:
-    """A raw Streamable HTTP client session for tests."""
-
-    def __init__(self, http: httpx.AsyncClient, url: str, token: str | None = None):
-        self.http = http
-        self.url = url
-        self.token = token
-        self.session_id: str | None = None
-
-    def headers(self, **extra: str) -> dict[str, str]:
-        headers = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        if self.session_id:
-            headers["Mcp-Session-Id"] = self.session_id
-        headers.update({k.replace("_", "-"): v for k, v in extra.items()})
-        return headers
-
-    async def post(self, message: Any, **headers: str) -> httpx.Response:
-        body = message if isinstance(message, str | bytes) else json.dumps(message)
-        return await self.http.post(self.url, content=body, headers=self.headers(**headers))
-
-    async def initialize(self, version: str = "2025-11-25") -> dict[str, Any]:
-        params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-        response = await self.post(request(0, "initialize", params))
-        assert response.status_code == 200, response.text
-        self.session_id = response.headers["mcp-session-id"]
-        note = await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        assert note.status_code == 202
-        return response.json()
-
-    async def rpc(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The response of one request, whether it comes as JSON or on an SSE stream."""
-        response = await self.post(message)
-        assert response.status_code == 200, response.text
-        if response.headers["content-type"].startswith("application/json"):
-            return response.json()
-        messages = [m for _, m in sse_messages(response.text) if m is not None]
-        return messages[-1]
-
-    async def call_tool(self, tool: str, arguments: dict[str, Any], **meta: Any) -> dict[str, Any]:
-        return await self.rpc(call(f"c-{tool}-{trio.current_time()}", tool, arguments, **meta))
-
-    async def delete(self) -> httpx.Response:
-        return await self.http.delete(self.url, headers=self.headers())
+async def sse(client: RawMcpHttp, method: str, message: Any = None, **headers: str) -> HttpAnswer:
+    """One request whose answer is an SSE stream, read whole: every event id and message."""
+    content = None if message is None else json.dumps(message)
+    return await client.exchange(method, content=content, headers=client.headers(**headers))
 
 
 @asynccontextmanager
-async def mcp_session(url: str, token: str | None = None) -> AsyncIterator[McpHttp]:
+async def mcp_session(url: str, token: str | None = None) -> AsyncIterator[RawMcpHttp]:
     async with httpx.AsyncClient(timeout=10) as http:
-        client = McpHttp(http, url, token)
+        client = RawMcpHttp(http, url, token)
         await client.initialize()
         try:
             yield client
@@ -254,9 +199,9 @@ async def test_accept_content_type_method_path_and_size(daemons: Any) -> None:
         assert (await client.post(request(1, "ping"), Accept="text/html")).status_code == 406
         only_json = await client.post(call(2, "version", {}), Accept="application/json")
         assert only_json.status_code == 200 and only_json.json()["result"]["isError"] is False
-        only_sse = await client.post(request(3, "ping"), Accept="text/event-stream")
-        assert only_sse.headers["content-type"].startswith("text/event-stream")
-        assert sse_messages(only_sse.text)[-1][1] == {"jsonrpc": "2.0", "id": 3, "result": {}}
+        only_sse = await sse(client, "POST", request(3, "ping"), Accept="text/event-stream")
+        assert only_sse.content_type.startswith("text/event-stream")
+        assert only_sse.messages[-1] == {"jsonrpc": "2.0", "id": 3, "result": {}}
         assert (await client.post(request(4, "ping"), Content_Type="text/plain")).status_code == 415
         big = await client.post(call(5, "chat", {"prompt": "x" * 2048}))
         assert big.status_code == 413
@@ -324,39 +269,25 @@ async def test_dropped_stream_does_not_cancel_and_last_event_id_gets_the_result(
     async with mcp_session(daemon.http_url) as client:
         prompt = sim_prompt("slow", chunks=4, chunk_delay_s=0.15)
         message = call("resumable", "chat", {"prompt": prompt}, progressToken="tok")
-        # Raw socket: read the stream up to the first progress event, then drop the connection.
-        url = httpx.URL(client.url)
-        body = json.dumps(message).encode()
-        head = "".join(f"{k}: {v}\r\n" for k, v in client.headers().items())
-        raw = f"POST /mcp HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
-        received = b""
-        async with await trio.open_tcp_stream(url.host, url.port) as sock:
-            await sock.send_all(raw.encode() + body)
-            with trio.fail_after(3):
-                while b"notifications/progress" not in received:
-                    received += await sock.receive_some()
-        assert b" 200 " in received.split(b"\r\n")[0]
-        seen = re.findall(r"^id: (\S+)$", received.decode(), re.MULTILINE)
+        # Read the stream up to the first progress event, then drop the connection.
+        dropped = await client.exchange("POST", content=json.dumps(message), drop_when=lambda answer: answer.progress_count() > 0)
+        assert dropped.status == 200 and dropped.dropped and dropped.response() is None
+        seen = dropped.event_ids
         assert simulator.stats.aborted == 0
         assert len(daemon.daemon.calls) == 1, "a dropped stream must not cancel the call"
-        replay = await client.http.get(
-            client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID=seen[-1])
-        )
-        assert replay.status_code == 200
-        events = sse_messages(replay.text)
-        ids = [int(event_id.split("-")[1]) for event_id, _ in events]
+        replay = await sse(client, "GET", Accept="text/event-stream", Last_Event_ID=seen[-1])
+        assert replay.status == 200
+        ids = [int(event_id.split("-")[1]) for event_id in replay.event_ids]
         assert ids == sorted(ids) and ids[0] > int(seen[-1].split("-")[1])
-        final = events[-1][1]
-        assert final is not None and final["id"] == "resumable"
+        final = replay.messages[-1]
+        assert final == replay.response() and final["id"] == "resumable"
         assert final["result"]["isError"] is False
-        progress = [m["params"]["progress"] for _, m in events[:-1] if m is not None]
+        progress = [m["params"]["progress"] for m in replay.messages[:-1]]
         assert progress == sorted(set(progress))
         assert simulator.stats.aborted == 0
         # The same replay again, from the start: everything kept, the response last.
-        again = await client.http.get(
-            client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID=seen[0])
-        )
-        assert sse_messages(again.text)[-1][1] == final
+        again = await sse(client, "GET", Accept="text/event-stream", Last_Event_ID=seen[0])
+        assert again.messages[-1] == final
         unknown = await client.http.get(
             client.url, headers=client.headers(Accept="text/event-stream", Last_Event_ID="999-1")
         )
@@ -429,13 +360,14 @@ async def test_idle_session_is_ended_with_its_calls(daemons: Any, simulator: Any
 async def test_open_get_stream_keeps_an_idle_session(daemons: Any) -> None:
     bound = await daemons.start(http_session_idle_secs=0.3)
     async with mcp_session(bound.http_url) as client:
-        with trio.move_on_after(0.8):
+        with trio.move_on_after(0.8) as held:
             async with aconnect_sse(client.http, "GET", client.url, headers=client.headers()) as source:
                 assert source.response.status_code == 200
                 conflict = await client.http.get(client.url, headers=client.headers())
                 assert conflict.status_code == 409
                 async for _ in source.aiter_sse():
                     pass
+        assert held.cancelled_caught, "the GET stream ended before the client closed it"
         assert (await client.rpc(request(1, "ping")))["result"] == {}
         await trio.sleep(0.6)
         assert (await client.post(request(2, "ping"))).status_code == 404
@@ -443,10 +375,10 @@ async def test_open_get_stream_keeps_an_idle_session(daemons: Any) -> None:
 
 async def test_cancel_notification_ends_the_stream_without_a_response(daemon: Any, simulator: Any) -> None:
     async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
-        replies: list[httpx.Response] = []
+        replies: list[HttpAnswer] = []
 
         async def post_call() -> None:
-            replies.append(await client.post(call("to-cancel", "chat", {"prompt": f"x\n{HANG}"})))
+            replies.append(await sse(client, "POST", call("to-cancel", "chat", {"prompt": f"x\n{HANG}"})))
 
         nursery.start_soon(post_call)
         with trio.fail_after(2):
@@ -456,7 +388,7 @@ async def test_cancel_notification_ends_the_stream_without_a_response(daemon: An
         with trio.fail_after(1):
             await simulator.wait_until(lambda s: s.aborted == 1)
         await eventually(lambda: bool(replies), what="the call's stream ended")
-        assert all(message is None or "id" not in message for _, message in sse_messages(replies[0].text))
+        assert replies[0].status == 200 and replies[0].event_ids and replies[0].response() is None
         await valid_call_works(client)
 
 
@@ -518,42 +450,20 @@ async def test_replay_kept_is_bounded_per_session(daemon: Any) -> None:
     await eventually(lambda: not http_session.replay and not http_session.streams, what="freed")
 
 
-# -- the contract's error table, every row, over HTTP --------------------------------------
+# -- the contract's error table: tests/test_error_table.py (both transports); here what HTTP adds
 
 
-async def test_not_json_is_a_parse_error(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        response = await client.post("{not json")
-        assert response.status_code == 400
-        assert response.json()["id"] is None and response.json()["error"]["code"] == -32700
-        await valid_call_works(client)
-
-
-@pytest.mark.parametrize(
-    "frame, expected_id",
-    [
-        ('{"id": 7, "method": "ping"}', 7),
-        ('{"jsonrpc": "1.0", "id": 8, "method": "ping"}', 8),
-        ('[{"jsonrpc": "2.0", "id": 9, "method": "ping"}]', None),
-        ('{"jsonrpc": "2.0", "id": null, "method": "ping"}', None),
-        ('{"jsonrpc": "2.0", "id": 10, "method": 5}', 10),
-        ('"just a string"', None),
-        ('{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}', None),
-    ],
-)
-async def test_invalid_requests(daemon: Any, frame: str, expected_id: Any) -> None:
+@pytest.mark.parametrize("frame", ["{not json", *(frame for frame, _ in INVALID_FRAMES)])
+async def test_a_frame_the_error_table_refuses_is_http_400(daemon: Any, frame: str) -> None:
     async with mcp_session(daemon.http_url) as client:
         response = await client.post(frame)
         assert response.status_code == 400
-        assert response.json()["error"]["code"] == -32600
-        assert response.json()["id"] == expected_id
-        await valid_call_works(client)
+        assert response.json()["error"]["code"] in (-32700, -32600)
 
 
-async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
+async def test_without_a_session_only_initialize_and_a_failed_one_makes_none(daemon: Any) -> None:
     async with httpx.AsyncClient() as http:
         client = McpHttp(http, daemon.http_url)
-        # Without a session only initialize is possible; a failed initialize makes none.
         bad = await client.post(request(0, "initialize", {"protocolVersion": 5}))
         assert bad.json()["error"]["code"] == -32602 and "mcp-session-id" not in bad.headers
         assert (await client.post(request(1, "tools/list"))).status_code == 400
@@ -562,111 +472,6 @@ async def test_request_before_initialize_in_a_session(daemon: Any) -> None:
         assert again["error"]["code"] == -32600
         await valid_call_works(client)
         assert (await client.delete()).status_code == 204
-
-
-@pytest.mark.parametrize(
-    "requested, answered",
-    [("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"), ("2024-11-05", "2025-11-25")],
-)
-async def test_version_negotiation(daemon: Any, requested: str, answered: str) -> None:
-    async with httpx.AsyncClient() as http:
-        client = McpHttp(http, daemon.http_url)
-        result = (await client.initialize(requested))["result"]
-        assert result["protocolVersion"] == answered
-        assert result["serverInfo"]["name"] == "exai"
-        assert (await client.delete()).status_code == 204
-
-
-async def test_unknown_method(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        assert (await client.rpc(request(1, "resources/list")))["error"]["code"] == -32601
-        await valid_call_works(client)
-
-
-@pytest.mark.parametrize(
-    "params, fragment",
-    [
-        ({"name": "no-such-tool", "arguments": {}}, "Unknown tool"),
-        ({"arguments": {}}, "name"),
-        ({"name": "chat", "arguments": [1, 2]}, "arguments"),
-        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"exai/timeout": -1}}, "exai/timeout"),
-        ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"progressToken": [1]}}, "progressToken"),
-    ],
-)
-async def test_bad_call_params(daemon: Any, params: dict[str, Any], fragment: str) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        reply = await client.rpc(request(1, "tools/call", params))
-        assert reply["error"]["code"] == -32602 and fragment in reply["error"]["message"]
-        await valid_call_works(client)
-
-
-async def test_tool_arguments_failing_the_schema_name_each_field(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        result = (await client.call_tool("chat", {"temperature": 9, "bogus": 1}))["result"]
-        assert result["isError"] is True
-        for field in ("prompt", "temperature", "bogus"):
-            assert field in result["content"][0]["text"]
-
-
-async def test_deadline_gives_32001_and_frees_everything(daemon: Any, simulator: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        started = trio.current_time()
-        reply = await client.call_tool("chat", {"prompt": f"slow\n{HANG}"}, **{"exai/timeout": 1})
-        assert 1.0 <= trio.current_time() - started <= 1.3
-        assert reply["error"] == {"code": -32001, "message": "Request timed out after 1 s", "data": {"timeout_s": 1}}
-        with trio.fail_after(1):
-            await simulator.wait_until(lambda s: s.aborted == 1 and s.inflight == 0)
-        await valid_call_works(client)
-
-
-async def test_overloaded_when_queue_full(daemons: Any) -> None:
-    bound = await daemons.start(global_max_inflight=1, session_max_inflight=1, max_queued=1)
-    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
-        for n in range(2):
-            nursery.start_soon(client.post, call(f"hold-{n}", "chat", {"prompt": f"hold\n{HANG}"}))
-        await eventually(lambda: bound.daemon.limits.queued == 1)
-        started = trio.current_time()
-        reply = await client.call_tool("chat", {"prompt": "one too many"})
-        assert trio.current_time() - started < 5  # refused, not queued behind a call that hangs
-        assert reply["error"]["code"] == -32000 and reply["error"]["message"] == "Server overloaded"
-        assert reply["error"]["data"]["retry_after_s"] >= 1
-        assert (await client.delete()).status_code == 204
-
-
-async def test_duplicate_inflight_id_is_refused_and_first_goes_on(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client, trio.open_nursery() as nursery:
-        first: list[dict[str, Any]] = []
-        message = call(42, "chat", {"prompt": sim_prompt("slow", latency_s=0.5)})
-
-        async def post_first() -> None:
-            first.append(await client.rpc(message))
-
-        nursery.start_soon(post_first)
-        await eventually(lambda: len(daemon.daemon.calls) == 1)
-        second = await client.rpc(message)
-        assert second["id"] == 42 and second["error"]["code"] == -32600
-        await eventually(lambda: bool(first))
-        assert first[0]["id"] == 42 and first[0]["result"]["isError"] is False
-
-
-async def test_unexpected_error_is_32603_with_logged_error_id(daemon: Any, log_lines: list[str]) -> None:
-    from test_daemon import Boom
-
-    daemon.daemon.services.tools["boom"] = Boom()
-    async with mcp_session(daemon.http_url) as client:
-        reply = await client.call_tool("boom", {})
-        assert reply["error"]["code"] == -32603 and reply["error"]["message"] == "Internal error"
-        assert "Traceback" not in json.dumps(reply)
-        assert any(reply["error"]["data"]["error_id"] in line for line in log_lines)
-        await valid_call_works(client)
-
-
-async def test_provider_failure_is_an_iserror_result_naming_the_provider(daemon: Any) -> None:
-    async with mcp_session(daemon.http_url) as client:
-        prompt = sim_prompt("x", status=400, error_body={"error": {"message": "bad thing", "type": "invalid_request_error"}})
-        result = (await client.call_tool("chat", {"prompt": prompt}))["result"]
-        assert result["isError"] is True and "kimi" in result["content"][0]["text"].lower()
-        await valid_call_works(client)
 
 
 # -- small pure parts ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The invariant check itself (conftest `Daemons.leaks`, support `status_leaks`): each thing
+"""The invariant check itself (`harness.status_leaks`, behind conftest `Daemons.leaks`,
+support `assert_quiet_status` and the soak): each thing
 it must catch is caught while it is held, and gone once the client has left.
 
 Real daemon, real simulator, real loopback WebSockets; real time with generous bounds.
@@ -11,7 +12,8 @@ from typing import Any
 
 import httpx
 import trio
-from support import eventually, status_leaks
+from harness import status_leaks
+from support import eventually
 
 from exai.client import connect
 
@@ -24,6 +26,17 @@ async def api_status(monitor_url: str) -> dict[str, Any]:
         response.raise_for_status()
         status: dict[str, Any] = response.json()
         return status
+
+
+async def status_leaks_when(monitor_url: str, condition: Any, timeout: float = 5.0) -> list[str]:
+    """status_leaks of /api/status once they satisfy `condition` (the status is at most one
+    heartbeat old); fail after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while True:
+            leaks = status_leaks(await api_status(monitor_url))
+            if condition(leaks):
+                return leaks
+            await trio.sleep(0.02)
 
 
 async def held_then_released(daemons: Any, bound: Any, calls: list[dict[str, Any]], expected: list[str]) -> None:
@@ -42,12 +55,12 @@ async def held_then_released(daemons: Any, bound: Any, calls: list[dict[str, Any
                 return all(any(what in leak for leak in found_inside) for what in expected)
 
             await eventually(all_seen, timeout=5, what=f"{expected} in {found_inside}")
-            found_outside = status_leaks(await api_status(bound.monitor_url))
+            found_outside = await status_leaks_when(bound.monitor_url, bool)
             nursery.cancel_scope.cancel()
     assert any("connections" in leak for leak in found_inside)
     assert found_outside, "the daemon's /api/status showed nothing held"
     await eventually(lambda: not daemons.leaks(bound), timeout=5, what="no leak once the client left")
-    assert status_leaks(await api_status(bound.monitor_url)) == []
+    assert await status_leaks_when(bound.monitor_url, lambda leaks: not leaks) == []
 
 
 async def test_it_sees_borrowed_slots_queued_calls_and_limiter_waiters(daemons: Any) -> None:
@@ -87,8 +100,9 @@ def test_status_leaks_names_each_field() -> None:
     busy = json.loads(json.dumps(quiet))
     busy.update(connections=1, inflight=2, queued=3, requests=[{"id": 1}])
     busy["limiters"]["global"].update(borrowed=2, waiting=1)
+    busy["limiters"]["session:c9"] = {"borrowed": 0, "total": 8, "waiting": 0}
     busy["providers"]["kimi"].update(inflight=1, busy_connections=1, rpm_waiting=1, probes_inflight=1)
-    text = "; ".join(status_leaks(busy))
+    text = "; ".join(status_leaks(busy, simulator_inflight=2))
     for what in (
         "borrowed: {'global': 2}",
         "waiting on limiters: {'global': 1}",
@@ -96,9 +110,11 @@ def test_status_leaks_names_each_field() -> None:
         "queued is 3",
         "connections is 1",
         "calls still alive",
-        "kimi inflight is 1",
-        "kimi busy_connections is 1",
-        "kimi rpm_waiting is 1",
-        "kimi probes_inflight is 1",
+        "session limiters left: ['session:c9']",
+        "kimi: provider requests still open: 1",
+        "kimi: provider connections still busy: 1",
+        "kimi: calls still waiting for a request-rate turn: 1",
+        "kimi: circuit probes still in flight: 1",
+        "the simulator still has 2 request(s) in flight",
     ):
         assert what in text, what

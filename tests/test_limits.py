@@ -21,12 +21,9 @@ def limits(**overrides: int) -> Limits:
 
 
 async def hold(lim: Limits, session: trio.CapacityLimiter, release: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    started = False
     async with lim.admit(session):
         task_status.started()
-        started = True
         await release.wait()
-    assert started
 
 
 async def test_queue_fills_then_refuses_at_once(autojump_clock: trio.abc.Clock) -> None:
@@ -35,9 +32,11 @@ async def test_queue_fills_then_refuses_at_once(autojump_clock: trio.abc.Clock) 
     async with lim.session("c1") as session, trio.open_nursery() as nursery:
         await nursery.start(hold, lim, session, release)
         await nursery.start(hold, lim, session, release)
+        assert lim.statistics()["global"]["borrowed"] == 2 and lim.queued == 0
         nursery.start_soon(hold, lim, session, release)  # waits: the only queue place
         await trio.testing.wait_all_tasks_blocked()
         assert lim.queued == 1
+        assert lim.statistics()["global"]["borrowed"] == 2  # the queued one holds nothing
         started = trio.current_time()
         with pytest.raises(Overloaded) as refused:
             async with lim.admit(session):
@@ -54,10 +53,12 @@ async def test_cancelled_while_queued_leaves_no_trace(autojump_clock: trio.abc.C
     release = trio.Event()
     async with lim.session("c1") as session, trio.open_nursery() as nursery:
         await nursery.start(hold, lim, session, release)
-        with trio.move_on_after(5):
+        with trio.move_on_after(5) as waited:
             async with lim.admit(session):
                 raise AssertionError("there was no free slot")
+        assert waited.cancelled_caught  # it was queued until cancelled, not refused
         assert lim.queued == 0
+        assert lim.statistics()["global"] == {"borrowed": 1, "total": 1, "waiting": 0}
         release.set()
     assert lim.borrowed_total() == 0
     assert "session:c1" not in lim.statistics()

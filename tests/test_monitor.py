@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from typing import Any
 
@@ -16,6 +17,16 @@ from exai.client import RpcError, connect
 from exai.history import History, bucket_of, quantile
 
 HANG = '#sim {"hang": true}'
+
+
+async def status_when(http: httpx.AsyncClient, condition: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """/api/status once it shows `condition` (it is at most one heartbeat old); fail after timeout."""
+    with trio.fail_after(timeout):
+        while True:
+            status: dict[str, Any] = (await http.get("/api/status")).json()
+            if condition(status):
+                return status
+            await trio.sleep(0.01)
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -54,18 +65,24 @@ async def test_health_metrics_and_dashboard(daemon: Any) -> None:
         assert (await http.post("/healthz")).status_code == 405
 
 
-async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simulator: Any) -> None:
+async def test_api_status_shows_calls_limiters_and_providers(daemons: Any, simulator: Any) -> None:
+    before = time.time()
+    daemon = await daemons.start()
     async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call_tool, "chat", {"prompt": f"x\n{HANG}"})
             with trio.fail_after(2):
                 await simulator.wait_until(lambda s: s.inflight == 1)
-            status = (await http.get("/api/status")).json()
+            status = await status_when(http, lambda s: s["inflight"] == 1)
             nursery.cancel_scope.cancel()
+        await trio.sleep(0.2)
+        later = (await http.get("/api/status")).json()
+    elapsed = time.time() - before
     assert status["connections"] == 1
     assert status["inflight"] == 1
     assert status["queued"] == 0
-    assert status["uptime_s"] >= 0
+    assert 0 < status["uptime_s"] < later["uptime_s"] <= elapsed  # seconds since this daemon started
+    assert later["uptime_s"] - status["uptime_s"] >= 0.19
     limiters = status["limiters"]
     assert limiters["global"] == {"borrowed": 1, "total": 24, "waiting": 0}
     assert limiters["kimi"]["borrowed"] == 1 and limiters["glm"]["total"] == 4
@@ -76,6 +93,25 @@ async def test_api_status_shows_calls_limiters_and_providers(daemon: Any, simula
     for provider in ("kimi", "glm"):
         assert {"circuit", "inflight", "calls_total", "errors_total"} <= set(status["providers"][provider])
     assert "test-kimi-key" not in str(status)
+
+
+async def test_api_status_is_of_this_moment_not_of_the_last_heartbeat(daemon: Any, simulator: Any) -> None:
+    """The daemon's loop builds the snapshot when /api/status asks: a call is shown the moment
+    it runs and gone the moment it ended, with no wait for the next beat."""
+    async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
+        for _ in range(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.call_tool, "chat", {"prompt": f"x\n{HANG}"})
+                with trio.fail_after(2):
+                    await simulator.wait_until(lambda s: s.inflight == 1)
+                running = (await http.get("/api/status")).json()
+                nursery.cancel_scope.cancel()
+            assert running["inflight"] == 1 and len(running["requests"]) == 1
+            with trio.fail_after(2):
+                await simulator.wait_until(lambda s: s.inflight == 0)
+            await client.call_tool("version", {})  # the cancelled call has been seen out by now
+            ended = (await http.get("/api/status")).json()
+            assert ended["inflight"] == 0 and ended["requests"] == []
 
 
 async def test_readyz_is_503_while_draining(daemons: Any, simulator: Any) -> None:
@@ -114,11 +150,15 @@ def test_healthz_fails_when_the_event_loop_stalls() -> None:
     from types import SimpleNamespace
 
     from exai.monitor import HEALTH_STALL_S, route
+    from exai.server import Snapshot
 
-    stalled = SimpleNamespace(heartbeat=time.monotonic() - HEALTH_STALL_S - 1)
+    def beat(at: float) -> SimpleNamespace:
+        return SimpleNamespace(snapshot=Snapshot(at, True, False, {}, {}))
+
+    stalled = beat(time.monotonic() - HEALTH_STALL_S - 1)
     status, _, body, _ = route(stalled, "GET", "/healthz")
     assert status == 503 and b"unresponsive" in body
-    fresh = SimpleNamespace(heartbeat=time.monotonic())
+    fresh = beat(time.monotonic())
     assert route(fresh, "GET", "/healthz")[0] == 200
 
 
@@ -273,8 +313,9 @@ async def test_inflight_calls_show_connection_model_and_progress(daemon: Any, si
     async with httpx.AsyncClient(base_url=daemon.monitor_url) as http, connect(daemon.url) as client:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(client.call_tool, "chat", {"prompt": prompt}, timeout=20, on_progress=lambda _: None))
-            await eventually(lambda: any(c.activity.get("message") for c in daemon.daemon.calls.active.values()))
-            (request,) = (await http.get("/api/status")).json()["requests"]
+            await eventually(lambda: any(c.activity.message for c in daemon.daemon.calls.active.values()))
+            status = await status_when(http, lambda s: s["requests"] and s["requests"][0]["message"])
+            (request,) = status["requests"]
             nursery.cancel_scope.cancel()
     assert request["connection"] in daemon.daemon.connections.active or request["connection"].startswith("c")
     assert request["model"] == "kimi-k2-0905-preview"
@@ -288,8 +329,8 @@ async def test_provider_statistics_show_an_open_circuit_and_when_it_probes_again
     async with httpx.AsyncClient(base_url=bound.monitor_url) as http, connect(bound.url) as client:
         result = await client.call_tool("chat", {"prompt": '#sim {"status": 503}'})
         assert result.is_error
-        kimi = (await http.get("/api/status")).json()["providers"]["kimi"]
-    assert kimi["circuit"] == "open"  # read on the monitor's thread, on the daemon's clock
+        kimi = (await status_when(http, lambda s: s["providers"]["kimi"]["circuit"] == "open"))["providers"]["kimi"]
+    assert kimi["circuit"] == "open"  # built on the daemon's loop, read on the monitor's thread
     assert 25 < kimi["probe_in_s"] <= 30
     assert kimi["errors_by_kind"] == {"unavailable": 1}
     assert kimi["latency_p50_s"] is not None and kimi["latency_p95_s"] >= kimi["latency_p50_s"]
@@ -378,8 +419,10 @@ def test_monitor_auth_compares_bytes_and_never_raises() -> None:
     from pydantic import SecretStr
 
     from exai.monitor import route
+    from exai.server import Snapshot
 
-    daemon = SimpleNamespace(settings=SimpleNamespace(auth_token=SecretStr(TOKEN)))
+    snapshot = Snapshot(0.0, True, False, {}, {})
+    daemon = SimpleNamespace(settings=SimpleNamespace(auth_token=SecretStr(TOKEN)), snapshot=snapshot)
     for header in (b"\xff", b"Bearer", b"Bearer ", b"bearer \x00\x01", b"\xe2\x82\xac" * 1000, b""):
         assert route(daemon, "GET", "/api/status", b"", [(b"authorization", header)])[0] == 401
     for query in (b"token=%ff%fe", b"token", b"token=&token=x", b"%zz=1", b"\xff=\xff"):
@@ -403,6 +446,7 @@ async def test_exai_status_shows_rates_calls_and_failures_with_the_token(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.call_tool, "chat", {"prompt": f"held\n{HANG}"})
             await eventually(lambda: len(bound.daemon.calls) == 1)
+            await eventually(lambda: bool(bound.daemon.snapshot.status["requests"]))  # the next beat
             status = partial(clientcli.run_status, monitor_url=bound.monitor_url, as_json=False)
             assert await trio.to_thread.run_sync(partial(status, token=TOKEN)) == 0
             shown = capsys.readouterr().out
@@ -462,9 +506,10 @@ async def test_a_failing_monitor_request_ends_only_that_request(
     daemon: Any, monkeypatch: pytest.MonkeyPatch, log_lines: list[str]
 ) -> None:
     def broken() -> dict[str, Any]:
-        raise RuntimeError("status is broken")
+        return {"unserialisable": object()}  # a bug the snapshot carries to the monitor's thread
 
     monkeypatch.setattr(daemon.daemon, "status", broken)
+    await eventually(lambda: "unserialisable" in daemon.daemon.snapshot.status)
     async with httpx.AsyncClient(base_url=daemon.monitor_url) as http:
         answer = await http.get("/api/status")
         assert answer.status_code == 500
@@ -473,3 +518,4 @@ async def test_a_failing_monitor_request_ends_only_that_request(
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/api/history")).status_code == 200
     assert any(error_id.group(1) in line and "/api/status" in line for line in log_lines)
+    monkeypatch.undo()  # the leak check after the test reads the daemon's status too

@@ -421,8 +421,9 @@ async def test_cancelling_a_call_stops_it_and_makes_no_further_attempt(autojump_
     stalled = lambda: sse([chunk("thinking")], then_stall=True)  # noqa: E731
     fake = FakeProvider(scripted(error(429, retry_after="1"), stalled))
     gw = gateway(fake, stream_idle_secs=30.0)
-    with trio.move_on_after(5):
+    with trio.move_on_after(5) as client_went:
         await call(gw, on_text=_ignore)
+    assert client_went.cancelled_caught, "the call ended by itself: the cancellation went untested"
     assert len(fake.seen) == 2
     assert sum(p["inflight"] for p in gw.statistics().values()) == 0
     await trio.sleep(100)

@@ -74,7 +74,7 @@ async def test_serve_demo_call_and_sigterm_with_a_call_in_flight(tmp_path: Any) 
         assert proc.stdout is not None and proc.stderr is not None
         buffer = b""
         with trio.fail_after(20):
-            while b"exai http on" not in buffer:
+            while not re.search(rb"exai http on .*\n", buffer):  # the whole line, not its start
                 chunk = await proc.stdout.receive_some()
                 assert chunk, "serve exited early"
                 buffer += chunk

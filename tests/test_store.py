@@ -350,6 +350,33 @@ async def test_starting_a_thread_sweeps_expired_ones(tmp_path: Path) -> None:
     assert ids == [new] and old not in ids
 
 
+async def test_the_sweep_deletes_a_batch_at_a_time_at_most_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exai.store import sqlite as store_module
+
+    monkeypatch.setattr(store_module, "SWEEP_BATCH", 2)
+    clock = FakeClock()
+    settings = sqlite_settings(tmp_path, ttl_hours=1)
+
+    def stored() -> int:
+        return int(sqlite3.connect(db_path(settings)).execute("SELECT COUNT(*) FROM threads").fetchone()[0])
+
+    async with open_store(settings, clock=clock) as store:
+        for i in range(3):
+            await store.append(None, "chat", pair(i))
+            clock.now += 2
+        clock.now += 2 * HOUR
+        await store.append(None, "chat", pair(3))  # the two oldest of the three expired go
+        assert stored() == 2
+        await store.append(None, "chat", pair(4))  # within the interval: no sweep
+        assert stored() == 3
+        clock.now += store_module.SWEEP_INTERVAL_S
+        await store.append(None, "chat", pair(5))  # the last expired one goes
+        assert stored() == 3
+        assert len(await store.list()) == 3
+
+
 async def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     async with open_store(settings) as store:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,6 +69,23 @@ class ToolOutput:
     meta: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What a call is doing now, as /api/status shows it. Never changed in place: a change is a
+    new value, so a status snapshot always holds one whole state of the call."""
+
+    state: Literal["queued", "running"] = "queued"
+    model: str | None = None
+    step: str | None = None  # a workflow's "step/total"
+    message: str | None = None  # the last progress message
+
+
+class Shown(Protocol):
+    """What holds a call's current Activity (the call in flight)."""
+
+    activity: Activity
+
+
 class ToolArgumentError(ExaiError):
     """The arguments failed the tool's schema; the message names each bad field."""
 
@@ -84,9 +101,16 @@ class ToolContext:
     store: Store
     report: Callable[[str], Awaitable[None]]
     status: Callable[[], dict[str, Any]]
+    call: Shown
     usage: CallUsage = field(default_factory=CallUsage)
-    activity: dict[str, Any] = field(default_factory=dict)
     thinking: Thinking = "auto"  # the call's `thinking` argument, for every completion it asks for
+    # The thread this call saved its work to: an answer to a cancelled call names it.
+    continuation_id: str | None = None
+
+    def show(self, *, model: str | None = None, step: str | None = None) -> None:
+        """Tell the monitor which model or step the call is at (None: unchanged)."""
+        now = self.call.activity
+        self.call.activity = replace(now, model=model or now.model, step=step or now.step)
 
     async def complete(
         self,
@@ -110,7 +134,7 @@ class ToolContext:
                 await self.report(f"{tokens} tokens: {_tail(text)}")
 
         with contextlib.suppress(ProviderError):  # for the monitor; an unknown model fails just below
-            self.activity["model"] = self.gateway.resolve(model)[1]
+            self.show(model=self.gateway.resolve(model)[1])
         completion: Completion = await self.gateway.complete(
             model=model,
             messages=messages,
@@ -121,7 +145,7 @@ class ToolContext:
             thinking=self.thinking,
             web_search=web_search,
         )
-        self.activity["model"] = completion.model
+        self.show(model=completion.model)
         self.usage.add(completion)
         return completion
 

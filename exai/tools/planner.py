@@ -101,7 +101,7 @@ class Planner(Tool):
             turn = Turn(role="user", content=f"{header}] {args.step}", tool=self.name, created=time.time(), step_number=args.step_number)
             appended = await ctx.store.append(args.continuation_id, self.name, [turn])
             plan.add(args.step_number, args.step, revises, branch, branch_from)
-        ctx.activity["step"] = f"{args.step_number}/{total}"
+        ctx.show(step=f"{args.step_number}/{total}")
         final = not args.next_step_required
         structured: dict[str, Any] = {
             "status": "complete" if final else "pause_for_planning",

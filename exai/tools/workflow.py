@@ -99,7 +99,7 @@ class StepRun:
         """Append to the thread (creating it on first use); note turns the store dropped."""
         store = self.ctx.store
         appended = await store.append(self.thread_id, self.tool_name, turns, findings=findings, files=files, model=model)
-        self.thread_id = self.ctx.activity["continuation_id"] = appended.thread_id
+        self.thread_id = self.ctx.continuation_id = appended.thread_id
         self.history.extend(turns)
         self.findings.extend(findings)
         if appended.dropped_now:
@@ -226,7 +226,7 @@ class WorkflowTool(Tool):
                 run.notes.append(f"auto_steps {args.auto_steps} was clamped to {limit} (EXAI_MAX_AUTO_STEPS)")
             if thread is not None and thread.dropped:
                 run.notes.append(f"this thread has dropped {thread.dropped} oldest turn(s) (EXAI_MAX_CONVERSATION_TURNS)")
-            ctx.activity["step"] = f"{args.step_number}/{total}"
+            ctx.show(step=f"{args.step_number}/{total}")
             await run.save(
                 [Turn(role="user", content=self.render_step(args), tool=self.name, created=time.time(), step_number=args.step_number)],
                 findings=[args.findings] if args.findings.strip() else [],
@@ -291,7 +291,7 @@ class WorkflowTool(Tool):
         for _ in range(steps):
             number = run.step_number + 1
             run.total_steps = max(run.total_steps, number)
-            ctx.activity["step"] = f"{number}/{run.total_steps}"
+            ctx.show(step=f"{number}/{run.total_steps}")
             await ctx.report(f"{self.name}: auto step {number}/{run.total_steps}")
             if ctx.budget.remaining <= 0:
                 stop = "budget"
