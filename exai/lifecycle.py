@@ -17,6 +17,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
+from exai.config import Settings
 from exai.history import History
 from exai.limits import Limits, Overloaded
 from exai.protocol import (
@@ -30,13 +31,14 @@ from exai.protocol import (
     result_message,
 )
 from exai.providers.base import CallBudget, ProviderError
+from exai.providers.gateway import ModelGateway
 from exai.store import Store, StoreUnavailable
 from exai.tools.base import (
     Activity,
     CallUsage,
     ModelArgs,
+    ServedTool,
     Shown,
-    Tool,
     ToolArgumentError,
     ToolContext,
     ToolOutput,
@@ -157,10 +159,10 @@ class Progress:
 class Services:
     """What calls share: configuration, limiters, providers, tools, the conversation store."""
 
-    settings: Any
+    settings: Settings
     limits: Limits
-    gateway: Any
-    tools: dict[str, Tool]
+    gateway: ModelGateway
+    tools: dict[str, ServedTool]
     store: Store
     calls: Calls
     status: Callable[[], dict[str, Any]]
@@ -172,7 +174,7 @@ async def run_tool_call(
     services: Services,
     call: InflightCall,
     request: ToolCall,
-    tool: Tool,
+    tool: ServedTool,
     session_slots: trio.CapacityLimiter,
     send: Send,
 ) -> dict[str, Any] | None:
@@ -202,12 +204,12 @@ async def run_tool_call(
     try:
         with call.scope:
             try:
-                args = tool.parse(request.arguments)
-                if isinstance(args, ModelArgs):
-                    ctx.thinking = args.thinking
+                bound = tool.bind(request.arguments)
+                if isinstance(bound.args, ModelArgs):
+                    ctx.thinking = bound.args.thinking
                 async with services.limits.admit(session_slots):
                     call.activity = replace(call.activity, state="running")
-                    output = await tool.run(args, ctx)
+                    output = await bound.run(ctx)
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
             except ProviderError as exc:

@@ -45,7 +45,7 @@ from exai.protocol import (
     parse_tool_call,
     result_message,
 )
-from exai.tools.base import Tool
+from exai.tools.base import ServedTool
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -204,7 +204,7 @@ class Session:
         services.calls.add((self.id, call.id), call)
         self.nursery.start_soon(self._run_call, call, parsed, tool, era_of(request))
 
-    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: Tool, era: Era) -> None:
+    async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: ServedTool, era: Era) -> None:
         try:
             response = await run_tool_call(self.services, call, parsed, tool, self.session_slots, self.send)
             if response is not None:

@@ -4,7 +4,10 @@ Three processes on loopback: the simulator (`exai mock-provider`), the daemon (`
 small limits so queues overflow) and this driver. Well-behaved clients (exai.client) make
 random tool calls whose prompts carry `#sim` directives (429 with Retry-After, 5xx, hangs,
 stalled, cut and malformed streams, malformed bodies, latency); they cancel calls, set short
-deadlines, burst past the queue and drop their TCP connection mid-call. Fuzz clients send
+deadlines, burst past the queue and drop their TCP connection mid-call; they call the other
+tools too (challenge, precommit on a git repository, secaudit, tracer, clink), and clink with a
+CLI that never answers (tests/fake_cli.py), cancelled or abandoned: at the end, neither it nor
+its child may be left. Fuzz clients send
 frames that are not JSON, of the wrong shape or with wrong types, and bad handshakes.
 
 Beside them, Streamable HTTP clients on the same daemon (httpx, httpx-sse) make the same calls
@@ -37,6 +40,7 @@ import os
 import random
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -57,8 +61,11 @@ from exai.client import CannotConnect, ConnectionLost, ExaiClient, RpcError, con
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from harness import HttpAnswer, RawMcpHttp, read_until, rss_kib, status_leaks, stop_process
+from processes_support import gone
 
 EXAI: Final = [sys.executable, "-c", "from exai.cli import main; main()"]
+# clink's CLIs: one that answers at once, one that never does (it and its child ignore SIGTERM)
+FAKE_CLI: Final = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fake_cli.py")
 TOKEN: Final = "soak-token-0123456789"
 HTTP_IDLE_S: Final = 3.0  # EXAI_HTTP_SESSION_IDLE_SECS: a session walked away from ends this long after
 LIMITS: Final = {
@@ -145,6 +152,9 @@ class Soak:
     http_fuzz: Counter[str] = field(default_factory=Counter)
     http_fuzz_answers: Counter[str] = field(default_factory=Counter)
     abandoned: list[str] = field(default_factory=list)  # ids of HTTP sessions walked away from
+    repo: str = ""  # a git repository for precommit
+    clink_pids: str = ""  # where each sleepy CLI run writes its pid and its child's
+    clink: Counter[str] = field(default_factory=Counter)  # runs, left (see clink_checks)
     daemon_log: str = ""
 
     def check(self, name: str) -> Check:
@@ -223,6 +233,7 @@ ACTIONS: Final = [
     ("outage", 1),
     ("disconnect", 2),
     ("other_tool", 2),
+    ("clink", 2),
 ]
 
 
@@ -285,6 +296,11 @@ async def other_tool(soak: Soak, client: ExaiClient) -> str:
             ("listmodels", {}),
             ("status", {}),
             ("chat", {"prompt": 7}),  # fails the tool's schema: an isError result
+            ("challenge", {"prompt": "soak: the cache is thread-safe"}),
+            ("clink", {"prompt": "soak", "cli_name": "echo"}),
+            ("secaudit", {**FIRST_STEP, "audit_focus": "owasp"}),
+            ("tracer", {**FIRST_STEP, "trace_mode": "precision", "target_description": "soak"}),
+            ("precommit", {**FIRST_STEP, "path": soak.repo}),  # reads the repository with git
             ("tools/list", None),
             ("ping", None),
         ]
@@ -297,6 +313,41 @@ async def other_tool(soak: Soak, client: ExaiClient) -> str:
         return result_outcome(soak, result)
     except (RpcError, ConnectionLost) as exc:
         return failure(soak, f"{name} {json.dumps(arguments)[:60]}", exc)
+
+
+FIRST_STEP: Final = {"step": "soak", "step_number": 1, "total_steps": 2, "next_step_required": True, "findings": "none yet"}
+
+
+async def clink_sleepy(soak: Soak, client: ExaiClient, tag: str) -> str:
+    """clink with the CLI that never answers, cancelled by the client or abandoned on a
+    connection dropped mid-call; `clink_checks` finds neither it nor its child left."""
+    arguments = {"prompt": f"soak {tag}", "cli_name": "sleepy"}
+    if soak.rng.random() < 0.5:
+        try:
+            with trio.move_on_after(soak.rng.uniform(0.1, 1.0)):
+                return result_outcome(soak, await client.call_tool("clink", arguments))
+        except (RpcError, ConnectionLost) as exc:
+            return failure(soak, "clink", exc)
+        return "cancelled_by_client"
+    outcome = "abandoned"
+    try:
+        async with connect(soak.url, token=TOKEN) as own, trio.open_nursery() as nursery:
+
+            async def call() -> None:
+                nonlocal outcome
+                try:
+                    outcome = result_outcome(soak, await own.call_tool("clink", arguments))
+                except ConnectionLost:
+                    pass  # the drop below
+                except RpcError as exc:
+                    outcome = failure(soak, "clink", exc)
+
+            nursery.start_soon(call)
+            await trio.sleep(soak.rng.uniform(0.1, 1.0))
+            await own.close_abruptly()
+    except (CannotConnect, ConnectionLost, ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    return outcome
 
 
 async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
@@ -319,6 +370,8 @@ async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
                         await outage(soak, client, tag)
                     elif action == "other_tool":
                         soak.record(action, await other_tool(soak, client))
+                    elif action == "clink":
+                        soak.record(action, await clink_sleepy(soak, client, tag))
                     else:
                         soak.record(action, await one_chat(soak, client, action, tag))
                     await trio.sleep(rng.uniform(0, 0.2))  # a client thinks between calls
@@ -1267,6 +1320,7 @@ async def final_checks(soak: Soak) -> dict[str, Any]:
             suffix = f" (settled within {SETTLE_S:g} s)" if settled else f" (still so {SETTLE_S:g} s later)"
         soak.verify(f"at rest after {quiet_s(soak):g} s quiet", not problems, "; ".join(problems) + suffix)
         await abandoned_checks(soak, http)
+        await clink_checks(soak)
         metrics_text = (await http.get(soak.monitor_url + "/metrics", headers=soak.headers)).text
     return {"status": status, "sim": sim, "metrics": metrics_text}
 
@@ -1287,6 +1341,22 @@ async def abandoned_checks(soak: Soak, http: httpx.AsyncClient) -> None:
         not alive,
         f"{len(alive)} of {len(soak.abandoned)} still answer {quiet_s(soak):g} s after the end: {alive[:3]}",
     )
+
+
+async def clink_checks(soak: Soak) -> None:
+    """Every sleepy CLI clink started, and its child, is gone: cancelled or abandoned, the
+    call took the whole process group with it."""
+    pids = []
+    for name in os.listdir(soak.clink_pids):
+        if not name.endswith(".tmp"):
+            with open(os.path.join(soak.clink_pids, name)) as written:  # noqa: ASYNC230 - a few bytes on a local disk
+                pids += [int(word) for word in written.read().split()]
+    with trio.move_on_after(5):
+        while not all(gone(pid) for pid in pids):  # noqa: ASYNC110 - other processes' state
+            await trio.sleep(0.05)
+    left = [pid for pid in pids if not gone(pid)]
+    soak.clink["runs"], soak.clink["left"] = len(pids) // 2, len(left)
+    soak.verify("clink CLIs and their children gone with their calls", not left, f"{len(left)} of {len(pids)} processes still run: {left[:4]}")
 
 
 def rest_problems(status: dict[str, Any], sim: dict[str, Any]) -> list[str]:
@@ -1323,6 +1393,9 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
     goes to `log`, the simulator's to `sim_log`."""
     args = soak.args
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
+    soak.repo, soak.clink_pids = os.path.join(workdir, "repo"), os.path.join(workdir, "clink-pids")
+    os.mkdir(soak.clink_pids)
+    await trio.run_process(["git", "init", "-q", soak.repo], env={**env, "GIT_CONFIG_GLOBAL": os.devnull})
     sim_proc = await trio.lowlevel.open_process(
         [*EXAI, "mock-provider", "--port", "0"], stdout=subprocess.PIPE, stderr=sim_log, env=env, cwd=workdir
     )
@@ -1341,6 +1414,9 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
             EXAI_HTTP_PORT="0",
             EXAI_STATE_DIR=os.path.join(workdir, "state"),
             EXAI_ALLOWED_ROOTS=workdir,
+            EXAI_CLINK_CLIS=",".join(
+                f"{name}={shlex.join([sys.executable, FAKE_CLI, *mode])}" for name, mode in (("echo", ["echo"]), ("sleepy", ["sleep", soak.clink_pids]))
+            ),
         )
         soak.daemon = await trio.lowlevel.open_process(
             [*EXAI, "serve"], stdout=subprocess.PIPE, stderr=log, env=env, cwd=workdir
@@ -1454,6 +1530,7 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
         f"http fuzz requests ({sum(soak.http_fuzz.values())}, {len(soak.http_fuzz)} kinds): answers "
         + ", ".join(f"{k} {v}" for k, v in sorted(soak.http_fuzz_answers.items()))
     )
+    print(f"clink: {soak.clink['runs']} runs of the CLI that never answers, cancelled or abandoned; {soak.clink['left']} processes left")
     print("tool errors: " + "; ".join(f"{v}x {k}" for k, v in soak.tool_errors.most_common(4)))
     print("peaks: " + ", ".join(f"{k} {v}" for k, v in sorted(soak.max_seen.items())))
     print("circuit states (samples): " + ", ".join(f"{k} {v}" for k, v in sorted(soak.circuits.items())))
@@ -1502,6 +1579,7 @@ def summary(soak: Soak, ok: bool, took: float) -> dict[str, Any]:
                  "fuzz_requests": sum(soak.http_fuzz.values()), "fuzz_kinds": len(soak.http_fuzz),
                  "fuzz_answers": dict(soak.http_fuzz_answers)},
         "rss_kib": dict(soak.rss),
+        "clink": dict(soak.clink),
     }
 
 

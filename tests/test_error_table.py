@@ -199,12 +199,12 @@ async def test_duplicate_inflight_id_is_refused_and_the_first_goes_on(url: str) 
         assert second["id"] == 42 and second["result"]["isError"] is False, second
 
 
-class Boom(Tool):
+class Boom(Tool[ToolArgs]):
     name = "boom"
     description = "fails on purpose"
     Args = ToolArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: ToolArgs, ctx: ToolContext) -> ToolOutput:
         raise RuntimeError("secret internals test-kimi-key")
 
 

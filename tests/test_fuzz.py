@@ -18,6 +18,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -388,3 +391,78 @@ async def test_live_tool_calls_with_arbitrary_arguments(daemon: Any) -> None:
         await wire.exchange(wire.prepare(message))
 
     assert await fuzz_live(daemon, call_params, send) >= EXAMPLES
+
+
+# -- the tools that run processes (precommit's git, clink's CLI), with arguments that reach them ---
+
+NEW_TOOLS = ("precommit", "secaudit", "refactor", "testgen", "docgen", "tracer", "challenge", "clink")
+FAKE_CLI = str(Path(__file__).with_name("fake_cli.py"))
+REFS = st.sampled_from(
+    ["HEAD", "HEAD~1", "main", "-p", "--output=PWNED", "--end-of-options", "HEAD\n--cached", "a\x00b", "@{-1}", ":/x", "HEAD^{tree}", "..", "x" * 300, ""]
+)
+
+
+def reaching_calls(repo: Path, pwned: Path) -> st.SearchStrategy[dict[str, Any]]:
+    """tools/call params for the new tools: their step fields mostly valid, so that the calls get
+    past the schema to git, the CLI and the model, with hostile values where they matter."""
+    text = st.text(max_size=30)
+    paths = st.sampled_from([str(repo)] * 8 + [str(repo / "app.py"), str(repo.parent), "/", "/proc/self", "repo", "", f"{repo}\x00"])
+    paths = st.one_of(paths, paths, text)
+    refs = st.one_of(REFS.map(lambda ref: ref.replace("PWNED", str(pwned))), text)
+    own: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+        "precommit": {"compare_to": refs, "include_staged": st.booleans() | json_values, "include_unstaged": st.booleans()},
+        "secaudit": {"audit_focus": st.sampled_from(["owasp", "dependencies", "all"]) | text, "threat_level": st.sampled_from(["low", "critical", "x"])},
+        "refactor": {"refactor_type": st.sampled_from(["decompose", "modernize", "rewrite"]) | json_values},
+        "testgen": {},
+        "docgen": {},
+        "tracer": {"trace_mode": st.sampled_from(["precision", "dependencies", "ask"]) | json_values, "target_description": text},
+    }
+    steps = {
+        "step": st.just("look at it") | text,
+        "step_number": st.integers(1, 4) | st.just(0),
+        "total_steps": st.integers(1, 4),
+        "next_step_required": st.booleans(),
+        "findings": st.just("seen") | text,
+    }
+    optional_steps = {
+        "relevant_files": st.lists(paths, max_size=2),
+        "use_assistant_model": st.booleans(),
+        "confidence": st.sampled_from(["low", "certain", "sure"]),
+        "auto_steps": st.integers(-1, 2),
+        "continuation_id": text,
+        "unknown": json_values,
+    }
+
+    def arguments(name: str) -> st.SearchStrategy[Any]:
+        if name == "challenge":
+            return st.fixed_dictionaries({"prompt": text | huge_strings}, optional={"x": json_values})
+        if name == "clink":
+            return st.fixed_dictionaries(
+                {"prompt": st.just("hello") | text, "cli_name": st.sampled_from(["fake"] * 4 + ["FAKE", ""]) | text},
+                optional={"role": st.sampled_from(["planner", "boss"]) | json_values, "files": st.lists(paths, max_size=2), "continuation_id": text},
+            )
+        reaching = st.fixed_dictionaries(steps, optional={**optional_steps, **own[name]})
+        if name == "precommit":
+            reaching = st.fixed_dictionaries({**steps, "path": paths}, optional={**optional_steps, **own[name]})
+        return st.one_of(reaching, reaching, reaching, tool_arguments(name))
+
+    return st.sampled_from(NEW_TOOLS).flatmap(lambda name: st.fixed_dictionaries({"name": st.just(name), "arguments": arguments(name)}))
+
+
+async def test_live_new_tool_calls_reach_git_and_the_cli_safely(daemons: Any, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    (repo / "app.py").write_text("print('first')\n")
+    for command in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "first"]):
+        subprocess.run(["git", *command], cwd=repo, check=True, env=env, capture_output=True)  # noqa: ASYNC221
+    (repo / "app.py").write_text("print('edited')\n")
+    pwned = tmp_path / "pwned"
+    bound = await daemons.start(clink_clis={"fake": (sys.executable, FAKE_CLI, "echo")})
+
+    async def send(wire: Wire, params: dict[str, Any]) -> None:
+        message = {"jsonrpc": "2.0", "id": "ours", "method": "tools/call", "params": params}
+        await wire.exchange(wire.prepare(message))
+
+    assert await fuzz_live(bound, reaching_calls(repo, pwned), send) >= EXAMPLES
+    assert not pwned.exists()  # no client value was ever taken for a git option

@@ -483,7 +483,7 @@ async def test_429_once_then_hang_then_abort(sim: Simulator, client: httpx.Async
 
 
 async def test_max_inflight_under_20_concurrent(sim: Simulator, client: httpx.AsyncClient) -> None:
-    sim.configure(latency_s=0.2)
+    sim.configure(latency_s=1.0)  # long enough that all 20 overlap on a busy machine
     codes: list[int] = []
 
     async def one(i: int) -> None:

@@ -15,6 +15,7 @@ import trio
 
 from exai.client import RpcError, connect
 from exai.store import read_thread, read_threads
+from exai.tools import TOOL_NAMES
 
 
 def sim(**behaviour: Any) -> str:
@@ -455,13 +456,18 @@ async def test_planner_revisions_and_branches_without_a_model(daemon: Any, simul
     assert simulator.stats.requests_total == 0 and s["provider_calls"] == 0
 
 
-async def test_tools_list_is_compact_and_complete(daemon: Any) -> None:
-    async with connect(daemon.url) as client:
+WORKFLOW_TOOLS = ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus", "precommit", "secaudit", "refactor", "testgen", "docgen", "tracer")
+
+
+async def test_tools_list_is_compact_and_complete(daemons: Any) -> None:
+    bound = await daemons.start(clink_clis={"gemini": ("gemini",), "codex": ("codex", "exec")})
+    async with connect(bound.url) as client:
         listed = await client.request("tools/list")
-    size = len(json.dumps(listed).encode())
-    assert size <= 24_000, size
     tools = {t["name"]: t for t in listed["tools"]}
-    for name in ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus"):
+    assert set(TOOL_NAMES) == set(tools)  # every tool enabled
+    size = len(json.dumps(listed).encode())  # with json's spaces: more than the frame's compact bytes
+    assert size <= 32_000, size  # CONTRACT section 4 (issue 18)
+    for name in WORKFLOW_TOOLS:
         schema = tools[name]["inputSchema"]
         assert {"step", "step_number", "total_steps", "next_step_required"} <= set(schema["required"])
         assert len(tools[name]["description"]) > 100
@@ -516,12 +522,13 @@ CONTRACT_FIELDS = {"status", "step_number", "total_steps", "next_step_required",
 RESULT_FIELDS = CONTRACT_FIELDS | {"findings", "files_used", "usage"}
 
 
-@pytest.mark.parametrize("tool", ["thinkdeep", "debug", "analyze", "codereview", "planner", "consensus"])
+@pytest.mark.parametrize("tool", [t for t in WORKFLOW_TOOLS if t != "precommit"])  # precommit: tests/test_precommit.py
 async def test_every_workflow_result_carries_the_contract_fields(daemon: Any, simulator: Any, tmp_path: Path, tool: str) -> None:
     extra: dict[str, Any] = {"relevant_files": [source_file(tmp_path)], "hypothesis": "h"}
+    own = DECLARED[tool][0] if tool in DECLARED else {}
     async with connect(daemon.url) as client:
-        first = step(1, total=2)
-        final = step(2, total=2, more=False, **extra)
+        first = step(1, total=2, **own)
+        final = step(2, total=2, more=False, **extra, **own)
         if tool == "planner":
             first, final = ({k: v for k, v in a.items() if k not in ("findings", *extra)} for a in (first, final))
         paused = (await client.call_tool(tool, first)).structured
@@ -547,3 +554,87 @@ async def test_the_expert_gets_the_issues_of_every_step(daemon: Any, simulator: 
     assert not result.is_error, result.text
     prompt = simulator.recent[-1]["messages"][-1]["content"]
     assert "Issues found:\n- Issue (high): KeyError on a miss\n- Issue (low): no docstring" in prompt
+
+
+# -- secaudit, refactor, testgen, docgen, tracer: declarations on the engine -----------------------
+
+DECLARED: dict[str, tuple[dict[str, Any], str, str]] = {
+    # tool: (its own fields, its pause status, a phrase of its system prompt)
+    "secaudit": ({"audit_focus": "owasp", "threat_level": "high"}, "pause_for_security_audit", "application security engineer"),
+    "refactor": ({"refactor_type": "decompose"}, "pause_for_refactoring_analysis", "planning a refactoring"),
+    "testgen": ({}, "pause_for_test_analysis", "test engineer"),
+    "docgen": ({}, "pause_for_documentation_analysis", "technical writer"),
+    "tracer": ({"trace_mode": "precision", "target_description": "how get() reaches CACHE"}, "pause_for_tracing", "code navigator"),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(DECLARED))
+async def test_each_declared_tool_runs_its_steps_then_asks_the_expert(daemon: Any, simulator: Any, tmp_path: Path, tool: str) -> None:
+    own, status, system = DECLARED[tool]
+    cache = source_file(tmp_path)
+    async with connect(daemon.url) as client:
+        first = await client.call_tool(tool, step(1, total=3, relevant_files=[cache], **own))
+        s = first.structured
+        assert s is not None and not first.is_error, first.text
+        cid = s["continuation_id"]
+        second = await client.call_tool(tool, step(2, total=3, confidence="medium", continuation_id=cid, **own))
+        assert simulator.stats.requests_total == 0  # intermediate steps never call a model
+        final = await client.call_tool(tool, step(3, total=3, more=False, continuation_id=cid, **own))
+    assert s["status"] == status and s["required_actions"] and s["provider_calls"] == 0
+    assert second.structured is not None and second.structured["status"] == status
+    assert second.structured["required_actions"] != s["required_actions"]  # converging, not starting
+    done = final.structured
+    assert done is not None and not final.is_error, final.text
+    assert done["status"] == "calling_expert_analysis" and done["provider_calls"] == 1
+    assert done["files_used"] == [resolved(cache)]
+    messages = simulator.recent[-1]["messages"]
+    sent = json.dumps(messages)
+    assert "MARKER-7731" in sent  # the expert sees the file's text
+    assert system in messages[0]["content"]
+    for name, value in own.items():
+        assert f"{name}: {value}" in messages[-1]["content"]  # and the tool's own fields
+
+
+@pytest.mark.parametrize(
+    ("tool", "fields", "named"),
+    [
+        ("secaudit", {"audit_focus": "everything"}, "audit_focus"),
+        ("secaudit", {"threat_level": "extreme"}, "threat_level"),
+        ("refactor", {"refactor_type": "rewrite"}, "refactor_type"),
+        ("tracer", {"target_description": "x"}, "trace_mode"),
+        ("tracer", {"trace_mode": "precision"}, "target_description"),
+        ("tracer", {"trace_mode": "ask", "target_description": "x"}, "trace_mode"),
+        ("testgen", {"test_framework": "pytest"}, "test_framework"),
+    ],
+)
+async def test_a_declared_tool_names_its_bad_fields_and_saves_nothing(daemon: Any, tool: str, fields: dict[str, Any], named: str) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool(tool, step(1, **fields))
+    assert result.is_error and result.text.startswith(f"Invalid arguments for {tool}: ") and named in result.text
+    assert read_threads(daemon.daemon.settings) == []
+
+
+@pytest.mark.parametrize("tool", ["secaudit", "refactor", "testgen", "docgen"])
+async def test_the_final_step_of_a_file_tool_needs_relevant_files(daemon: Any, simulator: Any, tool: str) -> None:
+    async with connect(daemon.url) as client:
+        result = await client.call_tool(tool, step(1, more=False))
+    assert result.is_error and "relevant_files" in result.text and simulator.stats.requests_total == 0
+
+
+# -- challenge --------------------------------------------------------------------------------------
+
+
+async def test_challenge_wraps_the_statement_and_calls_no_model(daemon: Any, simulator: Any) -> None:
+    statement = "The cache is thread-safe because Python has a GIL."
+    async with connect(daemon.url) as client:
+        result = await client.call_tool("challenge", {"prompt": statement})
+        empty = await client.call_tool("challenge", {"prompt": ""})
+        huge = await client.call_tool("challenge", {"prompt": "why " * 50_000})
+    assert not result.is_error and statement in result.text
+    assert "critically" in result.text and "Do not agree" in result.text
+    assert result.structured is not None and result.structured["status"] == "challenge_accepted"
+    assert result.structured["trimmed"] is False and result.structured["provider_calls"] == 0
+    assert empty.is_error and "prompt" in empty.text
+    assert huge.structured is not None and huge.structured["trimmed"] is True
+    assert len(huge.text) <= daemon.daemon.settings.max_result_tokens * 4
+    assert simulator.stats.requests_total == 0

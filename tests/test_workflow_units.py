@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 
 from exai.store import Turn
 from exai.tools import all_tools
-from exai.tools.base import ToolArgumentError
+from exai.tools.base import ToolArgumentError, compact_schema
 from exai.tools.context import fit_context, fit_result, keep_under, version_of
 from exai.tools.files import FileContent
 from exai.tools.planner import Planner, plan_of
-from exai.tools.workflow import StepArgs, WorkflowTool, compact_schema, parse_json
+from exai.tools.workflow import StepArgs, WorkflowTool, parse_json
 
-WORKFLOW = ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus")
+WORKFLOW = ("thinkdeep", "debug", "analyze", "codereview", "planner", "consensus", "precommit", "secaudit", "refactor", "testgen", "docgen", "tracer")
 
 
 def file(path: str, text: str) -> FileContent:
@@ -128,6 +128,19 @@ def test_compact_schema_drops_titles_nulls_and_empty_defaults() -> None:
     assert compact["properties"]["hypothesis"]["type"] == "string"
     assert compact["properties"]["confidence"]["default"] == "exploring"
     assert len(text) < len(json.dumps(schema)) * 0.8
+
+
+def test_compact_schema_inlines_defs_and_keeps_only_the_top_level_additional_properties() -> None:
+    compact = compact_schema(StepArgs.model_json_schema())
+    text = json.dumps(compact)
+    assert "$defs" not in text and "$ref" not in text
+    issue = compact["properties"]["issues_found"]["items"]
+    assert issue["required"] == ["severity", "description"] and "additionalProperties" not in issue
+    assert compact["additionalProperties"] is False
+    # What the listing leaves out is still refused.
+    args = {"step": "s", "step_number": 1, "total_steps": 1, "next_step_required": True, "findings": "f"}
+    with pytest.raises(ToolArgumentError, match=r"issues_found\.0\.where: unknown field"):
+        all_tools()["debug"].bind({**args, "issues_found": [{"severity": "low", "description": "d", "where": "x"}]})
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,12 @@ class AnalyzeArgs(StepArgs):
     )
 
 
-class Analyze(WorkflowTool):
+class Analyze(WorkflowTool[AnalyzeArgs]):
     name = "analyze"
     description = (
         "Analyze code in steps (architecture, performance, security, quality): each call records "
-        "what you examined and gets back what to look at next, with no model call; the final step "
-        "(next_step_required: false) gets an expert model's analysis of the files and findings."
+        "what you examined, with no model call; the final step (next_step_required: false) gets an "
+        "expert analysis."
     )
     Args = AnalyzeArgs
     work = "analysis"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, Protocol
+from functools import partial
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from exai.config import Settings
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
+from exai.providers.gateway import ModelGateway
 from exai.store import Store
 
 
@@ -24,11 +27,8 @@ Thinking = Literal["auto", "enabled", "disabled"]
 # The arguments of every tool that calls a model (chat, the step engine's tools).
 # No docstring: pydantic would put it into every tool's schema.
 class ModelArgs(ToolArgs):
-    thinking: Thinking = Field(
-        "auto",
-        description="The model's thinking (reasoning) mode: auto (the model's default), enabled or "
-        "disabled; sent to models that support it. The thinking is never part of the answer.",
-    )
+    # Said in few words: it is in the schema of every tool that calls a model (tools/list <= 32,000 bytes).
+    thinking: Thinking = Field("auto", description="The model's reasoning: auto (its default), enabled or disabled.")
 
 
 @dataclass
@@ -95,8 +95,8 @@ class ToolContext:
     """The call as a tool sees it."""
 
     request_id: str
-    settings: Any
-    gateway: Any
+    settings: Settings
+    gateway: ModelGateway
     budget: CallBudget
     store: Store
     report: Callable[[str], Awaitable[None]]
@@ -167,26 +167,53 @@ def _tail(text: str, width: int = 60) -> str:
     return flat if len(flat) <= width else "…" + flat[-width:]
 
 
-class Tool:
+A = TypeVar("A", bound=ToolArgs)
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """A call's checked arguments, and the run of the tool over them."""
+
+    args: ToolArgs
+    run: Callable[[ToolContext], Awaitable[ToolOutput]]
+
+
+class ServedTool(Protocol):
+    """A tool as the daemon serves it, whatever its argument model."""
+
+    @property
+    def name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def bind(self, arguments: dict[str, Any]) -> BoundCall: ...
+
+
+class Tool(Generic[A]):
+    """A tool over its argument model `A`: `run` gets the arguments parsed and checked."""
+
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[ToolArgs]]
+    Args: type[A]
 
     def input_schema(self) -> dict[str, Any]:
-        schema = self.Args.model_json_schema()
-        schema.pop("title", None)
-        return schema
+        return compact_schema(self.Args.model_json_schema())
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputSchema": self.input_schema()}
 
-    def parse(self, arguments: dict[str, Any]) -> ToolArgs:
+    def parse(self, arguments: dict[str, Any]) -> A:
         try:
             return self.Args.model_validate(arguments)
         except ValidationError as exc:
             raise ToolArgumentError(describe_validation_error(self.name, exc)) from None
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    def bind(self, arguments: dict[str, Any]) -> BoundCall:
+        """The call to run, its arguments checked now (ToolArgumentError names each bad field)."""
+        args = self.parse(arguments)
+        return BoundCall(args, partial(self.run, args))
+
+    async def run(self, args: A, ctx: ToolContext) -> ToolOutput:
         raise NotImplementedError
 
 
@@ -199,3 +226,34 @@ def describe_validation_error(tool: str, exc: ValidationError) -> str:
         else:
             problems.append(f"{where}: {err['msg']}")
     return f"Invalid arguments for {tool}: " + "; ".join(problems)
+
+
+def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without titles, null alternatives, empty defaults, $defs (each used once,
+    inlined where it is used) and the nested objects' `additionalProperties: false` (the
+    arguments are still refused with unknown fields anywhere): under half the bytes, which
+    keeps tools/list under 32,000 bytes (CONTRACT section 4)."""
+    definitions = schema.get("$defs", {})
+    dropped = ("title", "$defs", "additionalProperties")
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/") and len(node) == 1:
+            node = definitions[ref.removeprefix("#/$defs/")]
+        node = {k: v for k, v in node.items() if k not in dropped}
+        options = node.get("anyOf")
+        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
+            node.pop("anyOf")
+            node.update(next(o for o in options if o != {"type": "null"}))
+        if node.get("default", 0) in (None, []):
+            node.pop("default")
+        return {k: walk(v) for k, v in node.items()}
+
+    result: dict[str, Any] = walk(schema)
+    if "additionalProperties" in schema:
+        result["additionalProperties"] = schema["additionalProperties"]
+    return result

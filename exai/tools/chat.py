@@ -35,7 +35,7 @@ class ChatArgs(ModelArgs):
     )
 
 
-class Chat(Tool):
+class Chat(Tool[ChatArgs]):
     name = "chat"
     description = (
         "Ask a model (GLM or Kimi) a question or think through a problem together. "
@@ -43,10 +43,10 @@ class Chat(Tool):
     )
     Args = ChatArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: ChatArgs, ctx: ToolContext) -> ToolOutput:
         async with ctx.store.hold(args.continuation_id):
             history: list[Turn] = []
-            if args.continuation_id:
+            if args.continuation_id is not None:
                 try:
                     history = (await ctx.store.get(args.continuation_id)).turns
                 except ThreadNotFound as exc:

@@ -15,12 +15,12 @@ class CodeReviewArgs(StepArgs):
     standards: str | None = Field(None, description="Coding standards to enforce.")
 
 
-class CodeReview(WorkflowTool):
+class CodeReview(WorkflowTool[CodeReviewArgs]):
     name = "codereview"
     description = (
-        "Review code in steps: each call records what you reviewed and the issues found "
-        "(issues_found with severity) and gets back what to check next, with no model call; the "
-        "final step (next_step_required: false, relevant_files required) gets an expert review."
+        "Review code in steps: each call records what you reviewed and the issues found, with no "
+        "model call; the final step (next_step_required: false, relevant_files required) gets an "
+        "expert review."
     )
     Args = CodeReviewArgs
     work = "code_review"

@@ -54,13 +54,12 @@ class ConsensusArgs(StepArgs):
     )
 
 
-class Consensus(WorkflowTool):
+class Consensus(WorkflowTool[ConsensusArgs]):
     name = "consensus"
     description = (
-        "Get several models' independent verdicts on a proposal at once. Put the proposal in step; "
-        "on the final step (next_step_required: false) every model in models is asked concurrently, "
-        "blind to the others, with its stance; a synthesis names who said what. Failed models are "
-        "reported in responses, the others still count."
+        "Get several models' independent verdicts on a proposal (in step): on the final step "
+        "(next_step_required: false) every model in models is asked at once, blind to the others, "
+        "with its stance; a synthesis names who said what."
     )
     Args = ConsensusArgs
     work = "consensus"
@@ -72,7 +71,7 @@ class Consensus(WorkflowTool):
         ("When the proposal is complete, make the final step to ask the models.",),
     )
 
-    async def finish(self, run: StepRun) -> ToolOutput:
+    async def finish(self, run: StepRun[ConsensusArgs]) -> ToolOutput:
         args, ctx = run.args, run.ctx
         entries = list(args.models) or default_entries(ctx)
         files = await self.read(run, run.files)
@@ -105,7 +104,7 @@ class Consensus(WorkflowTool):
 
     async def ask(
         self,
-        run: StepRun,
+        run: StepRun[ConsensusArgs],
         entry: ModelStance,
         files: list[FileContent],
         ask_until: float,
@@ -134,11 +133,11 @@ class Consensus(WorkflowTool):
             return
         response.update(status="timeout", error="no answer in the time this call left for the models")
 
-    def proposal(self, run: StepRun) -> str:
+    def proposal(self, run: StepRun[ConsensusArgs]) -> str:
         lines = ["Proposal:", run.args.step, "", "What the asker found so far:", *(f"- {f}" for f in run.findings)]
         return "\n".join(lines)
 
-    async def synthesise(self, run: StepRun, responses: list[dict[str, Any]], deadline: float) -> str | None:
+    async def synthesise(self, run: StepRun[ConsensusArgs], responses: list[dict[str, Any]], deadline: float) -> str | None:
         """The synthesis, or None with a note saying why there is none."""
         args, ctx = run.args, run.ctx
         answered = [r for r in responses if r["status"] == "ok"]

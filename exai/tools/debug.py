@@ -5,13 +5,12 @@ from __future__ import annotations
 from exai.tools.workflow import StepArgs, WorkflowTool
 
 
-class Debug(WorkflowTool):
+class Debug(WorkflowTool[StepArgs]):
     name = "debug"
     description = (
-        "Root-cause a bug in steps. You investigate between calls: each call reports one step "
-        "(findings, files, hypothesis) and gets back what to check next; no model is called until "
-        "the final step (next_step_required: false, hypothesis required), which gets an expert "
-        "model's analysis. Keep continuation_id across steps. auto_steps lets exai run a few steps itself."
+        "Root-cause a bug in steps: each call reports one step (findings, files, hypothesis) and gets "
+        "what to check next, with no model call; the final step (next_step_required: false, hypothesis "
+        "required) gets an expert analysis. auto_steps lets exai run a few steps itself."
     )
     Args = StepArgs
     work = "investigation"

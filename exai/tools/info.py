@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Any
 
 from exai import __version__
 from exai.protocol import PROTOCOL_VERSION
@@ -15,12 +14,12 @@ class NoArgs(ToolArgs):
     pass
 
 
-class Version(Tool):
+class Version(Tool[NoArgs]):
     name = "version"
     description = "The exai version, MCP protocol revision, Python and platform of the daemon."
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         info = {
             "exai": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -32,7 +31,7 @@ class Version(Tool):
         return ToolOutput(text, structured=info)
 
 
-class ListModels(Tool):
+class ListModels(Tool[NoArgs]):
     name = "listmodels"
     description = (
         "List the models exai can use, by provider, with context window, availability and the "
@@ -40,7 +39,7 @@ class ListModels(Tool):
     )
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         models = ctx.gateway.list_models()
         lines = []
         for m in models:
@@ -52,12 +51,12 @@ class ListModels(Tool):
         return ToolOutput("\n".join(lines) or "no models", structured={"models": models})
 
 
-class Status(Tool):
+class Status(Tool[NoArgs]):
     name = "status"
     description = "The daemon's live status: connections, calls in flight, limiters, provider circuits."
     Args = NoArgs
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: NoArgs, ctx: ToolContext) -> ToolOutput:
         import json
 
         snapshot = ctx.status()

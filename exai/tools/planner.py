@@ -12,7 +12,7 @@ from pydantic import Field
 from exai.store import Turn
 from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
 from exai.tools.context import fit_result
-from exai.tools.workflow import compact_schema, open_thread
+from exai.tools.workflow import open_thread
 
 # How a plan step is kept in the thread: a header other tools can read as text, and we parse back.
 HEADER: Final = re.compile(r"^\[plan step (\d+)(?: revises (\d+))?(?: branch (\S+) from (\d+))?\] ", re.S)
@@ -67,7 +67,7 @@ def plan_of(turns: list[Turn]) -> Plan:
     return plan
 
 
-class Planner(Tool):
+class Planner(Tool[PlannerArgs]):
     name = "planner"
     description = (
         "Build a plan step by step (no model is called: you think, exai keeps the plan). Each call adds "
@@ -75,9 +75,6 @@ class Planner(Tool):
         "alternative with branch_from_step + branch_id. The result holds the whole plan so far."
     )
     Args = PlannerArgs
-
-    def input_schema(self) -> dict[str, Any]:
-        return compact_schema(super().input_schema())
 
     def required_actions(self, step_number: int) -> list[str]:
         if step_number <= 1:
@@ -87,7 +84,7 @@ class Planner(Tool):
             "When every step is concrete and ordered, send the last one with next_step_required: false.",
         ]
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: PlannerArgs, ctx: ToolContext) -> ToolOutput:
         total = max(args.total_steps, args.step_number)
         async with ctx.store.hold(args.continuation_id):
             thread = await open_thread(ctx, args.continuation_id)
@@ -124,7 +121,7 @@ class Planner(Tool):
         text, structured = fit_result(render_plan, structured, int(ctx.settings.max_result_tokens))
         return ToolOutput(text, structured=structured)
 
-    def check(self, args: Any, plan: Plan) -> tuple[int | None, str | None, int | None]:
+    def check(self, args: PlannerArgs, plan: Plan) -> tuple[int | None, str | None, int | None]:
         """(revised step, branch, branch start) after checking them against the plan so far."""
         revises = None
         if args.is_step_revision:

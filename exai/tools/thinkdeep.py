@@ -12,12 +12,12 @@ class ThinkDeepArgs(StepArgs):
     focus_areas: list[str] = Field(default_factory=list, description="E.g. architecture, performance, security.")
 
 
-class ThinkDeep(WorkflowTool):
+class ThinkDeep(WorkflowTool[ThinkDeepArgs]):
     name = "thinkdeep"
     description = (
-        "Think a hard problem through in steps (design, trade-offs, a tricky decision): each call "
-        "records your reasoning and gets back what to examine next, with no model call; the final "
-        "step (next_step_required: false) gets an expert model's critique and extension."
+        "Think a hard problem through in steps (design, trade-offs, a decision): each call records "
+        "your reasoning, with no model call; the final step (next_step_required: false) gets an "
+        "expert's critique."
     )
     Args = ThinkDeepArgs
     work = "deep_thinking"

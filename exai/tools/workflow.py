@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,31 +56,32 @@ class Issue(BaseModel):
 # The fields every step of an investigating workflow tool takes.
 # No docstring: pydantic would put it into every tool's schema.
 class StepArgs(ModelArgs):
-    step: str = Field(min_length=1, description="What you investigate in this step; on the final step, your conclusion.")
-    step_number: int = Field(ge=1, description="This step's number, from 1.")
-    total_steps: int = Field(ge=1, description="Steps you expect in all (raised to step_number if smaller).")
-    next_step_required: bool = Field(description="true: you will investigate further; false: final step, gets the expert analysis.")
-    findings: str = Field(description="What you found in this step: facts, with file:line evidence.")
-    files_checked: list[str] = Field(default_factory=list, description="Absolute paths you examined.")
-    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths that matter; their text is sent to the model.")
-    relevant_context: list[str] = Field(default_factory=list, description="Functions, classes or modules that matter.")
-    issues_found: list[Issue] = Field(default_factory=list, description="Problems found so far.")
-    hypothesis: str | None = Field(None, description="Your current best explanation.")
-    confidence: Confidence = Field("exploring", description="How sure you are of the findings.")
-    continuation_id: str | None = Field(None, description="Thread id from an earlier step's result; omit on step 1.")
-    model: str | None = Field(None, description="Model for model calls, or 'auto'.")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature, 0 to 2.")
-    use_assistant_model: bool = Field(True, description="false: no expert model call on the final step.")
-    auto_steps: int = Field(
-        0, ge=0, description="Let exai run up to this many further steps itself, one model call each (EXAI_MAX_AUTO_STEPS caps it)."
-    )
+    step: str = Field(min_length=1, description="This step; on the final step, your conclusion.")
+    step_number: int = Field(ge=1)
+    total_steps: int = Field(ge=1, description="Steps expected in all.")
+    next_step_required: bool = Field(description="false: the final step (expert analysis).")
+    findings: str = Field(description="What this step found (file:line).")
+    files_checked: list[str] = Field(default_factory=list)
+    relevant_files: list[str] = Field(default_factory=list, description="Absolute paths sent to the model.")
+    relevant_context: list[str] = Field(default_factory=list)
+    issues_found: list[Issue] = Field(default_factory=list)
+    hypothesis: str | None = None
+    confidence: Confidence = "exploring"
+    continuation_id: str | None = Field(None, description="Thread id of an earlier result.")
+    model: str | None = Field(None, description="Model name, or 'auto'.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    use_assistant_model: bool = True
+    auto_steps: int = Field(0, ge=0, description="Steps exai runs itself, a model call each.")
+
+
+S = TypeVar("S", bound=StepArgs)
 
 
 @dataclass
-class StepRun:
+class StepRun(Generic[S]):
     """One call's view of its thread while it runs."""
 
-    args: Any
+    args: S
     ctx: ToolContext
     thread_id: str | None
     history: list[Turn]
@@ -106,27 +107,6 @@ class StepRun:
             self.notes.append(
                 f"{appended.dropped_now} oldest turn(s) dropped from the thread (EXAI_MAX_CONVERSATION_TURNS)"
             )
-
-
-def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema without titles, null alternatives and empty defaults: a third of the bytes."""
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        node = {k: v for k, v in node.items() if k != "title"}
-        options = node.get("anyOf")
-        if isinstance(options, list) and {"type": "null"} in options and len(options) == 2:
-            node.pop("anyOf")
-            node.update(next(o for o in options if o != {"type": "null"}))
-        if node.get("default", 0) in (None, []):
-            node.pop("default")
-        return {k: walk(v) for k, v in node.items()}
-
-    result: dict[str, Any] = walk(schema)
-    return result
 
 
 def rank(confidence: str) -> int:
@@ -155,19 +135,15 @@ def parse_json(text: str) -> Any:
     return value if isinstance(value, dict) else None
 
 
-class WorkflowTool(Tool):
-    """A workflow tool: a declaration the engine runs."""
+class WorkflowTool(Tool[S]):
+    """A workflow tool: a declaration the engine runs, over its step argument model `S`."""
 
-    Args: ClassVar[type[StepArgs]] = StepArgs
     work: ClassVar[str]  # status while steps remain: pause_for_<work>
     system: ClassVar[str]
     final_requires: ClassVar[tuple[str, ...]] = ()
     auto_capable: ClassVar[bool] = True
     # required_actions: early steps, while confidence is below medium, and once it is medium or above
     actions: ClassVar[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
-
-    def input_schema(self) -> dict[str, Any]:
-        return compact_schema(super().input_schema())
 
     def required_actions(self, step_number: int, confidence: str) -> list[str]:
         early, exploring, converging = self.actions
@@ -177,7 +153,7 @@ class WorkflowTool(Tool):
             return list(early)
         return list(converging if rank(confidence) >= CONFIDENCE.index("medium") else exploring)
 
-    def task_details(self, args: Any) -> str:
+    def task_details(self, args: S) -> str:
         """The tool's own fields (review_type, focus_areas...) as lines for the model."""
         base = set(StepArgs.model_fields)
         lines = []
@@ -188,7 +164,7 @@ class WorkflowTool(Tool):
 
     # -- the engine ----------------------------------------------------------------------
 
-    async def run(self, args: Any, ctx: ToolContext) -> ToolOutput:
+    async def run(self, args: S, ctx: ToolContext) -> ToolOutput:
         total = max(args.total_steps, args.step_number)
         limit = int(ctx.settings.max_auto_steps)
         auto = min(args.auto_steps, limit) if self.auto_capable else 0
@@ -241,16 +217,24 @@ class WorkflowTool(Tool):
                 return self.result(run, status=f"pause_for_{self.work}")
             return await self.auto_run(run, auto, clamped=args.auto_steps > limit)
 
-    async def read(self, run: StepRun, paths: list[str]) -> list[FileContent]:
-        """The files' text for a model call; the result names those trimmed to EXAI_MAX_FILE_BYTES."""
+    async def material(self, run: StepRun[S]) -> list[FileContent]:
+        """What the tool itself gathers for a model call, ahead of the files (precommit: the diff)."""
+        return []
+
+    async def read(self, run: StepRun[S], paths: list[str]) -> list[FileContent]:
+        """The tool's material and the files' text for a model call; the result names those
+        trimmed to EXAI_MAX_FILE_BYTES."""
         settings = run.ctx.settings
-        contents = await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes))
+        contents = [
+            *await self.material(run),
+            *await read_files(paths, settings.allowed_roots, int(settings.max_file_bytes)),
+        ]
         note = trimmed_note(contents)
         if note and note not in run.notes:
             run.notes.append(note)
         return contents
 
-    def check_final(self, args: Any, files: list[str]) -> None:
+    def check_final(self, args: S, files: list[str]) -> None:
         missing = [name for name in self.final_requires if not (files if name == "relevant_files" else getattr(args, name))]
         if missing:
             raise ToolArgumentError(
@@ -258,7 +242,7 @@ class WorkflowTool(Tool):
                 + ", ".join(missing)
             )
 
-    def render_step(self, args: Any) -> str:
+    def render_step(self, args: S) -> str:
         lines = [f"[{self.name} step {args.step_number}] {args.step}", f"Findings: {args.findings}"]
         if args.hypothesis:
             lines.append(f"Hypothesis: {args.hypothesis}")
@@ -275,7 +259,7 @@ class WorkflowTool(Tool):
             lines.append(details)
         return "\n".join(lines)
 
-    async def auto_run(self, run: StepRun, steps: int, *, clamped: bool) -> ToolOutput:
+    async def auto_run(self, run: StepRun[S], steps: int, *, clamped: bool) -> ToolOutput:
         """Run up to `steps` further steps, one provider call each; a loop, never recursion.
 
         Stops early at high confidence, after STALL_STEPS steps with nothing new, or when
@@ -352,19 +336,19 @@ class WorkflowTool(Tool):
         run.notes.append(_STOP_NOTES[stop].format(limit=ctx.settings.max_auto_steps, budget=ctx.budget.max_calls))
         return self.result(run, status=status)
 
-    def task_lines(self, run: StepRun, heading: str, findings: list[str]) -> list[str]:
+    def task_lines(self, run: StepRun[S], heading: str, findings: list[str]) -> list[str]:
         """The task, the tool's own fields, the findings and the hypothesis, for a prompt."""
         lines = [f"Task ({self.name}): {run.args.step}", self.task_details(run.args), heading, *(f"- {f}" for f in findings)]
         if run.hypothesis:
             lines.append(f"Current hypothesis: {run.hypothesis}")
         return lines
 
-    def auto_prompt(self, run: StepRun, number: int) -> str:
+    def auto_prompt(self, run: StepRun[S], number: int) -> str:
         lines = self.task_lines(run, "Findings so far:", run.findings[-20:])
         lines.append(f"Run step {number} of {run.total_steps} now; current confidence: {run.confidence}.")
         return "\n".join(line for line in lines if line)
 
-    async def finish(self, run: StepRun) -> ToolOutput:
+    async def finish(self, run: StepRun[S]) -> ToolOutput:
         """The final step: the expert's analysis unless certain or not wanted."""
         args, ctx = run.args, run.ctx
         if not args.use_assistant_model or args.confidence == "certain":
@@ -396,7 +380,7 @@ class WorkflowTool(Tool):
         )
         return self.result(run, status="calling_expert_analysis", final=True, expert=expert)
 
-    def expert_prompt(self, run: StepRun) -> str:
+    def expert_prompt(self, run: StepRun[S]) -> str:
         args = run.args
         lines = self.task_lines(run, "Consolidated findings, step by step:", run.findings)
         # Every step's issues, as render_step kept them in the thread (this step's included).
@@ -410,7 +394,7 @@ class WorkflowTool(Tool):
         lines.append(f"The assistant's confidence: {args.confidence}.")
         return "\n".join(line for line in lines if line)
 
-    def result(self, run: StepRun, *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
+    def result(self, run: StepRun[S], *, status: str, final: bool = False, expert: Any = None, extra: dict[str, Any] | None = None) -> ToolOutput:
         ctx = run.ctx
         actions = [] if final else self.required_actions(run.step_number, run.confidence)
         if run.suggested and not final:
