@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -29,6 +29,27 @@ async def take_slot(limiter: trio.CapacityLimiter) -> None:
         limiter.acquire_nowait()
     except trio.WouldBlock:
         await limiter.acquire()
+
+
+class DeploymentSlots(Protocol):
+    """Provider request slots shared by every replica of a deployment (EXAI_*_MAX_INFLIGHT is
+    the deployment's ceiling). Each daemon also holds its own CapacityLimiter per provider."""
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """Held around one provider request: waits (in the caller's cancel scope) until fewer
+        than `ceiling` requests to `provider` run in the whole deployment, and frees the
+        slot on exit, even when cancelled; a slot of a process that died frees itself."""
+        ...
+
+
+_NO_SLOT: Final = nullcontext()
+
+
+class ProcessSlots:
+    """One daemon is the whole deployment: its own limiter is the ceiling; nothing more held."""
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        return _NO_SLOT
 
 
 class Overloaded(RpcError):

@@ -133,8 +133,11 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
                 why,
                 simulator_url,
             )
-        gateway = ModelGateway.from_settings(settings, daemon.limits.providers, simulator_url=simulator_url)
         async with open_store(settings) as store:
+            # The store chooses the provider slots: shared by replicas on Redis, none on SQLite.
+            gateway = ModelGateway.from_settings(
+                settings, daemon.limits.providers, simulator_url=simulator_url, slots=store
+            )
             async with gateway:
                 daemon.services = Services(
                     settings=settings,

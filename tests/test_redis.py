@@ -8,6 +8,9 @@ Rules: loopback only; the session's own redis-server (never a system one), flush
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -213,3 +216,80 @@ async def test_the_daemon_survives_a_redis_outage_and_recovers_by_itself(
         assert not back.is_error
         again = await client.call_tool("chat", {"prompt": "go on", "continuation_id": back.meta["continuation_id"]})
         assert not again.is_error and "go on" in again.text
+
+
+# -- provider slots shared by replicas ------------------------------------------------------
+
+
+async def test_two_replicas_never_exceed_the_provider_ceiling_together(
+    daemons: Any, simulator: Any, redis_url: str
+) -> None:
+    replicas = [await daemons.start(store_url=redis_url, kimi_max_inflight=2) for _ in range(2)]
+    results: list[Any] = []
+
+    async def call(bound: Any, n: int) -> None:
+        async with connect(bound.url) as client:
+            results.append(await client.call_tool("chat", {"prompt": f"q{n}\n#sim {{\"latency_s\": 0.2}}"}))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(8):
+            nursery.start_soon(call, replicas[n % 2], n)
+    assert len(results) == 8 and not any(r.is_error for r in results), [r.text for r in results if r.is_error]
+    assert simulator.stats.max_inflight == 2  # each replica alone would have let 2 through
+
+
+async def test_a_killed_replicas_slots_free_themselves_within_the_lease(
+    tmp_path: Path, redis_url: str
+) -> None:
+    lease_s = 1.0
+    holder = f"""
+import sys, trio
+from exai.config import Settings
+from exai.store import open_store
+
+async def main():
+    settings = Settings(state_dir={str(tmp_path)!r}, store_url={redis_url!r}, replica_lease_secs={lease_s})
+    async with open_store(settings) as store:
+        async with store.provider_slot("kimi", 2), store.provider_slot("kimi", 2):
+            print("held", flush=True)
+            await trio.sleep(60)
+
+trio.run(main)
+"""
+    process = await trio.lowlevel.open_process([sys.executable, "-c", holder], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        with trio.fail_after(20):
+            assert (await process.stdout.receive_some(100)).startswith(b"held")
+        settings = Settings(state_dir=tmp_path, store_url=redis_url, replica_lease_secs=lease_s)
+        async with open_store(settings) as store:
+            await trio.sleep(lease_s * 1.5)  # renewed meanwhile: both slots stay taken
+            with trio.move_on_after(0.2) as waited:
+                async with store.provider_slot("kimi", 2):
+                    pass
+            assert waited.cancelled_caught
+            process.send_signal(signal.SIGKILL)
+            killed = time.monotonic()
+            with trio.fail_after(lease_s + 2):
+                async with store.provider_slot("kimi", 2), store.provider_slot("kimi", 2):
+                    freed_after = time.monotonic() - killed
+            assert freed_after <= lease_s + 0.5
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+
+
+async def test_a_released_or_cancelled_slot_is_free_at_once(tmp_path: Path, redis_url: str, redis_server: RedisServer) -> None:
+    settings = Settings(state_dir=tmp_path, store_url=redis_url, replica_lease_secs=30)
+    async with open_store(settings) as store:
+        async with store.provider_slot("glm", 1):
+            assert redis_server.command("ZCARD", "exai:slots:glm") == b":1"
+        with trio.move_on_after(0.1):
+            async with store.provider_slot("glm", 1):
+                await trio.sleep(10)  # cancelled while holding it
+        assert redis_server.command("ZCARD", "exai:slots:glm") == b":0"
+        with trio.fail_after(1):
+            async with store.provider_slot("glm", 1):
+                pass

@@ -18,7 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
-from exai.limits import take_slot
+from exai.limits import DeploymentSlots, ProcessSlots, take_slot
 from exai.providers.base import (
     CallBudget,
     Completion,
@@ -91,12 +91,15 @@ class Route:
 class ModelGateway:
     """Routes model names to providers, and makes each provider call with its retries."""
 
-    def __init__(self, settings: Any, routes: dict[str, Route], *, demo: bool):
+    def __init__(
+        self, settings: Any, routes: dict[str, Route], *, demo: bool, slots: DeploymentSlots | None = None
+    ):
         self.settings = settings
         self.routes = routes
         self.demo = demo
         self.models: dict[str, ModelInfo] = catalog(demo, settings.models_file)
         self.rng = random.Random()
+        self.slots: DeploymentSlots = slots or ProcessSlots()
 
     @classmethod
     def from_settings(
@@ -106,6 +109,7 @@ class ModelGateway:
         *,
         simulator_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        slots: DeploymentSlots | None = None,
     ) -> ModelGateway:
         """Build the gateway; `simulator_url` puts it in demo mode (both providers on the simulator)."""
         demo = simulator_url is not None
@@ -139,7 +143,7 @@ class ModelGateway:
                 http=http,
                 rate=rate,
             )
-        return cls(settings, routes, demo=demo)
+        return cls(settings, routes, demo=demo, slots=slots)
 
     async def __aenter__(self) -> ModelGateway:
         return self
@@ -347,17 +351,18 @@ class ModelGateway:
                 with route.circuit.attempt():
                     await take_slot(route.limiter)
                     try:
-                        return await self._attempt(
-                            route,
-                            info,
-                            messages=messages,
-                            temperature=temperature,
-                            max_tokens=max_tokens,
-                            on_text=on_text,
-                            thinking=thinking,
-                            web_search=web_search,
-                            log_context=(request_id, number, attempts),
-                        )
+                        async with self.slots.provider_slot(provider, int(route.limiter.total_tokens)):
+                            return await self._attempt(
+                                route,
+                                info,
+                                messages=messages,
+                                temperature=temperature,
+                                max_tokens=max_tokens,
+                                on_text=on_text,
+                                thinking=thinking,
+                                web_search=web_search,
+                                log_context=(request_id, number, attempts),
+                            )
                     finally:
                         route.limiter.release()
             except AttemptError as exc:

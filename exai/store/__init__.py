@@ -61,6 +61,7 @@ async def _open(settings: Settings, clock: Callable[[], float]) -> AsyncIterator
             ttl_s=_ttl_s(settings),
             max_turns=settings.max_conversation_turns,
             clock=clock,
+            lease_s=settings.replica_lease_secs,
         ) as redis_store:
             yield redis_store
         return

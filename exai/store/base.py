@@ -71,6 +71,12 @@ class Store(Protocol):
         """Delete expired threads; return how many."""
         ...
 
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """A deployment-wide provider request slot (exai.limits.DeploymentSlots): a store that
+        one daemon owns holds nothing (the daemon's own limiter is the ceiling); a shared one
+        holds a lease its replica renews, which frees itself if the replica dies."""
+        ...
+
     async def check(self) -> None:
         """Return when the store answers now; StoreUnavailable (naming it) when it does not.
         Bounded in time (the backend's connect and command timeouts); `/readyz` uses it."""

@@ -30,6 +30,7 @@ import coredis
 import orjson
 import trio
 from coredis.exceptions import RedisError
+from loguru import logger
 
 from exai.config import RedisLocation
 from exai.store.holds import ThreadHolds
@@ -48,6 +49,11 @@ CONNECT_TIMEOUT_S: Final = 2.0
 COMMAND_TIMEOUT_S: Final = 5.0
 # A write that lost to another replica's write of the same thread reads it again, this often.
 WRITE_ATTEMPTS: Final = 20
+# A provider slot that is not free is asked for again this often (the wait is the caller's).
+SLOT_POLL_S: Final = 0.02
+# A slot's release is given this long, shielded; a release that fails leaves a lease that
+# nobody renews, which frees itself within the lease time.
+RELEASE_S: Final = 1.0
 
 T = TypeVar("T")
 
@@ -93,6 +99,84 @@ for _, id in ipairs(gone) do redis.call('DEL', ARGV[2] .. id) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 return #gone
 """
+
+
+# Provider slots: one sorted set per provider, lease id -> expiry on the server's clock (TIME),
+# so replicas' clocks need not agree. KEYS: slots. ARGV: ceiling, lease seconds, lease id.
+_TAKE_SLOT: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+return 1
+"""
+# KEYS: slots. ARGV: lease seconds, lease ids... -> how many were still held (and renewed).
+_RENEW_SLOTS: Final = """
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
+end
+return renewed
+"""
+
+
+def _slots_key(provider: str) -> str:
+    return f"{KEY_PREFIX}slots:{provider}"
+
+
+class _Leases:
+    """This replica's provider slots in Redis: taken by one script, renewed together every
+    third of the lease by `renew_forever`, released by ZREM. A replica that stops renewing
+    (it died, or lost Redis) loses its slots when their lease ends; nothing frees them by hand."""
+
+    def __init__(self, client: coredis.Redis[str], location: RedisLocation, *, lease_s: float):
+        self.lease_s = lease_s
+        self._take = client.register_script(_TAKE_SLOT)
+        self._renew = client.register_script(_RENEW_SLOTS)
+        self._client = client
+        self._location = location
+        self.held: dict[str, set[str]] = {}  # provider -> lease ids held now
+
+    @asynccontextmanager
+    async def slot(self, provider: str, ceiling: int) -> AsyncIterator[None]:
+        lease = uuid.uuid4().hex
+        key = _slots_key(provider)
+        try:
+            while not await self._take([key], [ceiling, repr(self.lease_s), lease]):  # noqa: ASYNC110 - freed by any replica: no event here to wait on
+                await trio.sleep(SLOT_POLL_S)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(self._location, exc) from None
+        self.held.setdefault(provider, set()).add(lease)
+        try:
+            yield
+        finally:
+            self.held[provider].discard(lease)
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_S):
+                try:
+                    await self._client.zrem(key, [lease])
+                except (RedisError, OSError) as exc:
+                    logger.warning("a {} slot was not released ({}); its lease ends it", provider, exc)
+
+    async def renew_forever(self) -> None:
+        """Renew every held slot every third of the lease; a failed renewal is logged and
+        tried again next time (a slot not renewed within its lease is lost, as it should)."""
+        failing = False
+        while True:
+            await trio.sleep(self.lease_s / 3)
+            try:
+                for provider, leases in list(self.held.items()):
+                    if leases:
+                        await self._renew([_slots_key(provider)], [repr(self.lease_s), *leases])
+                if failing:
+                    logger.info("provider slot leases are renewed again")
+                failing = False
+            except (RedisError, OSError) as exc:
+                if not failing:
+                    logger.warning("provider slot leases could not be renewed: {}", exc)
+                failing = True
 
 
 def _thread_key(thread_id: str) -> str:
@@ -200,8 +284,11 @@ class RedisStore:
     """The `Store` on a Redis server. A cancelled call either wrote its script or did not
     (a script runs whole); the client's connection stays usable. Built by `open_redis`."""
 
-    def __init__(self, threads: _Threads, location: RedisLocation, *, max_turns: int):
+    def __init__(
+        self, threads: _Threads, leases: _Leases, location: RedisLocation, *, max_turns: int
+    ):
         self._threads = threads
+        self._leases = leases
         self._location = location
         self._max_turns = max_turns
         self._holds = ThreadHolds()
@@ -260,6 +347,10 @@ class RedisStore:
     async def expire(self) -> int:
         return await self._call(self._threads.expire())
 
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """A lease in `exai:slots:<provider>`: fewer than `ceiling` held in the deployment."""
+        return self._leases.slot(provider, ceiling)
+
     async def check(self) -> None:
         await self._call(self._threads.ping())
 
@@ -297,15 +388,24 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 @asynccontextmanager
 async def open_redis(
-    location: RedisLocation, *, ttl_s: float, max_turns: int, clock: Callable[[], float]
+    location: RedisLocation,
+    *,
+    ttl_s: float,
+    max_turns: int,
+    clock: Callable[[], float],
+    lease_s: float,
 ) -> AsyncIterator[RedisStore]:
-    """The store on the Redis server at `location`, its client closed on exit. Opening does
-    not wait for the server: while it is unreachable each call raises StoreUnavailable, and
-    calls succeed again as soon as it is back."""
+    """The store on the Redis server at `location`, its client closed on exit and its slot
+    leases renewed meanwhile. Opening does not wait for the server: while it is unreachable
+    each call raises StoreUnavailable, and calls succeed again as soon as it is back."""
     client = _client(location)
     try:
-        async with client:
-            yield RedisStore(_Threads(client, ttl_s=ttl_s, clock=clock), location, max_turns=max_turns)
+        async with client, trio.open_nursery() as nursery:
+            leases = _Leases(client, location, lease_s=lease_s)
+            nursery.start_soon(leases.renew_forever)
+            threads = _Threads(client, ttl_s=ttl_s, clock=clock)
+            yield RedisStore(threads, leases, location, max_turns=max_turns)
+            nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The client's connection pool runs in a task group, which wraps whatever leaves this
         # block; callers see the one exception they would see from any other backend.

@@ -345,6 +345,10 @@ class SqliteStore:
             if not entry.users:
                 del self._holds[key]
 
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """One daemon per file: its own limiter is the ceiling, nothing to hold here."""
+        return _HOLD_NOTHING
+
     async def check(self) -> None:
         """A local file opened at start-up: its problems show as each call's error."""
 
