@@ -68,6 +68,8 @@ class _Outstanding:
             params = message.get("params")
             if isinstance(params, dict):
                 self._done(params.get("requestId"))
+        elif method == "subscriptions/listen":
+            pass  # open until the client cancels it: stdin's end must not wait for it
         elif isinstance(method, str) and message.get("jsonrpc") == "2.0":
             key = self._key(message.get("id"))
             if key is not None:

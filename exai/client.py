@@ -6,9 +6,12 @@ Three rooms, each one idea:
   Every message from the daemon goes through `_dispatch`: responses to the caller waiting on
   that id, progress notifications to the call that registered the progressToken, everything
   else to the `receive_raw` queue. Many calls may share one client.
-- The era (`LegacyEra`): what differs between MCP protocol revisions, in one place: the
-  opening handshake, how a message is framed, and the HTTP headers and session it implies.
-  A second era is a second class with the same four members.
+- The era: what differs between MCP protocol revisions, in one place: the opening
+  handshake, how a message is framed, and the HTTP headers, session and cancellation it
+  implies. `LegacyEra` (2025-11-25: `initialize`, a session), `ModernEra` (2026-07-28: each
+  request states its era in `_meta`, no session, closing a request's stream cancels it),
+  `Negotiated` (modern first, legacy when the daemon is older: `connect`'s default) and
+  `PerMessage` (a raw client's own messages, each sent as its era requires: the bridge).
 - The wire (`WebSocketWire`, `HttpWire`): moves whole messages; knows nothing of ids except
   that an HTTP response stream belongs to one request (so a dropped stream is resumed with
   Last-Event-ID until that request's response has come).
@@ -16,6 +19,7 @@ Three rooms, each one idea:
 
 from __future__ import annotations
 
+import base64
 import inspect
 import itertools
 import json
@@ -24,7 +28,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, Literal, NoReturn, Protocol
 
 import httpx
 import trio
@@ -41,6 +45,12 @@ from trio_websocket import (
 from exai import __version__
 
 DEFAULT_PROTOCOL_VERSION: Final = "2025-11-25"
+MODERN_PROTOCOL_VERSION: Final = "2026-07-28"
+META_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
+META_SERVER: Final = "io.modelcontextprotocol/serverInfo"
+UNSUPPORTED_VERSION: Final = -32022
+BASE64_SENTINEL: Final = ("=?base64?", "?=")
+MODERN_ROUTING: Final = "Mcp-Method"  # the header only a modern request carries
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 CONNECT_TIMEOUT_SECS: Final = 10.0
 DISCONNECT_TIMEOUT_SECS: Final = 2.0
@@ -194,8 +204,9 @@ class LegacyEra:
         """The message as this era sends it (legacy: as it is)."""
         return message
 
-    def http_headers(self) -> dict[str, str]:
-        """Headers every HTTP request of this era carries, beyond Accept and the token."""
+    def http_headers(self, text: str | None = None) -> dict[str, str]:
+        """Headers an HTTP request of this era carries (for the message `text`, when it sends
+        one), beyond Accept and the token."""
         headers: dict[str, str] = {}
         if self.session_id is not None:
             headers["Mcp-Session-Id"] = self.session_id
@@ -213,11 +224,203 @@ class LegacyEra:
         """Whether there is a session to end with DELETE when the client closes."""
         return self.session_id is not None
 
+    def ping(self) -> str:
+        """The method of a liveness round trip."""
+        return "ping"
+
+
+class ModernEra:
+    """MCP 2026-07-28: no handshake and no session. Every request carries the version, the
+    client and its capabilities in `_meta`; over HTTP its routing headers mirror the body, it
+    is answered on a stream of its own, and closing that stream is its cancellation."""
+
+    def __init__(self, version: str = MODERN_PROTOCOL_VERSION) -> None:
+        self.version = version
+        self.session_id: str | None = None  # never one: kept so a client reads it as legacy's
+        self.negotiated: str | None = None
+        self.envelope = {
+            META_VERSION: version,
+            "io.modelcontextprotocol/clientInfo": {"name": "exai-client", "version": __version__},
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+
+    async def open(self, client: ExaiClient) -> None:
+        """Learn the server with `server/discover`; RpcError -32022 if it serves not our version."""
+        result = await client.request("server/discover")
+        if not isinstance(result, dict):
+            raise RpcError(-32603, f"malformed server/discover result: {result!r}")
+        supported = result.get("supportedVersions")
+        if not isinstance(supported, list) or self.version not in supported:
+            raise RpcError(UNSUPPORTED_VERSION, "Unsupported protocol version", {"supported": supported})
+        self.negotiated = self.version
+        client.protocol_version = self.version
+        meta = result.get("_meta")
+        server = meta.get(META_SERVER) if isinstance(meta, dict) else None
+        client.server_info = server if isinstance(server, dict) else {}
+        client.capabilities = result.get("capabilities") or {}
+        client.instructions = result.get("instructions")
+
+    def frame(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A request gets the envelope in its `_meta` (its own keys kept); a notification is
+        sent as it is (only `notifications/cancelled` exists, and it needs none)."""
+        if "id" not in message or "method" not in message:
+            return message
+        params = dict(message.get("params") or {})
+        params["_meta"] = {**self.envelope, **(params.get("_meta") or {})}
+        return {**message, "params": params}
+
+    def http_headers(self, text: str | None = None) -> dict[str, str]:
+        message = _json_or_none(text) if text is not None else None
+        return modern_routing(message, self.version)
+
+    def http_answered(self, headers: httpx.Headers) -> None:
+        """A modern answer says nothing about a session: there is none."""
+
+    @property
+    def http_session(self) -> bool:
+        return False
+
+    def ping(self) -> str:
+        return "server/discover"  # the modern revision has no ping
+
+
+class Negotiated:
+    """Modern first; the legacy handshake when the daemon is older (any answer to the probe
+    that is not a modern one: an older exai says -32600 "before initialize", or over HTTP
+    that the session id is missing). Afterwards every member is the chosen era's."""
+
+    def __init__(self, legacy_version: str = DEFAULT_PROTOCOL_VERSION) -> None:
+        self.modern = ModernEra()
+        self.legacy = LegacyEra(legacy_version)
+        self.current: LegacyEra | ModernEra = self.modern
+
+    async def open(self, client: ExaiClient) -> None:
+        try:
+            await self.modern.open(client)
+            return
+        except RpcError as exc:
+            data = exc.data if isinstance(exc.data, dict) else {}
+            if exc.code == UNSUPPORTED_VERSION and self.legacy.version not in (data.get("supported") or ()):
+                raise  # a modern daemon that serves neither of our versions
+            logger.debug("the daemon does not serve MCP {} ({}): falling back to initialize", self.modern.version, exc)
+        self.current = self.legacy
+        await self.legacy.open(client)
+
+    @property
+    def session_id(self) -> str | None:
+        return self.current.session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.current.session_id = value
+
+    @property
+    def negotiated(self) -> str | None:
+        return self.current.negotiated
+
+    def frame(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self.current.frame(message)
+
+    def http_headers(self, text: str | None = None) -> dict[str, str]:
+        return self.current.http_headers(text)
+
+    def http_answered(self, headers: httpx.Headers) -> None:
+        self.current.http_answered(headers)
+
+    @property
+    def http_session(self) -> bool:
+        return self.current.http_session
+
+    def ping(self) -> str:
+        return self.current.ping()
+
+
+class PerMessage:
+    """A raw client's messages (the stdio bridge's): each sent as its own era requires. A
+    request whose `_meta` states a version goes with the modern routing headers (and its
+    cancel closes its stream, see HttpWire); anything else with the legacy session's."""
+
+    def __init__(self) -> None:
+        self.legacy = LegacyEra()
+        self.negotiated: str | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        return self.legacy.session_id
+
+    @session_id.setter
+    def session_id(self, value: str | None) -> None:
+        self.legacy.session_id = value
+
+    async def open(self, client: ExaiClient) -> None:
+        """No handshake of its own: the raw client sends its own."""
+
+    def frame(self, message: dict[str, Any]) -> dict[str, Any]:
+        return message
+
+    def http_headers(self, text: str | None = None) -> dict[str, str]:
+        message = _json_or_none(text) if text is not None else None
+        params = message.get("params") if isinstance(message, dict) else None
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        version = meta.get(META_VERSION) if isinstance(meta, dict) else None
+        if not isinstance(version, str):
+            return self.legacy.http_headers(text)
+        return modern_routing(message, version)
+
+    def http_answered(self, headers: httpx.Headers) -> None:
+        self.legacy.http_answered(headers)
+
+    @property
+    def http_session(self) -> bool:
+        return self.legacy.http_session
+
+    def ping(self) -> str:
+        return "ping"
+
+
+Era = LegacyEra | ModernEra | Negotiated | PerMessage
+
+
+def modern_routing(message: Any, version: str) -> dict[str, str]:
+    """The headers a modern POST mirrors from its body: version, method and, for the methods
+    that name something, that name (base64-encoded when it is no plain header value)."""
+    headers = {"MCP-Protocol-Version": version}
+    if not isinstance(message, dict) or not isinstance(message.get("method"), str):
+        return headers
+    method = message["method"]
+    headers["Mcp-Method"] = method
+    params = message.get("params")
+    field = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(method)
+    name = params.get(field) if field is not None and isinstance(params, dict) else None
+    if isinstance(name, str):
+        headers["Mcp-Name"] = _header_value(name)
+    return headers
+
+
+def _header_value(value: str) -> str:
+    """`value` as it is when it is a plain header value, else in the `=?base64?...?=` form."""
+    plain = all(" " <= ch <= "~" for ch in value) and value == value.strip()
+    if plain and not (value.startswith(BASE64_SENTINEL[0]) and value.endswith(BASE64_SENTINEL[1])):
+        return value
+    return BASE64_SENTINEL[0] + base64.b64encode(value.encode()).decode() + BASE64_SENTINEL[1]
+
+
+def _cancelled_id(text: str) -> RequestId | None:
+    """The request a `notifications/cancelled` names, or None for any other message."""
+    message = _json_or_none(text)
+    if not isinstance(message, dict) or message.get("method") != "notifications/cancelled":
+        return None
+    params = message.get("params")
+    request_id = params.get("requestId") if isinstance(params, dict) else None
+    if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+        return request_id
+    return None
+
 
 class ExaiClient:
     """One MCP session with the daemon. Obtain it from `connect`; safe to share among tasks."""
 
-    def __init__(self, wire: Wire, era: LegacyEra) -> None:
+    def __init__(self, wire: Wire, era: Era) -> None:
         self._wire = wire
         self.era = era
         self._ids = itertools.count(1)
@@ -289,8 +492,8 @@ class ExaiClient:
                 return tools
 
     async def ping(self) -> None:
-        """Round-trip a JSON-RPC `ping`."""
-        await self.request("ping")
+        """A liveness round trip: `ping` (legacy), `server/discover` (modern, which has no ping)."""
+        await self.request(self.era.ping())
 
     async def send_raw(self, text: str) -> None:
         """Send an arbitrary message as it is (for protocol tests and the stdio bridge);
@@ -534,13 +737,14 @@ class HttpWire:
     with GET and Last-Event-ID. All HTTP is httpx and httpx-sse.
     """
 
-    def __init__(self, http: httpx.AsyncClient, url: str, era: LegacyEra) -> None:
+    def __init__(self, http: httpx.AsyncClient, url: str, era: Era) -> None:
         self.http = http
         self.url = url
         self.era = era
         self._nursery: trio.Nursery | None = None
         self._inbox: Inbox | None = None
         self._streams: dict[RequestId, trio.CancelScope] = {}
+        self._modern: set[RequestId] = set()  # in-flight requests sent as modern (routing headers)
         self.closed: str | None = None
 
     async def run(
@@ -560,6 +764,10 @@ class HttpWire:
     async def send(self, text: str, request_id: RequestId | None) -> None:
         if self.closed is not None or self._nursery is None:
             raise WireClosed(self.closed or "connection closed by the client")
+        cancelled = _cancelled_id(text) if request_id is None else None
+        if cancelled is not None and cancelled in self._modern:
+            self.done(cancelled)  # a modern request's cancel is closing its stream, not a message
+            return
         try:
             await self._nursery.start(self._post, text, request_id)
         except WireClosed as exc:
@@ -601,8 +809,8 @@ class HttpWire:
         if request_id is not None and self._inbox is not None:
             self._inbox.request_lost(request_id, reason, owed=owed)
 
-    def _headers(self, **extra: str) -> dict[str, str]:
-        return {"Accept": ACCEPT_BOTH, **self.era.http_headers(), **extra}
+    def _headers(self, text: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Accept": ACCEPT_BOTH, **self.era.http_headers(text), **extra}
 
     async def _post(
         self, text: str, request_id: RequestId | None, *, task_status: trio.TaskStatus[None]
@@ -614,7 +822,9 @@ class HttpWire:
             if request_id is not None:
                 self._streams[request_id] = scope
             try:
-                headers = self._headers(**{"Content-Type": "application/json"})
+                headers = self._headers(text, **{"Content-Type": "application/json"})
+                if request_id is not None and MODERN_ROUTING in headers:
+                    self._modern.add(request_id)
                 async with self._request("POST", headers, text) as response:
                     await self._answer(response, exchange)
                 if exchange.broken and not exchange.answered:
@@ -626,8 +836,10 @@ class HttpWire:
                     raise
                 self._request_lost(request_id, str(exc))
             finally:
-                if request_id is not None and self._streams.get(request_id) is scope:
-                    del self._streams[request_id]
+                if request_id is not None:
+                    self._modern.discard(request_id)
+                    if self._streams.get(request_id) is scope:
+                        del self._streams[request_id]
 
     @asynccontextmanager
     async def _request(
@@ -714,7 +926,8 @@ class HttpWire:
         if not self.era.http_session and (status in (401, 403) or status >= 500):
             hint = HINTS.get(status, "")
             raise CannotConnect(f"daemon at {self.url} rejected the connection: HTTP {status}: {why}{hint}")
-        if status == 404:
+        unknown_method = isinstance(error, dict) and error.get("code") == -32601  # modern: 404 -32601
+        if status == 404 and not unknown_method:
             reason = f"the daemon ended the session (HTTP 404: {why})"
             self._close(reason)
             raise WireClosed(reason)
@@ -912,7 +1125,7 @@ async def open_websocket(
 
 @asynccontextmanager
 async def _websocket_wire(
-    url: str, era: LegacyEra, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
+    url: str, era: Era, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
 ) -> AsyncIterator[WebSocketWire]:
     async with open_websocket(
         url, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
@@ -922,7 +1135,7 @@ async def _websocket_wire(
 
 @asynccontextmanager
 async def _http_wire(
-    url: str, era: LegacyEra, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
+    url: str, era: Era, *, token: str | None, subprotocols: Iterable[str], connect_timeout: float
 ) -> AsyncIterator[HttpWire]:
     """An httpx client for the daemon's /mcp URL. Reading has no timeout of its own (an SSE
     stream lasts as long as its call); connecting and writing do."""
@@ -948,12 +1161,19 @@ async def connect(
     *,
     token: str | None = None,
     initialize: bool = True,
-    protocol_version: str = DEFAULT_PROTOCOL_VERSION,
+    era: Literal["auto", "modern", "legacy"] = "auto",
+    protocol_version: str | None = None,
     subprotocols: Iterable[str] = ("mcp",),
     connect_timeout: float = CONNECT_TIMEOUT_SECS,
 ) -> AsyncIterator[ExaiClient]:
     """Open an MCP session with the daemon at `url`: `ws://host:port/` (WebSocket) or
     `http://host:port/mcp` (Streamable HTTP); the same client either way.
+
+    The protocol era: "auto" speaks MCP 2026-07-28 (`server/discover`, then every request
+    stateless) and falls back to `initialize` when the daemon is older; "modern" and "legacy"
+    speak only that one. A `protocol_version` (a legacy revision) means legacy. With
+    `initialize=False` the client opens nothing: it is a raw client (the bridge), and each
+    message it sends goes as its own era requires.
 
     Raises CannotConnect when the connection or handshake fails (over HTTP: when the daemon
     refuses `initialize` with an HTTP error), RpcError if `initialize` is refused. On
@@ -965,15 +1185,26 @@ async def connect(
         raise CannotConnect(
             f"invalid daemon URL {url!r}: the scheme must be ws://, wss://, http:// or https://"
         )
-    era = LegacyEra(protocol_version)
+    chosen = _era(initialize, era, protocol_version)
     async with opener(
-        url, era, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
+        url, chosen, token=token, subprotocols=subprotocols, connect_timeout=connect_timeout
     ) as wire:
-        client = ExaiClient(wire, era)
+        client = ExaiClient(wire, chosen)
         with _unwrap_single():
             async with trio.open_nursery() as nursery:
                 await nursery.start(wire.run, client)
-                if initialize:
-                    await era.open(client)
+                await chosen.open(client)
                 yield client
                 nursery.cancel_scope.cancel()
+
+
+def _era(initialize: bool, era: str, protocol_version: str | None) -> Era:
+    if not initialize:
+        return PerMessage()
+    if era == "modern":
+        return ModernEra()
+    if era == "legacy" or protocol_version is not None:
+        return LegacyEra(protocol_version or DEFAULT_PROTOCOL_VERSION)
+    if era != "auto":
+        raise ValueError(f"era must be auto, modern or legacy, not {era!r}")
+    return Negotiated()

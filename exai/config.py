@@ -712,3 +712,10 @@ def describe_settings(
             source = "default"
         rows.append((env, _shown(name, getattr(settings, name)), source))
     return rows
+
+
+def reread_disabled_tools(settings: Settings, known_tools: Collection[str]) -> Settings:
+    """`settings` with EXAI_DISABLED_TOOLS read again (environment first, then `.env`), for a
+    reload; every other value stays. ConfigError, as at start-up, when the new value is bad."""
+    kept = {name: getattr(settings, name) for name in ENV_NAMES if name != "disabled_tools"}
+    return load_settings(known_tools=known_tools, **kept)

@@ -33,6 +33,7 @@ from exai.protocol import (
 from exai.providers.base import CallBudget, ProviderError
 from exai.providers.gateway import ModelGateway
 from exai.store import Store, StoreUnavailable
+from exai.subscriptions import Listeners
 from exai.tools.base import (
     Activity,
     CallUsage,
@@ -167,6 +168,7 @@ class Services:
     calls: Calls
     status: Callable[[], dict[str, Any]]
     draining: Callable[[], bool] = lambda: False  # the daemon is shutting down: no new call
+    listeners: Listeners = field(default_factory=Listeners)  # who hears of tool-set changes
     history: History = field(default_factory=History)
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from exai.protocol import OVERLOADED, RpcError
+
+if TYPE_CHECKING:
+    from exai.config import Settings
 
 
 async def take_slot(limiter: trio.CapacityLimiter) -> None:
@@ -52,6 +55,55 @@ class ProcessSlots:
         return _NO_SLOT
 
 
+class Yieldable(Protocol):
+    """A client that may give its connection slot up to a newcomer while it does nothing."""
+
+    def idle_since(self) -> float | None:
+        """When it last did anything, or None while it has a call in flight or an open stream."""
+
+    def evict(self) -> None:
+        """End it now and give its slot back before returning."""
+
+
+class ConnectionSlots:
+    """EXAI_MAX_CONNECTIONS tokens, one per client from its admission to its close, taken
+    without an await between the check and the taking.
+
+    At the cap, a newcomer takes the slot of the longest-idle client that can yield one (a
+    legacy HTTP session with no call and no open stream: clients walk away from those without
+    DELETE); only when none can is it refused.
+    """
+
+    def __init__(self, total: int):
+        self._tokens = trio.CapacityLimiter(total)
+        self.yieldable: set[Yieldable] = set()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self._tokens.borrowed_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self._tokens.total_tokens)
+
+    def take(self, owner: object) -> bool:
+        """Take a slot for `owner`, evicting an idle client when none is free; False if refused."""
+        try:
+            self._tokens.acquire_on_behalf_of_nowait(owner)
+            return True
+        except trio.WouldBlock:
+            pass
+        idle = [(since, id(client), client) for client in self.yieldable if (since := client.idle_since()) is not None]
+        if not idle:
+            return False
+        min(idle)[2].evict()
+        self._tokens.acquire_on_behalf_of_nowait(owner)
+        return True
+
+    def release(self, owner: object) -> None:
+        self._tokens.release_on_behalf_of(owner)
+
+
 class Overloaded(RpcError):
     def __init__(self, retry_after_s: float):
         super().__init__(OVERLOADED, "Server overloaded", {"retry_after_s": retry_after_s})
@@ -66,12 +118,13 @@ class Limits:
         self.max_queued = max_queued
         self.providers = {name: trio.CapacityLimiter(n) for name, n in provider_max.items()}
         self.sessions: dict[str, trio.CapacityLimiter] = {}
+        self.clients: dict[str, tuple[trio.CapacityLimiter, int]] = {}  # modern HTTP: (slots, users)
         self.queued = 0
         # Rolling mean of a call's slot time, to tell refused callers when to come back.
         self._mean_call_s = 1.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Limits:
+    def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             global_max=settings.global_max_inflight,
             session_max=settings.session_max_inflight,
@@ -88,6 +141,23 @@ class Limits:
             yield limiter
         finally:
             del self.sessions[connection_id]
+
+    @asynccontextmanager
+    async def client(self, key: str) -> AsyncIterator[trio.CapacityLimiter]:
+        """The limiter of one modern HTTP client (`client:<key>`), shared by its requests in
+        flight; listed in statistics while any of them lives."""
+        limiter, users = self.clients.get(key, (None, 0))
+        if limiter is None:
+            limiter = trio.CapacityLimiter(self.session_max)
+        self.clients[key] = (limiter, users + 1)
+        try:
+            yield limiter
+        finally:
+            limiter, users = self.clients[key]
+            if users == 1:
+                del self.clients[key]
+            else:
+                self.clients[key] = (limiter, users - 1)
 
     def admit(self, session_slots: trio.CapacityLimiter) -> _Admission:
         """`async with`: hold a session and a global slot for the body; wait in the queue if
@@ -109,6 +179,7 @@ class Limits:
         named = {"global": self.global_slots, **self.providers}
         # list() copies in one step, so the monitor's thread may call this while sessions change.
         named.update({f"session:{cid}": lim for cid, lim in list(self.sessions.items())})
+        named.update({f"client:{key}": lim for key, (lim, _) in list(self.clients.items())})
         return named
 
     def statistics(self) -> dict[str, dict[str, int]]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from exai.config import Settings
 
 REDACTED = "****"
 
 
-def secrets_of(settings: Any) -> list[str]:
+def secrets_of(settings: Settings) -> list[str]:
     values = []
     for name in ("auth_token", "kimi_api_key", "glm_api_key"):
         secret = getattr(settings, name, None)
@@ -30,7 +33,7 @@ def one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
-def setup_logging(settings: Any, sink: Any = None) -> None:
+def setup_logging(settings: Settings, sink: Any = None) -> None:
     """Send logs to stderr (or `sink`) at EXAI_LOG_LEVEL, as text or one JSON object per line."""
     secrets = secrets_of(settings)
     level = settings.log_level

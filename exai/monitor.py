@@ -87,7 +87,7 @@ async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio
         await trio.sleep(HEARTBEAT_S)
 
 
-async def watch_store(daemon: Any) -> None:
+async def watch_store(daemon: Daemon) -> None:
     """Ask the store every STORE_CHECK_S whether it answers; `daemon.store_problem` says why
     not (it makes /readyz 503) until it answers again. Runs beside the heartbeat, which must
     never wait for the store."""

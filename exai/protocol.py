@@ -19,7 +19,19 @@ MAX_DEPTH: Final = 64
 # `_meta.exai/timeout` above this counts as this (the tool timeout shortens it further anyway).
 MAX_TIMEOUT_S: Final = 1e9
 PROTOCOL_VERSION: Final = "2025-11-25"
-SUPPORTED_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
+SUPPORTED_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")  # legacy: by initialize
+MODERN_VERSIONS: Final = ("2026-07-28",)  # modern: stated by every request's _meta
+ALL_VERSIONS: Final = (*MODERN_VERSIONS, *SUPPORTED_VERSIONS)
+
+# The modern revision's reserved _meta keys.
+META_VERSION: Final = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT: Final = "io.modelcontextprotocol/clientInfo"
+META_LOG_LEVEL: Final = "io.modelcontextprotocol/logLevel"
+META_SERVER: Final = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION: Final = "io.modelcontextprotocol/subscriptionId"
+MAX_CLIENT_NAME: Final = 128  # characters of clientInfo.name: it names a limiter in /api/status
+LOG_LEVELS: Final = frozenset({"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"})
 
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
@@ -28,6 +40,8 @@ INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 OVERLOADED: Final = -32000
 TIMED_OUT: Final = -32001
+HEADER_MISMATCH: Final = -32020
+UNSUPPORTED_VERSION: Final = -32022
 
 RequestId = str | int
 
@@ -220,3 +234,63 @@ def parse_tool_call(params: dict[str, Any]) -> ToolCall:
             raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta.exai/timeout" must be a positive number of seconds')
         timeout = float(min(timeout, MAX_TIMEOUT_S))  # an int beyond a double is just "long"
     return ToolCall(name, arguments, token, timeout)
+
+
+def meta_of(params: dict[str, Any]) -> dict[str, Any] | None:
+    """`params._meta` when it is an object."""
+    meta = params.get("_meta")
+    return meta if isinstance(meta, dict) else None
+
+
+def is_modern(params: dict[str, Any]) -> bool:
+    """A request is modern when its `_meta` states a protocol version (any value)."""
+    meta = meta_of(params)
+    return meta is not None and META_VERSION in meta
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What a modern request says about itself in `_meta`."""
+
+    version: str
+    capabilities: dict[str, Any]
+    client_name: str
+
+
+def unsupported_version(requested: str) -> RpcError:
+    return RpcError(
+        UNSUPPORTED_VERSION, "Unsupported protocol version", {"supported": list(ALL_VERSIONS), "requested": requested}
+    )
+
+
+def parse_envelope(params: dict[str, Any]) -> Envelope:
+    """A modern request's `_meta`, checked key by key; RpcError -32022 for a version exai does
+    not serve, -32602 naming the key that is missing or malformed."""
+    meta = meta_of(params)
+    if meta is None:
+        raise RpcError(INVALID_PARAMS, 'Invalid params: "_meta" must be an object')
+    version = meta.get(META_VERSION)
+    if not isinstance(version, str):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: _meta {META_VERSION!r} must be a string")
+    if version not in MODERN_VERSIONS:
+        raise unsupported_version(version)
+    capabilities = meta.get(META_CAPABILITIES)
+    if capabilities is None:
+        raise RpcError(INVALID_PARAMS, f"Invalid params: _meta is missing {META_CAPABILITIES!r}")
+    if not isinstance(capabilities, dict):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: _meta {META_CAPABILITIES!r} must be an object")
+    client = meta.get(META_CLIENT)
+    name = "anonymous"
+    if client is not None:
+        raw = client.get("name") if isinstance(client, dict) else None
+        if not isinstance(raw, str) or not raw or len(raw) > MAX_CLIENT_NAME or not raw.isprintable():
+            raise RpcError(
+                INVALID_PARAMS,
+                f"Invalid params: _meta {META_CLIENT!r} must be an object whose \"name\" is a printable "
+                f"string of 1 to {MAX_CLIENT_NAME} characters",
+            )
+        name = raw
+    level = meta.get(META_LOG_LEVEL)
+    if level is not None and (not isinstance(level, str) or level not in LOG_LEVELS):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: _meta {META_LOG_LEVEL!r} must be one of {sorted(LOG_LEVELS)}")
+    return Envelope(version, capabilities, name)

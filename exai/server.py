@@ -8,15 +8,19 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from loguru import logger
 
 from exai import __version__
+from exai.config import Settings
 from exai.lifecycle import Alive, Calls, CancelReason, Services
-from exai.limits import Limits
+from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
+
+if TYPE_CHECKING:
+    from exai.transports.http.sse import Stream
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,14 @@ class Bound:
 class Daemon:
     """The daemon's shared state: services, connections, readiness."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.limits = Limits.from_settings(settings)
         self.calls = Calls()
         self.connections: Alive[str, Session] = Alive()
-        # One token per client from its accepted handshake to its close, taken without an
-        # await between the check and the taking: at most EXAI_MAX_CONNECTIONS, ever.
-        self.connection_slots = trio.CapacityLimiter(settings.max_connections)
+        # Modern Streamable HTTP requests being answered: no session, so no connection.
+        self.requests: Alive[int, Stream] = Alive()
+        self.connection_slots = ConnectionSlots(settings.max_connections)
         self.connection_nursery: trio.Nursery  # set by _serve_clients: where connections run
         self.started_wall = time.time()
         self.snapshot = Snapshot(time.monotonic(), False, False, {}, {})
@@ -66,6 +70,27 @@ class Daemon:
 
     def request_shutdown(self) -> None:
         self.stopping.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read EXAI_DISABLED_TOOLS again (environment, then `.env`); when the tool
+        set changes, every open session and subscription hears of it. A bad value changes
+        nothing and is logged."""
+        from exai.config import ConfigError, reread_disabled_tools
+        from exai.tools import TOOL_NAMES, all_tools
+
+        try:
+            fresh = reread_disabled_tools(self.settings, TOOL_NAMES)
+        except ConfigError as exc:
+            logger.error("reload: configuration kept as it was: {}", exc)
+            return
+        tools = all_tools(fresh)
+        if list(tools) == list(self.services.tools):
+            logger.info("reload: the tool set is unchanged ({} tools)", len(tools))
+            return
+        self.settings.disabled_tools = fresh.disabled_tools
+        self.services.tools = tools
+        told = self.services.listeners.tools_changed()
+        logger.info("reload: now {} tools ({}); {} listener(s) told", len(tools), ", ".join(tools), told)
 
     def publish(self) -> None:
         """Build the monitor's next snapshot and swap it in; on the daemon's loop only."""
@@ -94,7 +119,7 @@ class Daemon:
 
 
 async def serve(
-    settings: Any,
+    settings: Settings,
     *,
     demo: bool = False,
     task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
@@ -111,7 +136,7 @@ async def serve(
         daemon.stopped.set()
 
 
-async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
+async def _serve(daemon: Daemon, demo: bool, task_status: trio.TaskStatus[Bound]) -> None:
     from exai.monitor import heartbeat, serve_monitor, watch_store
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
@@ -159,7 +184,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: Any) -> None:
         background.cancel_scope.cancel()
 
 
-async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: Any) -> None:
+async def _serve_clients(daemon: Daemon, monitor_url: str | None, task_status: trio.TaskStatus[Bound]) -> None:
     """Accept clients until shutdown is requested; then stop accepting, drain, close."""
     from exai.transports.http import serve_http
     from exai.transports.ws import serve_websockets
@@ -193,10 +218,12 @@ async def _drain(daemon: Daemon) -> None:
         call.cancel(CancelReason.SHUTDOWN)
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.calls.wait_empty()
+    daemon.services.listeners.end_subscriptions()
     for session in list(daemon.connections.active.values()):
         session.end_transport()
     with trio.move_on_after(CLOSE_TIMEOUT_S):
         await daemon.connections.wait_empty()
+        await daemon.requests.wait_empty()
 
 
 def run_serve(
@@ -236,8 +263,12 @@ def run_serve(
                 print(f"exai monitor on {bound.monitor_url}", flush=True)
             if bound.http_url:
                 print(f"exai http on {bound.http_url}", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        logger.info("received SIGHUP, reloading EXAI_DISABLED_TOOLS")
+                        bound.daemon.reload()
+                        continue
                     logger.info("received {}, shutting down", signal.Signals(signum).name)
                     bound.daemon.request_shutdown()
                     break

@@ -29,6 +29,7 @@ from exai.lifecycle import (
 from exai.protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
+    META_SUBSCRIPTION,
     METHOD_NOT_FOUND,
     OVERLOADED,
     BadMessage,
@@ -40,11 +41,13 @@ from exai.protocol import (
     RpcError,
     ToolCall,
     error_message,
+    notification_message,
     parse_cancelled,
     parse_message,
     parse_tool_call,
     result_message,
 )
+from exai.subscriptions import Subscription
 from exai.tools.base import ServedTool
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -90,6 +93,7 @@ class Session:
         self.nursery = nursery  # where this session's calls run
         self.hooks = hooks
         self.calls: dict[RequestId, InflightCall] = {}
+        self.subscriptions: dict[RequestId, Subscription] = {}
         self.initialized = False
         self.protocol_version: str | None = None
         self.failed = False  # set when an unexpected exception ends the session
@@ -99,10 +103,13 @@ class Session:
         self.hooks.end_transport()
 
     def cancel_calls(self, reason: CancelReason) -> int:
-        """Cancel every call of this session; returns how many there were."""
+        """Cancel every call of this session, and end its subscriptions without an answer
+        (the client is gone or asked for it); returns how many calls there were."""
         calls = list(self.calls.values())
         for call in calls:
             call.cancel(reason)
+        for subscription in self.subscriptions.values():
+            subscription.scope.cancel()
         return len(calls)
 
     # -- dispatch ----------------------------------------------------------------------
@@ -157,11 +164,15 @@ class Session:
             except RpcError as exc:
                 self.log.debug("ignoring notifications/cancelled on {}: {}", self.id, exc.message)
                 return
+            reason = cancelled.reason[:REASON_SHOWN]
             call = self.calls.get(cancelled.request_id)
             if call is not None:
-                reason = cancelled.reason[:REASON_SHOWN]
                 self.log.info("call {}/{} cancelled by client: {!r}", self.id, call.id, reason)
                 call.cancel(CancelReason.CLIENT)
+            subscription = self.subscriptions.get(cancelled.request_id)
+            if subscription is not None:
+                self.log.info("subscription {}/{} ended by client: {!r}", self.id, subscription.id, reason)
+                subscription.scope.cancel()
         # notifications/initialized and others need no answer and change nothing.
 
     def _request(self, request: Request) -> dict[str, Any] | None:
@@ -184,8 +195,7 @@ class Session:
         if tool is None:
             known = ", ".join(sorted(services.tools))
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {parsed.name} (known: {known})")
-        if request.id in self.calls:
-            raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request.id!r} is already in flight")
+        self._check_new_id(request.id)
         if services.draining():
             raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
         timeout = float(services.settings.tool_timeout_secs)
@@ -203,6 +213,52 @@ class Session:
         self.calls[request.id] = call
         services.calls.add((self.id, call.id), call)
         self.nursery.start_soon(self._run_call, call, parsed, tool, era_of(request))
+
+    def _check_new_id(self, request_id: RequestId) -> None:
+        if request_id in self.calls or request_id in self.subscriptions:
+            raise RpcError(INVALID_REQUEST, f"Invalid Request: id {request_id!r} is already in flight")
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def start_subscription(self, request: Request, wants_tools: bool, era: Era) -> None:
+        """Open a `subscriptions/listen` stream in the session's nursery: acknowledged first,
+        then a notification per change asked for, until the client cancels it or it ends."""
+        self._check_new_id(request.id)
+        if self.services.draining():
+            raise RpcError(OVERLOADED, "Server shutting down", {"retry_after_s": 1})
+        subscription = Subscription(request.id, wants_tools)
+        self.subscriptions[request.id] = subscription
+        self.nursery.start_soon(self._run_subscription, subscription, era)
+
+    async def _run_subscription(self, subscription: Subscription, era: Era) -> None:
+        tag = {META_SUBSCRIPTION: subscription.id}
+        listeners = self.services.listeners
+        listeners.subscriptions.add(subscription)
+        try:
+            with subscription.scope:
+                agreed = {"toolsListChanged": True} if subscription.wants_tools else {}
+                ack = {"_meta": tag, "notifications": agreed}
+                await self.send(notification_message("notifications/subscriptions/acknowledged", ack))
+                while True:
+                    await subscription.next_change()
+                    await self.send(notification_message("notifications/tools/list_changed", {"_meta": tag}))
+            if subscription.graceful:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await self._send_answer(result_message(subscription.id, era.finish({"_meta": tag})))
+        finally:
+            listeners.subscriptions.discard(subscription)
+            del self.subscriptions[subscription.id]
+            self.hooks.call_ended(subscription.id)
+
+    def tools_changed(self) -> None:
+        """A session that did `initialize` hears of tool-set changes on its connection."""
+        if self.initialized:
+            note = notification_message("notifications/tools/list_changed", {})
+            self.nursery.start_soon(self._send_answer, note)
+
+    def end_subscriptions(self) -> None:
+        for subscription in list(self.subscriptions.values()):
+            subscription.end()
 
     async def _run_call(self, call: InflightCall, parsed: ToolCall, tool: ServedTool, era: Era) -> None:
         try:
@@ -246,12 +302,16 @@ async def open_session(
                 session = Session(services, session_id, send, session_slots, nursery, hooks)
                 if registry is not None:
                     registry.add(session_id, session)
+                services.listeners.sessions.add(session)
                 try:
                     yield session
                 except BaseException:
                     # The session ends here, whatever ended it: for its calls, a disconnect.
                     session.cancel_calls(CancelReason.DISCONNECT)
                     raise
+                finally:
+                    services.listeners.sessions.discard(session)
+                session.end_subscriptions()  # a session ended in order answers its subscriptions
         except* Exception:
             if session is not None:
                 session.failed = True

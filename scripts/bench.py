@@ -9,10 +9,11 @@ that disconnect-to-abort is timed on one clock. Every figure comes with each pro
 share over its run (from /proc/<pid>/stat), and server CPU milliseconds per call, which
 stays meaningful when the machine is shared.
 
-`--transport ws|http|both` says how the loads reach the daemon; with `both` (the default of
---report) each load runs over WebSocket, then over Streamable HTTP, then through the floor
-where it applies, and one call at a time interleaves them call by call. Results keep
-WebSocket's plain load names; the others get `_http` and `_floor` (`sequential_http`, ...).
+`--transport ws|http|modern|both` says how the loads reach the daemon; with `both` (the default
+of --report) each load runs over WebSocket, then over Streamable HTTP as a legacy session
+(2025-11-25), then as modern stateless requests (2026-07-28), then through the floor where it
+applies, and one call at a time interleaves them call by call. Results keep WebSocket's plain
+load names; the others get `_http`, `_modern` and `_floor` (`sequential_http`, ...).
 
 Daemon calls ask for progress, so the daemon streams from the provider (its hot path); the
 direct baseline streams too, over the daemon's own transport, so the difference is the daemon.
@@ -54,7 +55,8 @@ import trio
 from httpx_sse import aconnect_sse
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the decoder aiter_sse uses, fed by h11
 
-from exai.client import ExaiClient, RpcError, ToolResult, connect
+from exai.client import ExaiClient, RpcError, ToolResult
+from exai.client import connect as connect_any_era
 from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
 from exai.providers.transport import TrioH11Transport
@@ -66,6 +68,9 @@ from h11sim import H11Sim
 from harness import read_until, rss_kib
 
 ROOT = Path(__file__).resolve().parent.parent
+# The WebSocket rows measure what they always did, a legacy session (the floor relay speaks
+# only that); modern Streamable HTTP has rows of its own ("modern").
+connect = partial(connect_any_era, era="legacy")
 EXAI = [sys.executable, "-c", "from exai.cli import main; main()"]
 H11SIM = [sys.executable, str(ROOT / "scripts" / "h11sim.py")]
 FLOOR = [sys.executable, str(ROOT / "scripts" / "floor_relay.py")]
@@ -162,15 +167,18 @@ class HttpMcpClient:
     the WebSocket client does. Any failure or cancellation closes the socket it happened on.
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, modern: bool = False):
         parsed = httpx.URL(url)
+        # Modern (MCP 2026-07-28): no session; each request states its era in _meta and mirrors
+        # its method (and tool) in headers, and closing its stream is its cancellation.
+        self.modern = modern
         self.origin = (parsed.host, parsed.port or 80)
         self.target = parsed.raw_path
         self.base_headers = [
             (b"host", f"{parsed.host}:{parsed.port}".encode()),
             (b"accept", b"application/json, text/event-stream"),
             (b"content-type", b"application/json"),
-            (b"mcp-protocol-version", b"2025-11-25"),
+            (b"mcp-protocol-version", MODERN_VERSION.encode() if modern else b"2025-11-25"),
         ]
         self.session = b""
         self._ids = 0
@@ -188,12 +196,13 @@ class HttpMcpClient:
         self._open.discard(sock)
         sock.stream.socket.close()
 
-    async def _exchange(self, method: str, body: bytes, on_message: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def _exchange(self, method: str, body: bytes, on_message: Callable[[dict[str, Any]], Awaitable[None]],
+                        routing: list[tuple[bytes, bytes]] | None = None) -> None:
         """Send one request and read its whole answer: `on_message` gets each JSON-RPC message
         in it (an SSE event's, or the JSON body). RuntimeError for a status of 300 or more."""
         sock = await self._socket()
         parser = sock.parser
-        headers = [*self.base_headers, (b"content-length", str(len(body)).encode())]
+        headers = [*self.base_headers, *(routing or []), (b"content-length", str(len(body)).encode())]
         if self.session:
             headers.append((b"mcp-session-id", self.session))
         try:
@@ -247,8 +256,14 @@ class HttpMcpClient:
                 if inspect.isawaitable(outcome):
                     await outcome
 
+        routing = None
+        if self.modern:
+            params = {**params, "_meta": {**params.get("_meta", {}), **MODERN_META}}
+            routing = [(b"mcp-method", method.encode())]
+            if method == "tools/call":
+                routing.append((b"mcp-name", params["name"].encode()))
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
-        await self._exchange("POST", body, on_message)
+        await self._exchange("POST", body, on_message, routing)
         if "error" in answer:
             raise RpcError(answer["error"]["code"], answer["error"]["message"], answer["error"].get("data"))
         if "result" not in answer:
@@ -256,6 +271,9 @@ class HttpMcpClient:
         return answer["result"]
 
     async def open(self) -> None:
+        if self.modern:  # no handshake: a modern client learns the server once, then calls
+            await self.request("server/discover", {})
+            return
         await self.request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                           "clientInfo": {"name": "exai-bench", "version": "0"}})
         await self._exchange("POST", b'{"jsonrpc":"2.0","method":"notifications/initialized"}', _ignore_message)
@@ -271,8 +289,9 @@ class HttpMcpClient:
         return ToolResult.from_result(result)
 
     async def end(self) -> None:
-        """DELETE /mcp: the daemon ends the session and cancels its calls."""
-        await self._exchange("DELETE", b"", _ignore_message)
+        """DELETE /mcp: the daemon ends the session and cancels its calls (modern: no session)."""
+        if not self.modern:
+            await self._exchange("DELETE", b"", _ignore_message)
 
     def close(self) -> None:
         for sock in list(self._open):
@@ -284,17 +303,27 @@ async def _ignore_message(message: dict[str, Any]) -> None:
     pass
 
 
+MODERN_VERSION = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "exai-bench", "version": "0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+HTTP_WAYS = ("http", "modern")  # Streamable HTTP, legacy sessions and modern requests
+
+
 class Bench:
     """The loads. `via` names the way a load reaches a server: "ws" (the daemon's WebSocket),
-    "http" (its Streamable HTTP) or "floor" (scripts/floor_relay.py, WebSocket)."""
+    "http" (its Streamable HTTP, a legacy session), "modern" (the same endpoint, MCP 2026-07-28
+    requests) or "floor" (scripts/floor_relay.py, WebSocket)."""
 
     def __init__(self, sim_url: str, daemon: dict[str, Any], local_sim: H11Sim, floor: dict[str, Any] | None = None):
         self.sim_url = sim_url
         self.daemon_url = daemon["url"]
         self.monitor_url = daemon["monitor"]
         self.daemon_pid = daemon["pid"]
-        self.urls = {"ws": daemon["url"], "http": daemon["http"]}
-        self.server_pids = {"ws": daemon["pid"], "http": daemon["pid"]}
+        self.urls = {"ws": daemon["url"], "http": daemon["http"], "modern": daemon["http"]}
+        self.server_pids = {"ws": daemon["pid"], "http": daemon["pid"], "modern": daemon["pid"]}
         if floor is not None:
             self.urls["floor"] = floor["url"]
             self.server_pids["floor"] = floor["pid"]
@@ -312,13 +341,13 @@ class Bench:
 
     @asynccontextmanager
     async def client(self, via: str = "ws") -> AsyncIterator[Any]:
-        """One client of a server: a WebSocket connection, or a Streamable HTTP session (ended
-        with DELETE on the way out)."""
-        if via != "http":
+        """One client of a server: a WebSocket connection, a Streamable HTTP session (ended
+        with DELETE on the way out), or a modern Streamable HTTP client."""
+        if via not in HTTP_WAYS:
             async with connect(self.urls[via]) as client:
                 yield client
             return
-        mcp = HttpMcpClient(self.urls["http"])
+        mcp = HttpMcpClient(self.urls[via], modern=via == "modern")
         try:
             await mcp.open()
             yield mcp
@@ -403,6 +432,9 @@ class Bench:
             if via == "http" and "ws" in vias:
                 entry["over_ws_p50_ms"] = ms(pct(through["http"], 0.5) - pct(through["ws"], 0.5))
                 entry["over_ws_p99_ms"] = ms(pct(through["http"], 0.99) - pct(through["ws"], 0.99))
+            if via == "modern" and "http" in vias:
+                entry["over_http_p50_ms"] = ms(pct(through["modern"], 0.5) - pct(through["http"], 0.5))
+                entry["over_http_p99_ms"] = ms(pct(through["modern"], 0.99) - pct(through["http"], 0.99))
             out[load_key("sequential", via)] = entry
         return out
 
@@ -605,7 +637,7 @@ class Bench:
 
         WebSocket: the TCP connection drops with no close handshake. Streamable HTTP: DELETE
         ends the session (a dropped SSE stream cancels nothing there, by the spec, so it has no
-        abort to time)."""
+        abort to time). Modern Streamable HTTP: the call's stream is closed, its cancellation."""
         sim = self.local_sim
         sim.configure(hang=True)
         gaps = []
@@ -625,12 +657,15 @@ class Bench:
                 dropped = trio.current_time()
                 if via == "http":
                     await client.end()
+                elif via == "modern":
+                    client.close()
                 else:
                     await client.close_abruptly()
                 with trio.fail_after(5):
                     await sim.wait_until(lambda s, target=aborted: s.aborted > target)
                 gaps.append(sim.stats.last_abort_at - dropped)
-        return {"runs": n, "how": "DELETE /mcp" if via == "http" else "TCP dropped",
+        how = {"http": "DELETE /mcp", "modern": "its stream closed"}.get(via, "TCP dropped")
+        return {"runs": n, "how": how,
                 "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps)),
                 "samples_ms": [ms(gap) for gap in gaps]}
 
@@ -944,6 +979,13 @@ class CpuMeter:
                 entry.setdefault("daemon_cpu_ms_per_call", round(mine["daemon"] * 1000 / calls, 3))
 
 
+def compare_eras(results: dict[str, Any]) -> None:
+    """Modern Streamable HTTP beside legacy in one run: its 64-in-flight calls/s over legacy's."""
+    modern, legacy = results.get("throughput_modern"), results.get("throughput_http")
+    if modern and legacy:
+        modern["over_http_calls_per_s"] = round(modern["calls_per_s"] - legacy["calls_per_s"], 1)
+
+
 def load_key(name: str, via: str) -> str:
     """A load's key in the results: WebSocket keeps the plain name (as before both transports)."""
     return name if via == "ws" else f"{name}_{via}"
@@ -1008,7 +1050,7 @@ def plan_loads(bench: Bench, opts: argparse.Namespace, transports: list[str], fl
 async def main(opts: argparse.Namespace) -> dict[str, Any]:
     """Start the processes, run the loads `opts.runs` times; {"runs": [...], "profile": ..., ...}."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EXAI_", "KIMI_", "GLM_"))}
-    transports = ["ws", "http"] if opts.transport == "both" else [opts.transport]
+    transports = ["ws", "http", "modern"] if opts.transport == "both" else [opts.transport]
     async with trio.open_nursery() as nursery:
         local_sim: H11Sim = await nursery.start(H11Sim().serve)
         if opts.simulator == "h11":
@@ -1037,9 +1079,10 @@ async def main(opts: argparse.Namespace) -> dict[str, Any]:
                         if not opts.only or name in opts.only or any(key in opts.only for key in keys):
                             with meter(results, *keys):
                                 results.update(await load())
+                    compare_eras(results)
                     out["runs"].append(results)
                 for via in transports if opts.profile else []:
-                    path = opts.profile if via == "ws" else "-http".join(os.path.splitext(opts.profile))
+                    path = opts.profile if via == "ws" else f"-{via}".join(os.path.splitext(opts.profile))
                     out[load_key("profile", via)] = await profile_daemon(
                         bench, daemon["pid"], path, 6 * (0.2 if opts.quick else 1.0), via)
                 if opts.peer:
@@ -1122,7 +1165,7 @@ async def workflow(env: dict[str, str]) -> dict[str, Any]:
 # (trio's own frames inside a task count for the code that called them); samples with no
 # task frame are trio's scheduler and I/O wait; the monitor's thread is counted apart.
 PROVIDER_TRANSPORT = "provider transport (h11, sockets)"
-HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http.py)"
+HTTP_SERVER = "Streamable HTTP server (hypercorn and its h11, exai/transports/http/)"
 CATEGORIES: list[tuple[str, str]] = [
     ("logging (loguru)", r"^loguru/|exai/logs\.py"),
     ("metrics (prometheus_client)", r"^prometheus_client/|exai/metrics\.py"),
@@ -1135,7 +1178,7 @@ CATEGORIES: list[tuple[str, str]] = [
     (PROVIDER_TRANSPORT, r"exai/providers/transport\.py|^h11/"),
     ("provider call (gateway, openai_compat: cancel scopes, slot, retries)", r"exai/providers/(gateway|circuit|ratelimit|retry|base|openai_compat)\.py"),
     ("WebSocket frames (wsproto, trio-websocket)", r"^wsproto/|^trio_websocket/"),
-    (HTTP_SERVER, r"^hypercorn/|exai/transports/http\.py|exai/asgi\.py"),
+    (HTTP_SERVER, r"^hypercorn/|exai/transports/http/|exai/asgi\.py"),
     ("JSON-RPC protocol", r"exai/protocol\.py"),
     ("lifecycle and limiters", r"exai/(lifecycle|limits)\.py"),
     ("tools", r"exai/tools/"),
@@ -1213,6 +1256,8 @@ TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("sequential", "added_p99_ms", "one call at a time, added latency p99 (ms)", "-", None),
     ("sequential_http", "over_ws_p50_ms", "HTTP added p50 over WebSocket, one call at a time (ms)", "<= 1", lambda v: v <= 1),
     ("sequential_http", "over_ws_p99_ms", "HTTP added p99 over WebSocket, one call at a time (ms)", "-", None),
+    ("sequential_modern", "over_http_p50_ms", "modern HTTP added p50 over legacy HTTP, one call at a time (ms)", "<= 0", lambda v: v <= 0),
+    ("throughput_modern", "over_http_calls_per_s", "modern HTTP calls/s over legacy HTTP, 64 in flight", ">= 0", lambda v: v >= 0),
     ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)", "<= 2", lambda v: v <= 2),
     ("open_loop_300_per_s", "added_p99_ms", "300 calls/s open loop, 200 ms provider, added p99 (ms)", "<= 5", lambda v: v <= 5),
     ("throughput", "calls_per_s", "64 in flight, zero-latency provider (calls/s)", ">= 1000", lambda v: v >= 1000),
@@ -1234,9 +1279,13 @@ TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
 WAYS: list[tuple[str, str]] = [
     ("", ""),
     ("_http", "Streamable HTTP: "),
+    ("_modern", "Streamable HTTP, modern 2026-07-28: "),
     ("_floor", "floor, the same libraries with no exai logic: "),
 ]
-HTTP_LABELS = {"disconnect_to_abort": ("client vanishes", "DELETE /mcp")}
+HTTP_LABELS = {
+    "_http": {"disconnect_to_abort": ("client vanishes", "DELETE /mcp")},
+    "_modern": {"disconnect_to_abort": ("client vanishes", "its stream closed")},
+}
 
 
 def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, str, str, str, Callable[[float], bool] | None]]:
@@ -1248,8 +1297,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[tuple[str, str, str, str, Cal
             if median_of(runs, load + suffix, key) is None:
                 continue
             text = label
-            if suffix == "_http" and load in HTTP_LABELS:
-                text = text.replace(*HTTP_LABELS[load])
+            if load in HTTP_LABELS.get(suffix, {}):
+                text = text.replace(*HTTP_LABELS[suffix][load])
             if suffix == "_floor":
                 rows.append((load + suffix, key, prefix + text, "-", None))
             else:
@@ -1316,13 +1365,13 @@ def write_report(out: dict[str, Any], command: str, docs: Path) -> Path:
                      f"{f'{cpu[0]:.2f}' if cpu else '-'} | {share_text} |")
     lines += ["", *_floor_section(runs), *_concurrency_section(runs, docs, plt), *_abort_section(runs, docs, plt)]
     profile = out.get("profile")
-    for shown in (profile, out.get("profile_http")):
+    for shown in (profile, out.get("profile_http"), out.get("profile_modern")):
         if shown:
             lines += _profile_section(shown)
     if missed:
         lines += ["## What bounds the missed targets", ""]
         for label, load, key in missed:
-            shown = out.get("profile_http") if load.endswith("_http") else profile
+            shown = next((out.get(f"profile{way}") for way in ("_http", "_modern") if load.endswith(way)), None) or profile
             lines.append(f"- **{label}**: {_bound(runs, load, key, shown)}")
         lines.append("")
     peer = out.get("peer")
@@ -1345,7 +1394,7 @@ def _processes_text(out: dict[str, Any]) -> str:
     text = ("- on loopback: the provider simulator (`scripts/h11sim.py`, raw h11 on trio), the daemon (`exai serve`, "
             "serving WebSocket and Streamable HTTP at once)" + (", the floor (`scripts/floor_relay.py`, below)" if floor else "")
             + " and the load generator (this script). ")
-    ways = [{"ws": "WebSocket", "http": "Streamable HTTP"}[t] for t in transports] + (["the floor"] if floor else [])
+    ways = [_TRANSPORT_NAMES[t] for t in transports] + (["the floor"] if floor else [])
     if len(ways) > 1:
         text += (f"Each load runs over {', then '.join(ways)}, against the same daemon in the same run; one call at a "
                  "time interleaves them call by call, so that each is measured at the same moments of the machine. ")
@@ -1385,7 +1434,7 @@ def _bound(runs: list[dict[str, Any]], load: str, key: str, profile: dict[str, A
                  f"of a core, and one whole core would carry about {1000 / cpu[0]:.0f} calls/s")
     elif cpu:
         text += f". The daemon spent {cpu[0]:.2f} ms of CPU per call"
-    base = load.removesuffix("_http")
+    base = load.removesuffix("_http").removesuffix("_modern")
     ws_cpu = median_of(runs, base, "daemon_cpu_ms_per_call")
     if base != load and ws_cpu:
         text += f". Over WebSocket the same load cost the daemon {ws_cpu[0]:.2f} ms of CPU per call"
@@ -1421,10 +1470,14 @@ def _floor_section(runs: list[dict[str, Any]]) -> list[str]:
              "joins the streamed text, sends one progress notification and answers; no limits, validation, deadlines, "
              "cancellation, logging, metrics or store. Its figures are what the libraries, the simulator and the load "
              "generator cost on this machine; the distance from exai's to them is exai's own logic.", "",
-             "| figure | exai, WebSocket | exai, Streamable HTTP | floor |", "|---|---|---|---|"]
+             ]
+    modern = any(key.endswith("_modern") for run in runs for key in run)
+    suffixes = ("", "_http", *(("_modern",) if modern else ()), "_floor")
+    names = ("exai, WebSocket", "exai, Streamable HTTP", *(("exai, modern HTTP",) if modern else ()), "floor")
+    lines += ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for load, key, label in FLOOR_FIGURES:
         cells = []
-        for suffix in ("", "_http", "_floor"):
+        for suffix in suffixes:
             got = median_of(runs, load + suffix, key)
             cells.append(f"{got[0]:g}" if got else "-")
         lines.append(f"| {label} | {' | '.join(cells)} |")
@@ -1434,7 +1487,8 @@ def _floor_section(runs: list[dict[str, Any]]) -> list[str]:
 def _concurrency_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str]:
     figures = ("p50_ms", "p99_ms", "calls_per_s")
     medians: dict[str, tuple[list[int], dict[str, list[float]]]] = {}  # way -> (levels, figure -> medians)
-    for way, name in (("concurrency", "WebSocket"), ("concurrency_http", "Streamable HTTP")):
+    for way, name in (("concurrency", "WebSocket"), ("concurrency_http", "Streamable HTTP"),
+                      ("concurrency_modern", "modern Streamable HTTP")):
         per_level: dict[int, dict[str, list[float]]] = {}
         for run in runs:
             for point in run.get(way, {}).get("points", []):
@@ -1486,6 +1540,9 @@ def _abort_section(runs: list[dict[str, Any]], docs: Path, plt: Any) -> list[str
     ways = {
         "WebSocket: TCP connection dropped": [s for run in runs for s in run.get("disconnect_to_abort", {}).get("samples_ms", [])],
         "Streamable HTTP: DELETE /mcp": [s for run in runs for s in run.get("disconnect_to_abort_http", {}).get("samples_ms", [])],
+        "modern Streamable HTTP: its stream closed": [
+            s for run in runs for s in run.get("disconnect_to_abort_modern", {}).get("samples_ms", [])
+        ],
     }
     ways = {name: samples for name, samples in ways.items() if samples}
     if not ways:
@@ -1516,7 +1573,7 @@ def _shown_path(path: str) -> str:
         return path
 
 
-_TRANSPORT_NAMES = {"ws": "WebSocket", "http": "Streamable HTTP"}
+_TRANSPORT_NAMES = {"ws": "WebSocket", "http": "Streamable HTTP", "modern": "modern Streamable HTTP (2026-07-28)"}
 
 
 def _profile_section(profile: dict[str, Any]) -> list[str]:
@@ -1542,9 +1599,10 @@ if __name__ == "__main__":
     parser.add_argument("--profile", help="after the loads, profile the daemon with py-spy into this file (raw stacks)")
     parser.add_argument("--report", action="store_true", help="5 runs and a profile; write docs/performance.md and plots")
     parser.add_argument("--simulator", choices=["h11", "exai"], default="h11", help="h11: scripts/h11sim.py; exai: exai mock-provider")
-    parser.add_argument("--transport", choices=["ws", "http", "both"], default=None,
-                        help="how the loads reach the daemon: WebSocket, Streamable HTTP, or both side by side "
-                             "in one run (the default with --report; else ws)")
+    parser.add_argument("--transport", choices=["ws", "http", "modern", "both"], default=None,
+                        help="how the loads reach the daemon: WebSocket, Streamable HTTP (a legacy session), "
+                             "modern Streamable HTTP (2026-07-28), or all of them side by side in one run "
+                             "(both: the default with --report; else ws)")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help="skip the floor: scripts/floor_relay.py, the same libraries with no exai logic")
     parser.add_argument("--render", help="write docs/performance.md again from a saved docs/perf/results.json")

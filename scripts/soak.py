@@ -15,6 +15,9 @@ in sessions; they also drop a call's SSE stream and come back with Last-Event-ID
 must arrive), DELETE sessions while their calls run, and walk away from sessions, which the
 idle timeout (EXAI_HTTP_SESSION_IDLE_SECS, 3 s here) must end. An HTTP fuzz client sends bad bodies,
 headers, session ids, methods and sizes: only the contract's 4xx or JSON-RPC errors may come back.
+Modern clients (MCP 2026-07-28, no session) make the same calls, close a call's stream mid-way
+(its cancellation: nothing it started may be left) and send bad routing headers and _meta,
+which must get their 400/404 and code.
 
 Every second: /healthz answers 200, borrowed <= total for every limiter, inflight <= the global
 limit, queued <= EXAI_MAX_QUEUED, and no simulator request open that the daemon does not count
@@ -307,7 +310,10 @@ async def other_tool(soak: Soak, client: ExaiClient) -> str:
     )
     try:
         if arguments is None:  # a method, not a tool
-            await client.request(name)
+            if name == "ping":
+                await client.ping()  # ping, or server/discover on a modern client (which has no ping)
+            else:
+                await client.request(name)
             return "ok"
         result = await client.call_tool(name, arguments)
         return result_outcome(soak, result)
@@ -357,7 +363,8 @@ async def well_behaved_client(soak: Soak, number: int, stop_at: float) -> None:
     calls = 0
     while trio.current_time() < stop_at and soak.daemon_died is None:
         try:
-            async with connect(soak.url, token=TOKEN) as client:
+            # Half the WebSocket clients speak the legacy revision, half the library's default (modern).
+            async with connect(soak.url, token=TOKEN, era="legacy" if number % 2 else "auto") as client:
                 while trio.current_time() < stop_at and soak.daemon_died is None:
                     action = rng.choices(names, weights)[0]
                     calls += 1
@@ -769,7 +776,7 @@ def check_progress(soak: Soak, what: str, answer: HttpAnswer) -> None:
             answered = True
     if any(not isinstance(v, int | float) for v in values) or any(b <= a for a, b in itertools.pairwise(values)):
         soak.unexpected.append(f"http {what}: progress not strictly increasing: {values}")
-    if answer.content_type.startswith("text/event-stream") and not all(answer.event_ids):
+    if answer.content_type.startswith("text/event-stream") and not answer.modern and not all(answer.event_ids):
         soak.unexpected.append(f"http {what}: an SSE event without an id: {answer.event_ids}")
 
 
@@ -850,7 +857,7 @@ async def http_delete_mid_call(soak: Soak, http: httpx.AsyncClient, tag: str) ->
     outcomes: list[str] = []
     running = trio.Event()
     deleted = False
-    async with connect(soak.http_url, token=TOKEN) as client:
+    async with connect(soak.http_url, token=TOKEN, era="legacy") as client:  # a session, to DELETE
         soak.http["opened"] += 1
         raw = HttpMcp(soak, http, f"{tag}d")
         raw.session_id = client.session_id
@@ -907,7 +914,7 @@ async def http_session(soak: Soak, http: httpx.AsyncClient, number: int, tag: st
     rng = soak.rng
     names, weights = zip(*HTTP_ACTIONS, strict=True)
     walked = False
-    async with connect(soak.http_url, token=TOKEN) as client:
+    async with connect(soak.http_url, token=TOKEN, era="legacy") as client:  # the legacy session clients
         soak.http["opened"] += 1
         raw = HttpMcp(soak, http, tag)
         raw.session_id = client.session_id
@@ -1001,6 +1008,155 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
                     return
                 soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError | ConnectionLost) else "refused")
                 soak.unexpected.append(f"http client {number}: {type(exc).__name__}: {exc}"[:300])
+                await trio.sleep(0.2)
+
+
+# -- modern Streamable HTTP clients (MCP 2026-07-28: no session, each request on its own) ----------
+
+MODERN_VERSION: Final = "2026-07-28"
+MODERN_ACTIONS: Final = [
+    *[(name, weight) for name, weight in HTTP_ACTIONS if name not in ("client_cancel", "drop_stream", "burst")],
+    ("closed_stream", 6),
+    ("bad_headers", 3),
+    ("discover", 1),
+]
+# A routing header or _meta field a conforming client would not send, and what it must get.
+MODERN_BAD: Final = {
+    "no Mcp-Method": (400, -32020),
+    "another Mcp-Name": (400, -32020),
+    "another MCP-Protocol-Version": (400, -32020),
+    "no clientCapabilities": (400, -32602),
+    "unsupported version": (400, -32022),
+    "a method modern has not": (404, -32601),
+}
+
+
+def modern_request(soak: Soak, request_id: str, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientInfo": {"name": "exai-soak-modern", "version": "0"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    params = dict(params or {})
+    params["_meta"] = {**meta, **params.get("_meta", {})}
+    return rpc(request_id, method, params)
+
+
+def modern_headers(message: dict[str, Any]) -> dict[str, str]:
+    headers = {
+        "Accept": ACCEPT_BOTH,
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {TOKEN}",
+        "MCP-Protocol-Version": MODERN_VERSION,
+        "Mcp-Method": message["method"],
+    }
+    if message["method"] == "tools/call":
+        headers["Mcp-Name"] = message["params"]["name"]
+    return headers
+
+
+async def modern_post(s: HttpMcp, message: dict[str, Any], headers: dict[str, str] | None = None, **kwargs: Any) -> HttpAnswer:
+    answer = await s.exchange("POST", content=json.dumps(message), headers=headers or modern_headers(message), **kwargs)
+    answer.modern = True
+    return answer
+
+
+def modern_outcome(soak: Soak, what: str, answer: HttpAnswer, request_id: str, **kwargs: Any) -> str:
+    """As `http_outcome`, and a modern result must say what it is and who answered."""
+    outcome = http_outcome(soak, f"modern {what}", answer, request_id, **kwargs)
+    if answer.session_id is not None:
+        soak.unexpected.append(f"http modern {what}: a session id was minted ({answer.describe()})")
+    result = (answer.response() or {}).get("result")
+    if isinstance(result, dict):
+        server = (result.get("_meta") or {}).get("io.modelcontextprotocol/serverInfo") or {}
+        if result.get("resultType") != "complete" or server.get("name") != "exai":
+            soak.unexpected.append(f"http modern {what}: a result without resultType or serverInfo: {json.dumps(result)[:160]}")
+    return outcome
+
+
+async def modern_closed_stream(soak: Soak, s: HttpMcp, tag: str) -> str:
+    """Close a call's stream while it runs: that is its cancellation (the final checks see
+    that nothing it started is left)."""
+    behaviour = soak.rng.choice([{"hang": True}, {"latency_s": 2.0, "chunk_delay_s": 0.2, "chunks": 8}])
+    request_id, message = chat_call(soak, s, tag, behaviour, stream=True)
+    answer = await modern_post(s, modern_request(soak, request_id, "tools/call", message["params"]), hold_s=soak.rng.uniform(0.05, 0.6))
+    if answer.status != 200:
+        return modern_outcome(soak, "closed_stream", answer, request_id)
+    if not answer.dropped:  # it finished before the client left
+        return modern_outcome(soak, "closed_stream", answer, request_id)
+    soak.http["modern_closed"] += 1
+    return "closed_stream"
+
+
+async def modern_bad_headers(soak: Soak, s: HttpMcp) -> str:
+    what = soak.rng.choice(list(MODERN_BAD))
+    message = modern_request(soak, s.next_id(), "tools/call", {"name": "version", "arguments": {}})
+    headers = modern_headers(message)
+    meta = message["params"]["_meta"]
+    if what == "no Mcp-Method":
+        del headers["Mcp-Method"]
+    elif what == "another Mcp-Name":
+        headers["Mcp-Name"] = "chat"
+    elif what == "another MCP-Protocol-Version":
+        headers["MCP-Protocol-Version"] = HTTP_VERSION
+    elif what == "no clientCapabilities":
+        del meta["io.modelcontextprotocol/clientCapabilities"]
+    elif what == "unsupported version":
+        meta["io.modelcontextprotocol/protocolVersion"] = headers["MCP-Protocol-Version"] = "1900-01-01"
+    else:
+        message["method"] = headers["Mcp-Method"] = "ping"
+    answer = await modern_post(s, message, headers)
+    status, code = MODERN_BAD[what]
+    error = (answer.response() or {}).get("error") or {}
+    soak.verify(
+        "modern requests with bad headers or _meta get their 4xx and code",
+        answer.status == status and error.get("code") == code,
+        f"{what}: {answer.describe()}, expected HTTP {status} with {code}",
+    )
+    return f"refused_{status}"
+
+
+async def modern_client(soak: Soak, number: int, stop_at: float) -> None:
+    """A modern Streamable HTTP client: no initialize and no session; calls, closed streams,
+    bad headers and server/discover, each request on its own."""
+    rng = soak.rng
+    names, weights = zip(*MODERN_ACTIONS, strict=True)
+    calls = 0
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=HTTP_POOL) as http:
+        s = HttpMcp(soak, http, f"m{number}")
+        while running(soak, stop_at):
+            calls += 1
+            tag = f"m{number}-{calls}"
+            action = rng.choices(names, weights)[0]
+            try:
+                if action == "closed_stream":
+                    outcome = await modern_closed_stream(soak, s, tag)
+                elif action == "bad_headers":
+                    outcome = await modern_bad_headers(soak, s)
+                elif action == "discover":
+                    request_id = s.next_id()
+                    outcome = modern_outcome(soak, action, await modern_post(s, modern_request(soak, request_id, "server/discover")), request_id)
+                elif action == "other_tool":
+                    request_id = s.next_id()
+                    message = modern_request(soak, request_id, "tools/call", {"name": rng.choice(["version", "listmodels", "status"]), "arguments": {}})
+                    outcome = modern_outcome(soak, action, await modern_post(s, message), request_id)
+                else:
+                    behaviour, stream, timeout = directive(action, rng)
+                    request_id, message = chat_call(soak, s, tag, behaviour, stream, timeout)
+                    modern_message = modern_request(soak, request_id, "tools/call", message["params"])
+                    outcome = modern_outcome(soak, action, await modern_post(s, modern_message), request_id)
+                soak.record_http(f"modern_{action}", outcome)
+                await trio.sleep(rng.uniform(0, 0.2))
+                if outcome == "overloaded":
+                    await trio.sleep(rng.uniform(0.3, 1.0))
+            except Exception as group:
+                exc = http_trouble(group)
+                if exc is None:
+                    raise
+                if not daemon_alive(soak):
+                    return
+                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError) else "refused")
+                soak.unexpected.append(f"modern client {number}: {type(exc).__name__}: {exc}"[:300])
                 await trio.sleep(0.2)
 
 
@@ -1441,6 +1597,8 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
                     clients.start_soon(guarded, soak, http_client, number, stop_at)
                 for number in range(args.http_fuzz_clients):
                     clients.start_soon(guarded, soak, http_fuzz_client, number, stop_at)
+                for number in range(args.modern_clients):
+                    clients.start_soon(guarded, soak, modern_client, number, stop_at)
                 # Clients stop starting work at stop_at; whatever is still running gets 15 s.
                 await trio.sleep_until(stop_at)
                 clients.cancel_scope.deadline = stop_at + 15
@@ -1492,7 +1650,7 @@ def log_checks(soak: Soak, log_path: str) -> None:
 def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
     args = soak.args
     print(f"exai soak: {args.duration:g} s, {args.clients} clients + {args.fuzz_clients} fuzzers, "
-          f"{args.http_clients} HTTP clients + {args.http_fuzz_clients} HTTP fuzzers, seed {args.seed}"
+          f"{args.http_clients} HTTP clients + {args.http_fuzz_clients} HTTP fuzzers + {args.modern_clients} modern, seed {args.seed}"
           f"{', known crashers avoided' if args.avoid_known_crashers else ''}; took {took:.0f} s, {soak.samples} samples")
     total = sum(soak.outcomes.values())
     print(f"calls by outcome ({total}): " + ", ".join(f"{k} {v}" for k, v in soak.outcomes.most_common()))
@@ -1526,6 +1684,8 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
         f"http reconnects with Last-Event-ID: {http['reconnects']}; dropped streams that got their result "
         f"{http['reconnect_result']}, of calls dropped while running that finished {http['reconnect_ran']}"
     )
+    modern_calls = sum(sum(c.values()) for a, c in soak.http_by_action.items() if a.startswith("modern_"))
+    print(f"modern http requests: {modern_calls}; streams closed mid-call {http['modern_closed']}")
     print(
         f"http fuzz requests ({sum(soak.http_fuzz.values())}, {len(soak.http_fuzz)} kinds): answers "
         + ", ".join(f"{k} {v}" for k, v in sorted(soak.http_fuzz_answers.items()))
@@ -1551,7 +1711,10 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
         unexpected.fail(f"{len(soak.unexpected)} time(s); first: {item}")
     odd = {k: v for k, v in soak.outcomes.items() if k.startswith("rpc_") or k in ("connection_lost", "cannot_connect")}
     soak.verify("well-behaved calls get contract answers", not odd or soak.daemon_died is not None, str(odd))
-    contract = {"ok", "tool_error", "timed_out", "overloaded", "cancelled_by_client", "ended_by_delete", "refused_after_delete", "left_running"}
+    contract = {
+        "ok", "tool_error", "timed_out", "overloaded", "cancelled_by_client", "ended_by_delete", "refused_after_delete",
+        "left_running", "closed_stream", "refused_400", "refused_404",
+    }
     odd_http = {k: v for k, v in soak.http_outcomes.items() if k not in contract}
     soak.verify("well-behaved HTTP calls get contract answers", not odd_http or soak.daemon_died is not None, str(odd_http))
     print("invariants:")
@@ -1590,6 +1753,7 @@ def main() -> int:
     parser.add_argument("--fuzz-clients", type=int, default=3, help="clients sending bad input (default 3)")
     parser.add_argument("--http-clients", type=int, default=6, help="well-behaved Streamable HTTP clients (default 6)")
     parser.add_argument("--http-fuzz-clients", type=int, default=1, help="HTTP clients sending bad requests (default 1)")
+    parser.add_argument("--modern-clients", type=int, default=3, help="modern (2026-07-28) HTTP clients (default 3)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the time)")
     parser.add_argument(
         "--avoid-known-crashers",

@@ -91,6 +91,7 @@ class HttpAnswer:
     event_ids: list[str] = field(default_factory=list)
     text: str = ""  # what was not JSON, for reports
     dropped: bool = False  # the client left the stream before it ended
+    modern: bool = False  # MCP 2026-07-28: the request's own stream, not resumable (no event ids)
 
     def response(self) -> dict[str, Any] | None:
         """The JSON-RPC response among the messages (on a stream, the last), if any."""

@@ -104,13 +104,14 @@ def test_one_call_at_a_time_over_both_transports_and_the_floor(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
-    assert result["transports"] == ["ws", "http"] and result["floor"] is True
-    for key in ("sequential", "sequential_http", "sequential_floor"):
+    assert result["transports"] == ["ws", "http", "modern"] and result["floor"] is True
+    for key in ("sequential", "sequential_http", "sequential_modern", "sequential_floor"):
         figures = result[key]
         assert figures["calls"] == 60
         assert figures["daemon_p50_ms"] > 0 and figures["direct_p50_ms"] > 0
         assert figures["daemon_cpu_ms_per_call"] > 0 and figures["driver_cpu_ms_per_call"] > 0
     assert isinstance(result["sequential_http"]["over_ws_p50_ms"], float)
+    assert isinstance(result["sequential_modern"]["over_http_p50_ms"], float)
     assert "over_ws_p50_ms" not in result["sequential_floor"]
 
 
@@ -119,7 +120,7 @@ def test_profile_tells_the_daemons_own_http_parsing_from_the_providers() -> None
     raw = "\n".join([
         f"{root};H11Protocol.handle (hypercorn/protocol/h11.py:120);Connection.next_event (h11/_connection.py:450) 3",
         f"{root};TrioH11Transport._next_event (exai/providers/transport.py:400);Connection.next_event (h11/_connection.py:450) 1",
-        f"{root};HttpSession.send (exai/transports/http.py:260);dumps (json/__init__.py:231) 1",
+        f"{root};HttpSession.send (exai/transports/http/httpsession.py:260);dumps (json/__init__.py:231) 1",
         f"{root};wait (trio/_core/_run.py:100) 5",
     ])
     shares = bench.categorise(raw)
@@ -127,3 +128,23 @@ def test_profile_tells_the_daemons_own_http_parsing_from_the_providers() -> None
     assert shares[bench.PROVIDER_TRANSPORT] == 0.1
     assert shares["JSON encode/decode"] == 0.1  # the innermost match wins, inside the HTTP transport too
     assert shares[bench.SCHEDULER] == 0.5  # only trio frames after the run loop
+
+
+def test_modern_http_rows_sit_beside_legacy_http_and_judge_it() -> None:
+    run = {
+        **RUN,
+        "sequential_modern": sequential(2.3, 2.4, over_http_p50_ms=0.1, over_http_p99_ms=0.2),
+        "throughput_modern": {"calls_per_s": 360.0, "daemon_cpu_ms_per_call": 2.5},
+        "disconnect_to_abort_modern": {"p50_ms": 0.9, "p99_ms": 1.9, "samples_ms": [0.9, 1.9]},
+    }
+    bench.compare_eras(run)
+    assert run["throughput_modern"]["over_http_calls_per_s"] == 10.0
+    rows = bench.table_rows([run])
+    labels = [label for _, _, label, _, _ in rows]
+    first = labels.index("Streamable HTTP: one call at a time, added latency p50 (ms)")
+    assert labels[first + 1] == "Streamable HTTP, modern 2026-07-28: one call at a time, added latency p50 (ms)"
+    assert "Streamable HTTP, modern 2026-07-28: its stream closed -> provider request aborted, p99 (ms)" in labels
+    over = next(row for row in rows if row[1] == "over_http_p50_ms")
+    assert over[3] == "<= 0" and over[4] is not None and over[4](0.0) and not over[4](0.1)
+    calls = next(row for row in rows if row[1] == "over_http_calls_per_s")
+    assert calls[4] is not None and calls[4](10.0) and not calls[4](-1.0)

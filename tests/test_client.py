@@ -249,14 +249,16 @@ def closed_port_url() -> str:
 # -- the client library ------------------------------------------------------------------
 
 
-async def test_connect_initializes_and_closes_with_1000(fake: FakeDaemon) -> None:
+async def test_connect_falls_back_to_initialize_with_an_older_daemon_and_closes_with_1000(fake: FakeDaemon) -> None:
+    """The fake is a legacy-only daemon: the modern probe (server/discover) is refused, so the
+    client opens the legacy way on the same connection."""
     async with connect(fake.url) as client:
         assert client.protocol_version == "2025-11-25"
         assert client.server_info == {"name": "fake-exai", "version": "0"}
         assert client.capabilities == {"tools": {}}
         await client.ping()
     await fake.wait_until(lambda: fake.close_codes == [1000])
-    assert fake.methods == ["initialize", "notifications/initialized", "ping"]
+    assert fake.methods == ["server/discover", "initialize", "notifications/initialized", "ping"]
     assert fake.subprotocols == ["mcp"]
 
 
@@ -831,8 +833,8 @@ async def test_exai_call_over_streamable_http_same_contract(daemon: Any, simulat
     assert process.returncode == 130
     with trio.fail_after(BOUND):
         await simulator.wait_until(lambda s: s.aborted == 1)  # cancelled on the daemon, not left running
-    # by notifications/cancelled (the DELETE that follows would cancel it too, but later)
-    assert any("cancelled by client: 'client cancelled'" in line for line in log_lines), log_lines[-10:]
+    # by closing the call's stream: the CLI speaks MCP 2026-07-28, where that is the cancel
+    assert any("stream closed by the client; call cancelled" in line for line in log_lines), log_lines[-10:]
 
 
 # -- Streamable HTTP: a stream the network drops is resumed ---------------------------------
@@ -882,7 +884,7 @@ async def test_an_sse_stream_the_network_drops_is_resumed_with_last_event_id(
     proxy = CuttingProxy(int(daemon.http_url.rsplit(":", 1)[1].split("/")[0]))
     port = await nursery.start(proxy.serve)
     progress: list[float] = []
-    async with connect(f"http://127.0.0.1:{port}/mcp") as client:
+    async with connect(f"http://127.0.0.1:{port}/mcp", era="legacy") as client:  # resumable: a session
         prompt = 'slow\n#sim {"chunks": 5, "chunk_delay_s": 0.1}'
         with trio.fail_after(BOUND):
             result = await client.call_tool("chat", {"prompt": prompt}, on_progress=lambda p: progress.append(p["progress"]))

@@ -13,6 +13,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -21,10 +22,15 @@ import trio
 from support import eventually, port_of, raw_handshake, serve_process, upgrade_request
 from trio_websocket import ConnectionClosed
 
-from exai.client import CannotConnect, ExaiClient, connect, open_websocket
+from exai.client import CannotConnect, ExaiClient, open_websocket
+from exai.client import connect as connect_any_era
 from exai.protocol import MAX_DEPTH
 
 ERROR_ID = re.compile(r"error id [0-9a-f]{12}")
+
+# These are the legacy revisions' rules (contract sections 3 and 3b, unchanged beside the
+# modern era): raw frames here are legacy frames, so the client speaks legacy too.
+connect = partial(connect_any_era, era="legacy")
 
 
 def sim_prompt(text: str, **behaviour: Any) -> str:

@@ -9,13 +9,15 @@ generous bounds (these tests cross real sockets).
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 from support import eventually
 
-from exai.client import ExaiClient, RpcError, connect
+from exai.client import ExaiClient, RpcError
+from exai.client import connect as connect_any_era
 from exai.tools.base import Tool, ToolArgs, ToolContext, ToolOutput
 
 HANG = '#sim {"hang": true}'
@@ -38,6 +40,10 @@ BAD_CALL_PARAMS: list[tuple[dict[str, Any], str]] = [
     ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"exai/timeout": -1}}, "exai/timeout"),
     ({"name": "chat", "arguments": {"prompt": "x"}, "_meta": {"progressToken": [1]}}, "progressToken"),
 ]
+
+# These are the legacy revisions' rules (contract sections 3 and 3b, unchanged beside the
+# modern era): raw frames here are legacy frames, so the client speaks legacy too.
+connect = partial(connect_any_era, era="legacy")
 
 
 def sim_prompt(text: str, **behaviour: Any) -> str:

@@ -231,10 +231,13 @@ async def test_an_answer_before_the_body_is_read_closes_the_connection(daemons: 
         await valid_call_works(client)
 
 
-async def test_max_connections_counts_http_sessions(daemons: Any) -> None:
+async def test_max_connections_counts_http_sessions(daemons: Any, simulator: Any) -> None:
     bound = await daemons.start(max_connections=1)
-    async with mcp_session(bound.http_url) as client:
-        async with httpx.AsyncClient() as http:
+    async with mcp_session(bound.http_url) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(client.post, call("busy", "chat", {"prompt": f"hold\n{HANG}"}))
+        with trio.fail_after(2):
+            await simulator.wait_until(lambda s: s.inflight == 1)
+        async with httpx.AsyncClient() as http:  # the only session has a call: nothing to give up
             refused = await McpHttp(http, bound.http_url).post(
                 request(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
             )

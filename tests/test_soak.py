@@ -39,5 +39,8 @@ async def test_a_60_second_chaos_soak_holds_every_invariant(tmp_path: Path) -> N
     assert sessions["log_deleted_busy"] > 0
     assert sessions["abandoned"] > 0 and sessions["idle_ended"] == sessions["abandoned"]
     assert http["fuzz_requests"] > 0 and http["fuzz_answers"].get("400", 0) > 0
+    modern = {action: counts for action, counts in http["by_action"].items() if action.startswith("modern_")}
+    assert sum(sum(counts.values()) for counts in modern.values()) > 0  # modern clients beside the legacy ones
+    assert sessions.get("modern_closed", 0) > 0 and modern["modern_bad_headers"]
     # clink's CLI that never answers ran, was cancelled or abandoned, and left no process.
     assert soak["clink"]["runs"] > 0 and soak["clink"]["left"] == 0 and ws["by_action"]["clink"]

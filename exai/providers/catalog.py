@@ -9,12 +9,15 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveInt, ValidationError
 
 from exai.errors import ExaiError
 from exai.providers.base import Usage
+
+if TYPE_CHECKING:
+    from exai.config import Settings
 
 PROVIDERS: Final = ("kimi", "glm")
 SIM_MODEL: Final = "exai-sim"
@@ -222,7 +225,7 @@ def read_models_file(path: Path, known: dict[str, ModelInfo]) -> dict[str, Model
     return models
 
 
-def allow_list(settings: Any, provider: str) -> list[str] | None:
+def allow_list(settings: Settings, provider: str) -> list[str] | None:
     """The provider's allow-list from the settings (None = every model is allowed)."""
     allowed = getattr(settings, f"{provider}_allowed_models", None)
     if not allowed:
@@ -230,14 +233,14 @@ def allow_list(settings: Any, provider: str) -> list[str] | None:
     return [name.strip() for name in allowed if name.strip()]
 
 
-def is_allowed(settings: Any, info: ModelInfo) -> bool:
+def is_allowed(settings: Settings, info: ModelInfo) -> bool:
     if info.name == SIM_MODEL:
         return True
     allowed = allow_list(settings, info.provider)
     return allowed is None or info.name in allowed
 
 
-def default_model(settings: Any, provider: str, demo: bool) -> str | None:
+def default_model(settings: Settings, provider: str, demo: bool) -> str | None:
     """The model `auto` uses on this provider: its usual default, else the first allowed one."""
     if demo and provider == SIM_INFO.provider:
         return SIM_MODEL

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import trio
@@ -48,6 +48,9 @@ from exai.providers.ratelimit import RequestRateLimiter
 from exai.providers.retry import retry_wait, too_late_message
 from exai.providers.transport import TrioH11Transport
 from exai.providers.vendors import DIALECTS, link_sources
+
+if TYPE_CHECKING:
+    from exai.config import Settings
 
 DEMO_API_KEY: Final = "exai-demo-key"
 NOT_CONFIGURED: Final = "not_configured"
@@ -92,7 +95,7 @@ class ModelGateway:
     """Routes model names to providers, and makes each provider call with its retries."""
 
     def __init__(
-        self, settings: Any, routes: dict[str, Route], *, demo: bool, slots: DeploymentSlots | None = None
+        self, settings: Settings, routes: dict[str, Route], *, demo: bool, slots: DeploymentSlots | None = None
     ):
         self.settings = settings
         self.routes = routes
@@ -104,7 +107,7 @@ class ModelGateway:
     @classmethod
     def from_settings(
         cls,
-        settings: Any,
+        settings: Settings,
         limiters: dict[str, trio.CapacityLimiter],
         *,
         simulator_url: str | None = None,

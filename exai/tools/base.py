@@ -14,7 +14,7 @@ from exai.config import Settings
 from exai.errors import ExaiError
 from exai.providers.base import CallBudget, Completion, ProviderError
 from exai.providers.gateway import ModelGateway
-from exai.store import Store
+from exai.store import Store, Thread, ThreadNotFound
 
 
 class ToolArgs(BaseModel):
@@ -257,3 +257,14 @@ def compact_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if "additionalProperties" in schema:
         result["additionalProperties"] = schema["additionalProperties"]
     return result
+
+
+async def open_thread(ctx: ToolContext, continuation_id: str | None) -> Thread | None:
+    """The thread a call continues (None for a new one); an unknown or expired id is the
+    caller's error, naming it."""
+    if continuation_id is None:
+        return None
+    try:
+        return await ctx.store.get(continuation_id)
+    except ThreadNotFound as exc:
+        raise ToolArgumentError(str(exc)) from None

@@ -6,8 +6,15 @@ from typing import Any
 
 from pydantic import Field
 
-from exai.store import ThreadNotFound, Turn
-from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput, turn_usage
+from exai.store import Turn
+from exai.tools.base import (
+    ModelArgs,
+    Tool,
+    ToolContext,
+    ToolOutput,
+    open_thread,
+    turn_usage,
+)
 from exai.tools.context import fit_context, keep_under, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -45,12 +52,8 @@ class Chat(Tool[ChatArgs]):
 
     async def run(self, args: ChatArgs, ctx: ToolContext) -> ToolOutput:
         async with ctx.store.hold(args.continuation_id):
-            history: list[Turn] = []
-            if args.continuation_id is not None:
-                try:
-                    history = (await ctx.store.get(args.continuation_id)).turns
-                except ThreadNotFound as exc:
-                    raise ToolArgumentError(str(exc)) from None
+            thread = await open_thread(ctx, args.continuation_id)
+            history: list[Turn] = thread.turns if thread is not None else []
             files: list[FileContent] = []
             if args.files:
                 files = await read_files(args.files, ctx.settings.allowed_roots, ctx.settings.max_file_bytes)

@@ -17,8 +17,8 @@ import trio
 from loguru import logger
 from pydantic import Field
 
-from exai.store import ThreadNotFound, Turn
-from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.store import Turn
+from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput, open_thread
 from exai.tools.context import fit_context, keep_under
 from exai.tools.files import FileContent, read_files, trimmed_note
 from exai.tools.processes import Finished, run_bounded
@@ -98,12 +98,8 @@ class Clink(Tool[ClinkArgs]):
                 f"clink: no CLI named {args.cli_name!r}; EXAI_CLINK_CLIS configures: {', '.join(sorted(clis))}"
             )
         async with ctx.store.hold(args.continuation_id):
-            history: list[Turn] = []
-            if args.continuation_id is not None:
-                try:
-                    history = (await ctx.store.get(args.continuation_id)).turns
-                except ThreadNotFound as exc:
-                    raise ToolArgumentError(str(exc)) from None
+            thread = await open_thread(ctx, args.continuation_id)
+            history: list[Turn] = thread.turns if thread is not None else []
             files: list[FileContent] = []
             if args.files:
                 files = await read_files(args.files, settings.allowed_roots, int(settings.max_file_bytes))

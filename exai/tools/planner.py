@@ -10,9 +10,8 @@ from typing import Any, Final
 from pydantic import Field
 
 from exai.store import Turn
-from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput
+from exai.tools.base import Tool, ToolArgs, ToolArgumentError, ToolContext, ToolOutput, open_thread
 from exai.tools.context import fit_result
-from exai.tools.workflow import open_thread
 
 # How a plan step is kept in the thread: a header other tools can read as text, and we parse back.
 HEADER: Final = re.compile(r"^\[plan step (\d+)(?: revises (\d+))?(?: branch (\S+) from (\d+))?\] ", re.S)

@@ -20,8 +20,16 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from exai.providers.base import BudgetExhausted, ProviderError
-from exai.store import Thread, ThreadNotFound, Turn
-from exai.tools.base import ModelArgs, Tool, ToolArgumentError, ToolContext, ToolOutput, turn_usage
+from exai.store import Turn
+from exai.tools.base import (
+    ModelArgs,
+    Tool,
+    ToolArgumentError,
+    ToolContext,
+    ToolOutput,
+    open_thread,
+    turn_usage,
+)
 from exai.tools.context import fit_context, fit_result, window_of
 from exai.tools.files import FileContent, read_files, trimmed_note
 
@@ -111,16 +119,6 @@ class StepRun(Generic[S]):
 
 def rank(confidence: str) -> int:
     return CONFIDENCE.index(confidence) if confidence in CONFIDENCE else 0
-
-
-async def open_thread(ctx: ToolContext, continuation_id: str | None) -> Thread | None:
-    if continuation_id is None:
-        return None
-    try:
-        thread: Thread = await ctx.store.get(continuation_id)
-    except ThreadNotFound as exc:
-        raise ToolArgumentError(str(exc)) from None
-    return thread
 
 
 def parse_json(text: str) -> Any:

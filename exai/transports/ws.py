@@ -242,7 +242,7 @@ class Connection:
     def release_slot(self) -> None:
         if self.slot_held:
             self.slot_held = False
-            self.daemon.connection_slots.release_on_behalf_of(self)
+            self.daemon.connection_slots.release(self)
 
 
 def _admit(daemon: Daemon, request: WebSocketRequest, connection: Connection) -> tuple[int, str] | None:
@@ -258,9 +258,7 @@ def _admit(daemon: Daemon, request: WebSocketRequest, connection: Connection) ->
         return 401, "missing or wrong Authorization: Bearer token"
     if daemon.draining:
         return 503, "server shutting down"
-    try:
-        daemon.connection_slots.acquire_on_behalf_of_nowait(connection)
-    except trio.WouldBlock:
+    if not daemon.connection_slots.take(connection):
         limit = daemon.settings.max_connections
         return 503, f"too many connections: the daemon is at its limit (EXAI_MAX_CONNECTIONS={limit})"
     connection.slot_held = True

@@ -2,7 +2,9 @@
 
 Only moves messages. Rooms: `app` (the checks every request passes, then its era picks who
 answers), `legacy` (sessions minted by `initialize`, GET and DELETE), `httpsession` (one
-legacy session: its streams and replay), `sse` (a request's stream and its writer).
+legacy session: its streams and replay), `modern` (MCP 2026-07-28: the routing headers
+checked against the body, each request on a stream of its own whose closing cancels it),
+`sse` (a request's stream and its writer).
 
 Per call, the handler hypercorn spawns is the only task beside the call's own: it dispatches
 the message itself and waits for the stream's events and for the client leaving in one wait

@@ -24,6 +24,7 @@ from exai.auth import bearer_ok
 from exai.protocol import SUPPORTED_VERSIONS, BadMessage, error_message, parse_message
 from exai.protocol import dump as dump_message
 from exai.transports.http.legacy import LegacyHttp
+from exai.transports.http.modern import ModernHttp, is_modern_post
 
 if TYPE_CHECKING:
     from exai.server import Daemon
@@ -38,6 +39,7 @@ class HttpTransport:
         self.daemon = daemon
         self.settings = daemon.settings
         self.legacy = LegacyHttp(daemon)
+        self.modern = ModernHttp(daemon)
         self.origins: frozenset[str] = frozenset()
         token = self.settings.auth_token
         self.token = token.get_secret_value() if token is not None else None
@@ -78,7 +80,8 @@ class HttpTransport:
             await reply.refuse(status, message, headers=extra)
             return
         if scope["method"] == "POST":
-            await self._post(headers, receive, reply)
+            client = scope.get("client")
+            await self._post(headers, str(client[0]) if client else "unknown", receive, reply)
         elif scope["method"] == "GET":
             if not accepts(headers.get("accept", "*/*"), "text/event-stream"):
                 await reply.refuse(406, "Accept must include text/event-stream")
@@ -103,7 +106,7 @@ class HttpTransport:
             return 400, f"unsupported MCP-Protocol-Version {version!r}; supported: {supported}", []
         return None
 
-    async def _post(self, headers: dict[str, str], receive: Receive, reply: Reply) -> None:
+    async def _post(self, headers: dict[str, str], peer: str, receive: Receive, reply: Reply) -> None:
         accept = headers.get("accept", "*/*")
         json_ok, sse_ok = accepts(accept, "application/json"), accepts(accept, "text/event-stream")
         if not (json_ok or sse_ok):
@@ -123,6 +126,9 @@ class HttpTransport:
             message = parse_message(body)
         except BadMessage as bad:
             await reply.json(400, dump_message(error_message(bad.id, bad.code, bad.message)).encode())
+            return
+        if is_modern_post(message, headers):  # the era, decided once: Mcp-Session-Id plays no part
+            await self.modern.post(message, headers, peer, receive, reply, json_ok, sse_ok)
             return
         version = headers.get("mcp-protocol-version")
         if version is not None and version not in SUPPORTED_VERSIONS:

@@ -54,6 +54,7 @@ class HttpSession:
         self._no_open_streams.set()
         self.last_active = trio.current_time()
         self.ended = False  # no message reaches the session any more
+        self.slot_held = True  # its connection slot, taken before it was built
         self.expiry_scope = trio.CancelScope()
         self.finished = trio.Event()
         self.log = logger.bind(conn=connection_id)
@@ -77,6 +78,7 @@ class HttpSession:
                 registry=self.daemon.connections,
             ) as session:
                 self.session = session
+                self.daemon.connection_slots.yieldable.add(self)
                 task_status.started()
                 try:
                     with self.expiry_scope:
@@ -89,12 +91,29 @@ class HttpSession:
             self._log_fault()
         finally:
             self.ended = True
-            self.daemon.connection_slots.release_on_behalf_of(self)
+            self.daemon.connection_slots.yieldable.discard(self)
+            self.release_slot()
             self.sessions.pop(self.secret, None)
             self.replay.clear()
             self.streams.clear()
             self.finished.set()
             self.log.info("http session {} ended", self.id)
+
+    def release_slot(self) -> None:
+        if self.slot_held:
+            self.slot_held = False
+            self.daemon.connection_slots.release(self)
+
+    # -- giving its slot up (limits.Yieldable) ---------------------------------------------
+
+    def idle_since(self) -> float | None:
+        session = self.session
+        busy = self.ended or self.open_streams or session is None or not session.initialized or session.calls
+        return None if busy else self.last_active
+
+    def evict(self) -> None:
+        self.end("ended to make room for a new client at EXAI_MAX_CONNECTIONS (idle, no call, no stream)")
+        self.release_slot()
 
     def _log_fault(self) -> str:
         error_id = uuid.uuid4().hex[:12]

@@ -73,9 +73,8 @@ class LegacyHttp:
             await reply.refuse(503, "server shutting down", OVERLOADED, {"retry_after_s": 1})
             return
         session = HttpSession(daemon, self.sessions, secrets.token_urlsafe(SESSION_ID_BYTES), f"h{next(_session_numbers)}")
-        try:  # taken with no await before it, so a burst of initializes cannot overshoot the cap
-            daemon.connection_slots.acquire_on_behalf_of_nowait(session)
-        except trio.WouldBlock:
+        # Taken with no await before it, so a burst of initializes cannot overshoot the cap.
+        if not daemon.connection_slots.take(session):
             limit = daemon.settings.max_connections
             why = f"too many connections: the daemon is at its limit (EXAI_MAX_CONNECTIONS={limit})"
             await reply.refuse(503, why, OVERLOADED, {"retry_after_s": 1})
