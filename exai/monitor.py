@@ -88,12 +88,14 @@ async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio
 
 
 async def watch_store(daemon: Daemon) -> None:
-    """Ask the store every STORE_CHECK_S whether it answers; `daemon.store_problem` says why
-    not (it makes /readyz 503) until it answers again. Runs beside the heartbeat, which must
-    never wait for the store."""
+    """Announce this replica to the store every STORE_CHECK_S (its lease, EXAI_REPLICA_LEASE_SECS)
+    and keep the deployment's live replicas for /api/status; `daemon.store_problem` says why
+    the store does not answer (it makes /readyz 503) until it answers again. Runs beside the
+    heartbeat, which must never wait for the store."""
+    lease_s = daemon.settings.replica_lease_secs
     while True:
         try:
-            await daemon.services.store.check()
+            daemon.replicas = await daemon.services.store.announce(daemon.replica(), lease_s)
             problem = None
         except StoreUnavailable as exc:
             problem = str(exc)

@@ -6,6 +6,7 @@ import gc
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
 
 if TYPE_CHECKING:
+    from exai.store import Replica
     from exai.transports.http.sse import Stream
 
 
@@ -63,6 +65,8 @@ class Daemon:
         self.loop: trio.lowlevel.TrioToken | None = None  # set by serve(): where publish() runs
         self.ready = False
         self.store_problem: str | None = None  # why the store does not answer (watch_store)
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.replicas: list[Replica] = []  # the deployment's live replicas (watch_store)
         self.draining = False
         self.stopping = trio.Event()
         self.stopped = trio.Event()
@@ -98,6 +102,15 @@ class Daemon:
         limits = {"inflight": int(self.limits.global_slots.total_tokens), "queued": self.limits.max_queued}
         self.snapshot = Snapshot(time.monotonic(), self.ready, self.draining, status, limits, self.store_problem)
 
+    def replica(self) -> Replica:
+        """This daemon as the deployment's replica registry lists it, as of now."""
+        return {
+            "id": self.replica_id,
+            "started": self.started_wall,
+            "inflight": self.limits.global_slots.borrowed_tokens,
+            "tasks": 0,  # no tasks yet in this daemon
+        }
+
     def status(self) -> dict[str, Any]:
         """What /api/status and the `status` tool show, as of now; on the daemon's loop only."""
         return {
@@ -112,6 +125,12 @@ class Daemon:
             "providers": self.services.gateway.statistics(),
             "requests": self.calls.snapshot(),
             "demo": bool(getattr(self.services.gateway, "demo", False)),
+            "replica": {"id": self.replica_id, "started": self.started_wall},
+            # this one as of now, the others as of their last announcement; the oldest first
+            "replicas": sorted(
+                [self.replica(), *(r for r in self.replicas if r["id"] != self.replica_id)],
+                key=lambda r: (r["started"], r["id"]),
+            ),
         }
 
 

@@ -293,3 +293,39 @@ async def test_a_released_or_cancelled_slot_is_free_at_once(tmp_path: Path, redi
         with trio.fail_after(1):
             async with store.provider_slot("glm", 1):
                 pass
+
+
+# -- the replica registry -------------------------------------------------------------------
+
+
+async def test_a_single_daemon_is_its_own_only_replica(daemon: Any) -> None:
+    async with httpx.AsyncClient(base_url=daemon.monitor_url) as http:
+        status = (await http.get("/api/status")).json()
+    me = status["replica"]
+    assert set(me) == {"id", "started"} and me["started"] == pytest.approx(time.time(), abs=60)
+    assert status["replicas"] == [{"id": me["id"], "started": me["started"], "inflight": 0, "tasks": 0}]
+
+
+async def test_replicas_on_one_redis_list_each_other_until_one_stops(daemons: Any, redis_url: str) -> None:
+    one = await daemons.start(store_url=redis_url, replica_lease_secs=1.0)
+    two = await daemons.start(store_url=redis_url, replica_lease_secs=1.0)
+    ids = {one.daemon.replica_id, two.daemon.replica_id}
+    async with httpx.AsyncClient(base_url=one.monitor_url) as http:
+
+        async def listed() -> set[str]:
+            return {r["id"] for r in (await http.get("/api/status")).json()["replicas"]}
+
+        with trio.fail_after(5):
+            while await listed() != ids:  # noqa: ASYNC110 - polled over HTTP
+                await trio.sleep(0.05)
+        status = (await http.get("/api/status")).json()
+        assert [r["started"] for r in status["replicas"]] == sorted(r["started"] for r in status["replicas"])
+        assert all(set(r) == {"id", "started", "inflight", "tasks"} for r in status["replicas"])
+        two.daemon.request_shutdown()
+        with trio.fail_after(5):
+            await two.daemon.stopped.wait()
+        stopped = time.monotonic()
+        with trio.fail_after(5):
+            while await listed() != {one.daemon.replica_id}:  # noqa: ASYNC110 - polled over HTTP
+                await trio.sleep(0.05)
+        assert time.monotonic() - stopped <= 1.0 + 1.0  # its lease, and one announcement of ours

@@ -18,6 +18,7 @@ from exai.store.redis import RedisReader, open_redis
 from exai.store.sqlite import SqliteReader, open_sqlite
 from exai.store.threads import (
     Appended,
+    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -27,6 +28,7 @@ from exai.store.threads import (
 
 __all__ = [
     "Appended",
+    "Replica",
     "Store",
     "StoreUnavailable",
     "Thread",

@@ -14,11 +14,12 @@ EXAI_STORE_URL.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from exai.store.threads import Appended, Thread, Turn
+from exai.store.threads import Appended, Replica, Thread, Turn
 
 
 class Store(Protocol):
@@ -77,9 +78,11 @@ class Store(Protocol):
         holds a lease its replica renews, which frees itself if the replica dies."""
         ...
 
-    async def check(self) -> None:
-        """Return when the store answers now; StoreUnavailable (naming it) when it does not.
-        Bounded in time (the backend's connect and command timeouts); `/readyz` uses it."""
+    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
+        """Record `replica` as live for `lease_s` seconds and return every live replica of the
+        deployment (this one included), the oldest first. A store one daemon owns has only
+        that one. Bounded in time; StoreUnavailable when the store does not answer (the
+        daemon announces itself every half second: that is also how /readyz knows)."""
         ...
 
     async def aclose(self) -> None:

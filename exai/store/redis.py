@@ -16,6 +16,7 @@ command leaves its connection usable (tests/test_redis.py checks exactly that).
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import threading
@@ -24,11 +25,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import coredis
 import orjson
 import trio
+from coredis.commands.script import Script
 from coredis.exceptions import RedisError
 from loguru import logger
 
@@ -36,6 +38,7 @@ from exai.config import RedisLocation
 from exai.store.holds import ThreadHolds
 from exai.store.threads import (
     Appended,
+    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -120,6 +123,23 @@ for i = 2, #ARGV do
   renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', expiry, ARGV[i])
 end
 return renewed
+"""
+
+
+REPLICAS_KEY: Final = f"{KEY_PREFIX}replicas"  # replica id -> lease expiry (server clock)
+REPLICA_INFO_KEY: Final = f"{KEY_PREFIX}replica-info"  # replica id -> its JSON
+# KEYS: replicas, info. ARGV: id, JSON, lease seconds. -> the live replicas' JSON.
+_ANNOUNCE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('HDEL', KEYS[2], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+return redis.call('HMGET', KEYS[2], unpack(live))
 """
 
 
@@ -267,8 +287,8 @@ class _Threads:
         cutoff = self._cutoff(self.clock())
         return int(await self._client.zcount(INDEX_KEY, cutoff, "+inf"))
 
-    async def ping(self) -> None:
-        await self._client.ping()
+    def script(self, text: str) -> Script[str]:
+        return self._client.register_script(text)
 
     async def expire(self) -> int:
         expired: int = await self._expire([INDEX_KEY], [repr(self._cutoff(self.clock())), _thread_key("")])
@@ -289,6 +309,7 @@ class RedisStore:
     ):
         self._threads = threads
         self._leases = leases
+        self._announce = threads.script(_ANNOUNCE)
         self._location = location
         self._max_turns = max_turns
         self._holds = ThreadHolds()
@@ -351,8 +372,15 @@ class RedisStore:
         """A lease in `exai:slots:<provider>`: fewer than `ceiling` held in the deployment."""
         return self._leases.slot(provider, ceiling)
 
-    async def check(self) -> None:
-        await self._call(self._threads.ping())
+    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
+        """One script: this replica's lease renewed, the expired ones dropped, the live listed."""
+        found: list[str] = await self._call(
+            self._announce(
+                [REPLICAS_KEY, REPLICA_INFO_KEY], [replica["id"], orjson.dumps(replica).decode(), repr(lease_s)]
+            )
+        )
+        live = [cast(Replica, json.loads(text)) for text in found]
+        return sorted(live, key=lambda r: (r["started"], r["id"]))
 
     async def aclose(self) -> None:
         """Nothing of its own: the client is closed by `open_redis`."""

@@ -13,6 +13,7 @@ thread too, every CHECKPOINT_EVERY writes, never in a commit on the event loop. 
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import sqlite3
@@ -32,6 +33,7 @@ from loguru import logger
 from exai.config import STORE_FILE
 from exai.store.threads import (
     Appended,
+    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -349,8 +351,10 @@ class SqliteStore:
         """One daemon per file: its own limiter is the ceiling, nothing to hold here."""
         return _HOLD_NOTHING
 
-    async def check(self) -> None:
-        """A local file opened at start-up: its problems show as each call's error."""
+    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
+        """One daemon per file: the deployment is this replica. A local file opened at
+        start-up: its problems show as each call's error."""
+        return [replica]
 
     async def list(self) -> list[Thread]:
         """Live threads, newest first."""
