@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 import trio
 
 from exai.protocol import OVERLOADED, RpcError
+from exai.providers.ratelimit import RequestRateLimiter
 
 if TYPE_CHECKING:
     from exai.config import Settings
@@ -44,6 +45,10 @@ class DeploymentSlots(Protocol):
         slot on exit, even when cancelled; a slot of a process that died frees itself."""
         ...
 
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """The provider's request-rate ceiling (EXAI_*_RPM) for the whole deployment."""
+        ...
+
 
 _NO_SLOT: Final = nullcontext()
 
@@ -53,6 +58,9 @@ class ProcessSlots:
 
     def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
         return _NO_SLOT
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        return RequestRateLimiter(provider, rpm, env_var=env_var)
 
 
 class Yieldable(Protocol):

@@ -329,3 +329,41 @@ async def test_replicas_on_one_redis_list_each_other_until_one_stops(daemons: An
             while await listed() != {one.daemon.replica_id}:  # noqa: ASYNC110 - polled over HTTP
                 await trio.sleep(0.05)
         assert time.monotonic() - stopped <= 1.0 + 1.0  # its lease, and one announcement of ours
+
+
+# -- request rates shared by replicas -------------------------------------------------------
+
+
+async def test_two_replicas_share_one_request_rate(daemons: Any, redis_url: str) -> None:
+    """EXAI_KIMI_RPM=60 (one request a second, no burst) across two replicas: three calls at
+    once go a second apart (alone, each replica would have sent its first at once)."""
+    replicas = [await daemons.start(store_url=redis_url, kimi_rpm=60) for _ in range(2)]
+    done: list[float] = []
+
+    async def call(bound: Any, n: int) -> None:
+        async with connect(bound.url) as client:
+            result = await client.call_tool("chat", {"prompt": f"q{n}"})
+        assert not result.is_error, result.text
+        done.append(time.monotonic())
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(call, replicas[n % 2], n)
+    done.sort()
+    assert done[1] - done[0] >= 0.8 and done[2] - done[0] >= 1.8, [t - done[0] for t in done]
+
+
+async def test_a_shared_turn_past_the_deadline_is_refused_without_booking(tmp_path: Path, redis_url: str) -> None:
+    from exai.providers.base import ProviderError
+
+    async with open_store(settings_for(tmp_path, redis_url)) as one, open_store(settings_for(tmp_path, redis_url)) as two:
+        first = one.rate_limiter("kimi", 60, env_var="EXAI_KIMI_RPM")
+        second = two.rate_limiter("kimi", 60, env_var="EXAI_KIMI_RPM")
+        await first.wait_turn(trio.current_time() + 0.5)  # free: at once
+        with pytest.raises(ProviderError) as refused:
+            await second.wait_turn(trio.current_time() + 0.5)  # the next turn is a second away
+        assert refused.value.kind == "rate_limited"
+        assert "kimi requests are limited to 60 per minute (EXAI_KIMI_RPM); this call would have to wait 1.0 s" in str(refused.value)
+        start = trio.current_time()
+        await second.wait_turn(start + 5)  # nothing was booked by the refusal: this is the next turn
+        assert 0.8 <= trio.current_time() - start <= 1.2

@@ -126,7 +126,9 @@ class ModelGateway:
                 key = _secret(getattr(settings, f"{name}_api_key", None))
                 base_url = str(getattr(settings, f"{name}_base_url"))
             limiter = limiters[name]
-            rate = RequestRateLimiter(name, getattr(settings, f"{name}_rpm", None), env_var=info.rpm_env)
+            rate = (slots or ProcessSlots()).rate_limiter(
+                name, getattr(settings, f"{name}_rpm", None), env_var=info.rpm_env
+            )
             http = None
             if key:
                 http = OpenAICompatProvider(

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from exai.providers.ratelimit import RequestRateLimiter
 from exai.store.threads import Appended, Replica, Thread, Turn
 
 
@@ -76,6 +77,11 @@ class Store(Protocol):
         """A deployment-wide provider request slot (exai.limits.DeploymentSlots): a store that
         one daemon owns holds nothing (the daemon's own limiter is the ceiling); a shared one
         holds a lease its replica renews, which frees itself if the replica dies."""
+        ...
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """The provider's EXAI_*_RPM ceiling (exai.limits.DeploymentSlots): one daemon's own
+        schedule, or on a shared store the deployment's."""
         ...
 
     async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:

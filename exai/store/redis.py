@@ -35,6 +35,7 @@ from coredis.exceptions import RedisError
 from loguru import logger
 
 from exai.config import RedisLocation
+from exai.providers.ratelimit import RequestRateLimiter, SharedRequestRateLimiter
 from exai.store.holds import ThreadHolds
 from exai.store.threads import (
     Appended,
@@ -143,6 +144,22 @@ return redis.call('HMGET', KEYS[2], unpack(live))
 """
 
 
+# A provider's request-rate schedule (GCRA, as exai.providers.ratelimit keeps it for one daemon):
+# the next free send time on the server's clock. KEYS: schedule. ARGV: interval, burst, within.
+# -> {booked 1/0, seconds from now until the turn (text: Lua numbers reply as integers)}.
+_BOOK_TURN: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local booked = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local send_at = math.max(now, booked - (burst - 1) * interval)
+if send_at - now > tonumber(ARGV[3]) then return {0, tostring(send_at - now)} end
+local free = booked + interval
+redis.call('SET', KEYS[1], string.format('%.6f', free), 'PX', math.ceil((free - now) * 1000) + 1000)
+return {1, tostring(send_at - now)}
+"""
+
+
 def _slots_key(provider: str) -> str:
     return f"{KEY_PREFIX}slots:{provider}"
 
@@ -155,6 +172,7 @@ class _Leases:
     def __init__(self, client: coredis.Redis[str], location: RedisLocation, *, lease_s: float):
         self.lease_s = lease_s
         self._take = client.register_script(_TAKE_SLOT)
+        self._book = client.register_script(_BOOK_TURN)
         self._renew = client.register_script(_RENEW_SLOTS)
         self._client = client
         self._location = location
@@ -179,6 +197,21 @@ class _Leases:
                     await self._client.zrem(key, [lease])
                 except (RedisError, OSError) as exc:
                     logger.warning("a {} slot was not released ({}); its lease ends it", provider, exc)
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        if rpm is None:  # no ceiling: only the provider's own holds, which stay per replica
+            return RequestRateLimiter(provider, rpm, env_var=env_var)
+        key = f"{KEY_PREFIX}rate:{provider}"
+
+        async def book(interval_s: float, burst: int, within_s: float) -> tuple[bool, float]:
+            try:
+                reply: list[str | int] = await self._book([key], [repr(interval_s), burst, repr(within_s)])
+            except (RedisError, OSError) as exc:
+                raise _unavailable(self._location, exc) from None
+            booked, wait = reply
+            return bool(booked), max(0.0, float(wait))
+
+        return SharedRequestRateLimiter(provider, rpm, env_var=env_var, book=book)
 
     async def renew_forever(self) -> None:
         """Renew every held slot every third of the lease; a failed renewal is logged and
@@ -371,6 +404,10 @@ class RedisStore:
     def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
         """A lease in `exai:slots:<provider>`: fewer than `ceiling` held in the deployment."""
         return self._leases.slot(provider, ceiling)
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """EXAI_*_RPM for the deployment: the schedule in `exai:rate:<provider>`, one script a turn."""
+        return self._leases.rate_limiter(provider, rpm, env_var=env_var)
 
     async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
         """One script: this replica's lease renewed, the expired ones dropped, the live listed."""

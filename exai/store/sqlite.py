@@ -31,6 +31,7 @@ import trio
 from loguru import logger
 
 from exai.config import STORE_FILE
+from exai.providers.ratelimit import RequestRateLimiter
 from exai.store.threads import (
     Appended,
     Replica,
@@ -350,6 +351,10 @@ class SqliteStore:
     def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
         """One daemon per file: its own limiter is the ceiling, nothing to hold here."""
         return _HOLD_NOTHING
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """One daemon per file: the daemon's own schedule is the deployment's."""
+        return RequestRateLimiter(provider, rpm, env_var=env_var)
 
     async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
         """One daemon per file: the deployment is this replica. A local file opened at
