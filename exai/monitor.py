@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exai import metrics
 from exai.asgi import lifespan
-from exai.store import Store, StoreUnavailable
+from exai.store import OpenCircuit, Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from exai.server import Daemon
@@ -89,13 +89,22 @@ async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio
 
 async def watch_store(daemon: Daemon) -> None:
     """Announce this replica to the store every STORE_CHECK_S (its lease, EXAI_REPLICA_LEASE_SECS)
-    and keep the deployment's live replicas for /api/status; `daemon.store_problem` says why
+    with its open provider circuits; keep the deployment's live replicas for /api/status and
+    open here every circuit open on another replica; `daemon.store_problem` says why
     the store does not answer (it makes /readyz 503) until it answers again. Runs beside the
     heartbeat, which must never wait for the store."""
     lease_s = daemon.settings.replica_lease_secs
     while True:
+        routes = daemon.services.gateway.routes
+        open_here = {
+            name: OpenCircuit(*opened) for name, route in routes.items() if (opened := route.circuit.open_for())
+        }
         try:
-            daemon.replicas = await daemon.services.store.announce(daemon.replica(), lease_s)
+            deployment = await daemon.services.store.announce(daemon.replica(), lease_s, open_here)
+            daemon.replicas = deployment.replicas
+            for name, circuit in deployment.circuits.items():
+                if name in routes:
+                    routes[name].circuit.open_elsewhere(circuit.seconds, circuit.reason, circuit.failures)
             problem = None
         except StoreUnavailable as exc:
             problem = str(exc)

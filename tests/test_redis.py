@@ -367,3 +367,30 @@ async def test_a_shared_turn_past_the_deadline_is_refused_without_booking(tmp_pa
         start = trio.current_time()
         await second.wait_turn(start + 5)  # nothing was booked by the refusal: this is the next turn
         assert 0.8 <= trio.current_time() - start <= 1.2
+
+
+# -- circuits shared by replicas ------------------------------------------------------------
+
+
+async def test_a_circuit_opened_by_one_replica_is_open_on_the_other(
+    daemons: Any, simulator: Any, redis_url: str
+) -> None:
+    settings = {"store_url": redis_url, "circuit_failures": 2, "circuit_cooldown_secs": 30, "provider_max_retries": 0}
+    one, two = [await daemons.start(**settings) for _ in range(2)]
+    failing = '#sim {"status": 503}'
+    async with connect(one.url) as client:
+        for n in range(2):
+            assert (await client.call_tool("chat", {"prompt": f"q{n}\n{failing}"})).is_error
+    assert one.daemon.services.gateway.routes["kimi"].circuit.state == "open"
+    sent = simulator.stats.requests_total
+    with trio.fail_after(3):  # published and read back within two announcements (0.5 s each)
+        while two.daemon.services.gateway.routes["kimi"].circuit.state != "open":  # noqa: ASYNC110 - state set by the store watcher
+            await trio.sleep(0.05)
+    async with connect(two.url) as client:
+        refused = await client.call_tool("chat", {"prompt": "fine"})
+    assert refused.is_error and "stopped sending it requests" in refused.text, refused.text
+    assert simulator.stats.requests_total == sent  # refused at once, no request sent
+    left = two.daemon.services.gateway.routes["kimi"].circuit.probe_in_s()
+    assert left is not None and 25 <= left <= 30  # the first opener's cooldown, not a fresh one
+    glm = two.daemon.services.gateway.routes["glm"].circuit.state
+    assert glm == "closed"

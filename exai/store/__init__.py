@@ -14,11 +14,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from exai.config import STORE_FILE, RedisLocation, Settings, SqliteLocation
 from exai.store.base import Store, ThreadReader
+from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.redis import RedisReader, open_redis
 from exai.store.sqlite import SqliteReader, open_sqlite
 from exai.store.threads import (
     Appended,
-    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -28,6 +28,8 @@ from exai.store.threads import (
 
 __all__ = [
     "Appended",
+    "Deployment",
+    "OpenCircuit",
     "Replica",
     "Store",
     "StoreUnavailable",

@@ -14,13 +14,13 @@ EXAI_STORE_URL.
 
 from __future__ import annotations
 
-import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from exai.providers.ratelimit import RequestRateLimiter
-from exai.store.threads import Appended, Replica, Thread, Turn
+from exai.store.deployment import Deployment, OpenCircuit, Replica
+from exai.store.threads import Appended, Thread, Turn
 
 
 class Store(Protocol):
@@ -84,10 +84,13 @@ class Store(Protocol):
         schedule, or on a shared store the deployment's."""
         ...
 
-    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
-        """Record `replica` as live for `lease_s` seconds and return every live replica of the
-        deployment (this one included), the oldest first. A store one daemon owns has only
-        that one. Bounded in time; StoreUnavailable when the store does not answer (the
+    async def announce(
+        self, replica: Replica, lease_s: float, circuits: Mapping[str, OpenCircuit]
+    ) -> Deployment:
+        """Record `replica` as live for `lease_s` seconds and the provider circuits open on it
+        (`circuits`), and return the deployment: every live replica (this one included), the
+        oldest first, and every circuit open on any of them. A store one daemon owns knows
+        only that one. Bounded in time; StoreUnavailable when the store does not answer (the
         daemon announces itself every half second: that is also how /readyz knows)."""
         ...
 

@@ -16,13 +16,12 @@ command leaves its connection usable (tests/test_redis.py checks exactly that).
 
 from __future__ import annotations
 
-import builtins
 import json
 import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
 from typing import Final, TypeVar, cast
@@ -35,11 +34,12 @@ from coredis.exceptions import RedisError
 from loguru import logger
 
 from exai.config import RedisLocation
+from exai.providers.catalog import PROVIDERS
 from exai.providers.ratelimit import RequestRateLimiter, SharedRequestRateLimiter
+from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.holds import ThreadHolds
 from exai.store.threads import (
     Appended,
-    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -129,7 +129,11 @@ return renewed
 
 REPLICAS_KEY: Final = f"{KEY_PREFIX}replicas"  # replica id -> lease expiry (server clock)
 REPLICA_INFO_KEY: Final = f"{KEY_PREFIX}replica-info"  # replica id -> its JSON
-# KEYS: replicas, info. ARGV: id, JSON, lease seconds. -> the live replicas' JSON.
+# A provider circuit opened anywhere is the key exai:circuit:<provider> (its JSON reason), which
+# expires when the cooldown of the replica that opened it ends; the first opener's stands.
+# KEYS: replicas, info, then exai:circuit:<provider> of every provider. ARGV: id, JSON, lease
+# seconds, then per provider (KEYS' order): milliseconds its circuit stays open here (0: not
+# open), JSON. -> {the live replicas' JSON, {ms left, JSON} per provider (0, false: closed)}.
 _ANNOUNCE: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -139,8 +143,15 @@ for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   redis.call('HDEL', KEYS[2], gone)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local open = {}
+for k = 3, #KEYS do
+  local left, body = ARGV[2 * k - 2], ARGV[2 * k - 1]
+  if tonumber(left) > 0 then redis.call('SET', KEYS[k], body, 'PX', left, 'NX') end
+  table.insert(open, math.max(0, redis.call('PTTL', KEYS[k])))
+  table.insert(open, redis.call('GET', KEYS[k]))
+end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-return redis.call('HMGET', KEYS[2], unpack(live))
+return {redis.call('HMGET', KEYS[2], unpack(live)), open}
 """
 
 
@@ -158,6 +169,10 @@ local free = booked + interval
 redis.call('SET', KEYS[1], string.format('%.6f', free), 'PX', math.ceil((free - now) * 1000) + 1000)
 return {1, tostring(send_at - now)}
 """
+
+
+def _circuit_key(provider: str) -> str:
+    return f"{KEY_PREFIX}circuit:{provider}"
 
 
 def _slots_key(provider: str) -> str:
@@ -409,15 +424,26 @@ class RedisStore:
         """EXAI_*_RPM for the deployment: the schedule in `exai:rate:<provider>`, one script a turn."""
         return self._leases.rate_limiter(provider, rpm, env_var=env_var)
 
-    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
-        """One script: this replica's lease renewed, the expired ones dropped, the live listed."""
-        found: list[str] = await self._call(
-            self._announce(
-                [REPLICAS_KEY, REPLICA_INFO_KEY], [replica["id"], orjson.dumps(replica).decode(), repr(lease_s)]
-            )
-        )
-        live = [cast(Replica, json.loads(text)) for text in found]
-        return sorted(live, key=lambda r: (r["started"], r["id"]))
+    async def announce(
+        self, replica: Replica, lease_s: float, circuits: Mapping[str, OpenCircuit]
+    ) -> Deployment:
+        """One script: this replica's lease renewed, the expired ones dropped, the live listed;
+        this replica's open circuits published, every open one read back."""
+        args: list[str | int] = [replica["id"], orjson.dumps(replica).decode(), repr(lease_s)]
+        for provider in PROVIDERS:
+            here = circuits.get(provider)
+            body = {} if here is None else {"reason": here.reason, "failures": here.failures}
+            args += [0 if here is None else max(1, int(here.seconds * 1000)), orjson.dumps(body).decode()]
+        keys = [REPLICAS_KEY, REPLICA_INFO_KEY, *(_circuit_key(p) for p in PROVIDERS)]
+        found: list[list[str | int | None]] = await self._call(self._announce(keys, args))
+        replicas, flat = found
+        live = [cast(Replica, json.loads(str(text))) for text in replicas]
+        open_now = {}
+        for provider, left, text in zip(PROVIDERS, flat[0::2], flat[1::2], strict=True):
+            if left and text:
+                body = json.loads(str(text))
+                open_now[provider] = OpenCircuit(int(left) / 1000, body["reason"], body["failures"])
+        return Deployment(sorted(live, key=lambda r: (r["started"], r["id"])), open_now)
 
     async def aclose(self) -> None:
         """Nothing of its own: the client is closed by `open_redis`."""

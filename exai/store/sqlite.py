@@ -13,14 +13,13 @@ thread too, every CHECKPOINT_EVERY writes, never in a commit on the event loop. 
 
 from __future__ import annotations
 
-import builtins
 import json
 import math
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,9 +31,9 @@ from loguru import logger
 
 from exai.config import STORE_FILE
 from exai.providers.ratelimit import RequestRateLimiter
+from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.threads import (
     Appended,
-    Replica,
     StoreUnavailable,
     Thread,
     ThreadNotFound,
@@ -356,10 +355,12 @@ class SqliteStore:
         """One daemon per file: the daemon's own schedule is the deployment's."""
         return RequestRateLimiter(provider, rpm, env_var=env_var)
 
-    async def announce(self, replica: Replica, lease_s: float) -> builtins.list[Replica]:
+    async def announce(
+        self, replica: Replica, lease_s: float, circuits: Mapping[str, OpenCircuit]
+    ) -> Deployment:
         """One daemon per file: the deployment is this replica. A local file opened at
         start-up: its problems show as each call's error."""
-        return [replica]
+        return Deployment([replica], dict(circuits))
 
     async def list(self) -> list[Thread]:
         """Live threads, newest first."""

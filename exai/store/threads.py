@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
 from exai.errors import ExaiError
 
@@ -92,15 +92,6 @@ class Thread:
 class Appended:
     thread_id: str
     dropped_now: int  # turns dropped by this append (cap EXAI_MAX_CONVERSATION_TURNS)
-
-
-class Replica(TypedDict):
-    """One live daemon of a deployment, as /api/status lists it."""
-
-    id: str
-    started: float  # Unix time
-    inflight: int  # tool calls running on it
-    tasks: int  # tasks working on it
 
 
 def lookup_ids(thread_id: str) -> tuple[str, str] | None:
