@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from conftest import test_settings
 from prometheus_client.parser import text_string_to_metric_families
 from support import eventually
 
@@ -145,21 +146,18 @@ async def test_status_tool_returns_the_same_data(daemon: Any) -> None:
         assert "global" in result.structured["limiters"]
 
 
-def test_healthz_fails_when_the_event_loop_stalls() -> None:
+def test_healthz_fails_when_the_event_loop_stalls(tmp_path: Any) -> None:
     import time
-    from types import SimpleNamespace
 
     from exai.monitor import HEALTH_STALL_S, route
-    from exai.server import Snapshot
+    from exai.server import Daemon, Snapshot
 
-    def beat(at: float) -> SimpleNamespace:
-        return SimpleNamespace(snapshot=Snapshot(at, True, False, {}, {}))
-
-    stalled = beat(time.monotonic() - HEALTH_STALL_S - 1)
-    status, _, body, _ = route(stalled, "GET", "/healthz")
+    daemon = Daemon(test_settings(tmp_path, None))
+    daemon.snapshot = Snapshot(time.monotonic() - HEALTH_STALL_S - 1, True, False, {}, {})
+    status, _, body, _ = route(daemon, "GET", "/healthz")
     assert status == 503 and b"unresponsive" in body
-    fresh = beat(time.monotonic())
-    assert route(fresh, "GET", "/healthz")[0] == 200
+    daemon.snapshot = Snapshot(time.monotonic(), True, False, {}, {})
+    assert route(daemon, "GET", "/healthz")[0] == 200
 
 
 async def test_monitor_answers_while_the_loop_is_blocked(daemon: Any) -> None:
@@ -413,16 +411,12 @@ async def test_dashboard_takes_the_token_once_and_keeps_it_in_a_cookie(daemons: 
         assert (await http.get(f"/metrics?token={TOKEN}")).status_code == 401
 
 
-def test_monitor_auth_compares_bytes_and_never_raises() -> None:
-    from types import SimpleNamespace
-
-    from pydantic import SecretStr
-
+def test_monitor_auth_compares_bytes_and_never_raises(tmp_path: Any) -> None:
     from exai.monitor import route
-    from exai.server import Snapshot
+    from exai.server import Daemon, Snapshot
 
-    snapshot = Snapshot(0.0, True, False, {}, {})
-    daemon = SimpleNamespace(settings=SimpleNamespace(auth_token=SecretStr(TOKEN)), snapshot=snapshot)
+    daemon = Daemon(test_settings(tmp_path, None, auth_token=TOKEN))
+    daemon.snapshot = Snapshot(0.0, True, False, {}, {})
     for header in (b"\xff", b"Bearer", b"Bearer ", b"bearer \x00\x01", b"\xe2\x82\xac" * 1000, b""):
         assert route(daemon, "GET", "/api/status", b"", [(b"authorization", header)])[0] == 401
     for query in (b"token=%ff%fe", b"token", b"token=&token=x", b"%zz=1", b"\xff=\xff"):
