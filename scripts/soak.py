@@ -978,6 +978,20 @@ def http_trouble(exc: Exception) -> Exception | None:
     return None
 
 
+async def went_on_after_trouble(soak: Soak, group: Exception, who: str) -> bool:
+    """After an HTTP client's failure: recorded and paused for, True to go on; False when the
+    daemon is gone; what is not HTTP trouble is raised again."""
+    exc = http_trouble(group)
+    if exc is None:
+        raise group
+    if not daemon_alive(soak):
+        return False
+    soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError | ConnectionLost) else "refused")
+    soak.unexpected.append(f"{who}: {type(exc).__name__}: {exc}"[:300])
+    await trio.sleep(0.2)
+    return True
+
+
 def running(soak: Soak, stop_at: float) -> bool:
     return trio.current_time() < stop_at and soak.daemon_died is None
 
@@ -1001,14 +1015,8 @@ async def http_client(soak: Soak, number: int, stop_at: float) -> None:
                     await http_session(soak, http, number, tag, stop_at)
                 await trio.sleep(rng.uniform(0, 0.2))
             except Exception as group:
-                exc = http_trouble(group)
-                if exc is None:
-                    raise
-                if not daemon_alive(soak):
+                if not await went_on_after_trouble(soak, group, f"http client {number}"):
                     return
-                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError | ConnectionLost) else "refused")
-                soak.unexpected.append(f"http client {number}: {type(exc).__name__}: {exc}"[:300])
-                await trio.sleep(0.2)
 
 
 # -- modern Streamable HTTP clients (MCP 2026-07-28: no session, each request on its own) ----------
@@ -1150,14 +1158,8 @@ async def modern_client(soak: Soak, number: int, stop_at: float) -> None:
                 if outcome == "overloaded":
                     await trio.sleep(rng.uniform(0.3, 1.0))
             except Exception as group:
-                exc = http_trouble(group)
-                if exc is None:
-                    raise
-                if not daemon_alive(soak):
+                if not await went_on_after_trouble(soak, group, f"modern client {number}"):
                     return
-                soak.record_http("transport", "connection_lost" if isinstance(exc, httpx.HTTPError) else "refused")
-                soak.unexpected.append(f"modern client {number}: {type(exc).__name__}: {exc}"[:300])
-                await trio.sleep(0.2)
 
 
 # -- Streamable HTTP fuzz client -------------------------------------------------------------------
