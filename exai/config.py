@@ -17,10 +17,10 @@ import ipaddress
 import os
 import shlex
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from dotenv import dotenv_values
 from pydantic import (
@@ -188,10 +188,37 @@ class SqliteLocation:
     def __str__(self) -> str:
         return f"sqlite:///{self.path}"
 
+    @property
+    def url(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class RedisLocation:
+    """`redis://[:password@]host:port/db`: a Redis 7+ (or Valkey) server shared by replicas.
+    `str()` never shows the password."""
+
+    host: str
+    port: int
+    db: int
+    password: str | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        auth = f":{REDACTED}@" if self.password is not None else ""
+        return f"redis://{auth}{_bracketed(self.host)}:{self.port}/{self.db}"
+
+    @property
+    def url(self) -> str:
+        """The URL with its password (for the client only; never logged or shown)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        return f"redis://{auth}{_bracketed(self.host)}:{self.port}/{self.db}"
+
 
 # Each backend adds its location type here and its parser to _STORE_SCHEMES, nothing else.
-StoreLocation: TypeAlias = SqliteLocation
-STORE_URL_FORMS: Final = "sqlite:///PATH"
+StoreLocation: TypeAlias = SqliteLocation | RedisLocation
+STORE_URL_FORMS: Final = "sqlite:///PATH or redis://[:password@]host:port/db"
+REDIS_URL_FORM: Final = "redis://[:password@]host:port/db"
+REDIS_DATABASES: Final = 16
 
 
 def _sqlite_location(rest: str) -> SqliteLocation:
@@ -200,7 +227,34 @@ def _sqlite_location(rest: str) -> SqliteLocation:
     return SqliteLocation(Path(rest[1:]).expanduser().absolute())
 
 
-_STORE_SCHEMES: Final[dict[str, Callable[[str], StoreLocation]]] = {"sqlite": _sqlite_location}
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _redis_location(rest: str) -> RedisLocation:
+    auth, at, where = rest.rpartition("@")
+    password: str | None = None
+    if at:
+        user, colon, secret = auth.partition(":")
+        if user or not colon or not secret:
+            raise ValueError(f"must be {REDIS_URL_FORM} (a password after ':', no user name)")
+        password = unquote(secret)
+    address, slash, db_text = where.partition("/")
+    host, colon, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not slash or not colon or not host:
+        raise ValueError(f"must be {REDIS_URL_FORM} (host, port and database number)")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"must be {REDIS_URL_FORM} (a port from 1 to 65535)")
+    if not db_text.isdigit() or int(db_text) >= REDIS_DATABASES:
+        raise ValueError(f"must be {REDIS_URL_FORM} (a database number from 0 to {REDIS_DATABASES - 1})")
+    return RedisLocation(host, int(port_text), int(db_text), password)
+
+
+_STORE_SCHEMES: Final[dict[str, Callable[[str], StoreLocation]]] = {
+    "sqlite": _sqlite_location,
+    "redis": _redis_location,
+}
 
 
 def parse_store_url(url: str) -> StoreLocation:
@@ -429,7 +483,7 @@ class Settings(BaseSettings):
                 return value
             return str(SqliteLocation(state_dir / STORE_FILE))
         try:
-            return str(parse_store_url(value))
+            return parse_store_url(value).url
         except ValueError as exc:
             raise _broken("{reason}", reason=str(exc)) from None
 

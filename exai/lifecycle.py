@@ -32,7 +32,7 @@ from exai.protocol import (
 )
 from exai.providers.base import CallBudget, ProviderError
 from exai.providers.gateway import ModelGateway
-from exai.store import Store
+from exai.store import Store, StoreUnavailable
 from exai.subscriptions import Listeners
 from exai.tools.base import (
     Activity,
@@ -219,6 +219,8 @@ async def run_tool_call(
             except ToolArgumentError as exc:
                 output = ToolOutput(str(exc), is_error=True)
             except ProviderError as exc:
+                output = ToolOutput(str(exc), is_error=True)
+            except StoreUnavailable as exc:  # the daemon goes on; the store is watched (/readyz)
                 output = ToolOutput(str(exc), is_error=True)
             outcome = "tool_error" if output.is_error else "ok"
             response = result_message(call.id, _result(output, budget, ctx.usage))

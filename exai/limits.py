@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from exai.protocol import OVERLOADED, RpcError
+from exai.providers.ratelimit import RequestRateLimiter
 
 if TYPE_CHECKING:
     from exai.config import Settings
@@ -32,6 +33,34 @@ async def take_slot(limiter: trio.CapacityLimiter) -> None:
         limiter.acquire_nowait()
     except trio.WouldBlock:
         await limiter.acquire()
+
+
+class DeploymentSlots(Protocol):
+    """Provider request slots shared by every replica of a deployment (EXAI_*_MAX_INFLIGHT is
+    the deployment's ceiling). Each daemon also holds its own CapacityLimiter per provider."""
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """Held around one provider request: waits (in the caller's cancel scope) until fewer
+        than `ceiling` requests to `provider` run in the whole deployment, and frees the
+        slot on exit, even when cancelled; a slot of a process that died frees itself."""
+        ...
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """The provider's request-rate ceiling (EXAI_*_RPM) for the whole deployment."""
+        ...
+
+
+_NO_SLOT: Final = nullcontext()
+
+
+class ProcessSlots:
+    """One daemon is the whole deployment: its own limiter is the ceiling; nothing more held."""
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        return _NO_SLOT
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        return RequestRateLimiter(provider, rpm, env_var=env_var)
 
 
 class Yieldable(Protocol):

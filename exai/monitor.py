@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from exai import metrics
 from exai.asgi import lifespan
-from exai.store import Store
+from exai.store import OpenCircuit, Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from exai.server import Daemon
@@ -43,6 +43,7 @@ Response = tuple[int, str, bytes, Headers]
 # it has been silent this long.
 HEARTBEAT_S: Final = 0.1
 HEALTH_STALL_S: Final = 2.0
+STORE_CHECK_S: Final = 0.5  # how often the store is asked whether it answers (/readyz)
 # /api/status and /metrics ask the daemon's loop for a snapshot of this moment and wait this
 # long for it; a saturated loop that has not built it by then gets the last beat's.
 FRESH_WAIT_S: Final = 0.05
@@ -84,6 +85,36 @@ async def heartbeat(daemon: Daemon, *, task_status: trio.TaskStatus[None] = trio
             task_status.started()
         beats += 1
         await trio.sleep(HEARTBEAT_S)
+
+
+async def watch_store(daemon: Daemon) -> None:
+    """Announce this replica to the store every STORE_CHECK_S (its lease, EXAI_REPLICA_LEASE_SECS)
+    with its open provider circuits; keep the deployment's live replicas for /api/status and
+    open here every circuit open on another replica; `daemon.store_problem` says why
+    the store does not answer (it makes /readyz 503) until it answers again. Runs beside the
+    heartbeat, which must never wait for the store."""
+    lease_s = daemon.settings.replica_lease_secs
+    while True:
+        routes = daemon.services.gateway.routes
+        open_here = {
+            name: OpenCircuit(*opened) for name, route in routes.items() if (opened := route.circuit.open_for())
+        }
+        try:
+            deployment = await daemon.services.store.announce(daemon.replica(), lease_s, open_here)
+            daemon.replicas = deployment.replicas
+            for name, circuit in deployment.circuits.items():
+                if name in routes:
+                    routes[name].circuit.open_elsewhere(circuit.seconds, circuit.reason, circuit.failures)
+            problem = None
+        except StoreUnavailable as exc:
+            problem = str(exc)
+        if problem != daemon.store_problem:
+            if problem is None:
+                logger.info("the conversation store answers again")
+            else:
+                logger.warning("not ready: {}", problem)
+            daemon.store_problem = problem
+        await trio.sleep(STORE_CHECK_S)
 
 
 async def _count_threads(store: Store) -> int | None:
@@ -163,6 +194,8 @@ def route(daemon: Daemon, method: str, path: str, query: bytes = b"", headers: H
             return 503, "text/plain", f"event loop unresponsive for {stalled:.1f} s".encode(), []
         return 200, "text/plain", b"ok", []
     if path == "/readyz":
+        if snapshot.ready and snapshot.store_problem is not None:
+            return 503, "application/json", _json({"ready": False, "reason": snapshot.store_problem}), []
         if snapshot.ready:
             return 200, "application/json", _json({"ready": True}), []
         why = "draining: shutting down" if snapshot.draining else "starting"

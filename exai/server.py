@@ -6,6 +6,7 @@ import gc
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from exai.limits import ConnectionSlots, Limits
 from exai.session import CLOSE_TIMEOUT_S, Session
 
 if TYPE_CHECKING:
+    from exai.store import Replica
     from exai.transports.http.sse import Stream
 
 
@@ -33,6 +35,7 @@ class Snapshot:
     draining: bool
     status: dict[str, Any]  # the /api/status document, made for this snapshot alone
     limits: dict[str, int]  # the ceilings /api/history draws its gauges against
+    store_problem: str | None = None  # why the store does not answer: /readyz is 503 meanwhile
 
 
 @dataclass
@@ -61,6 +64,9 @@ class Daemon:
         self.snapshot = Snapshot(time.monotonic(), False, False, {}, {})
         self.loop: trio.lowlevel.TrioToken | None = None  # set by serve(): where publish() runs
         self.ready = False
+        self.store_problem: str | None = None  # why the store does not answer (watch_store)
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.replicas: list[Replica] = []  # the deployment's live replicas (watch_store)
         self.draining = False
         self.stopping = trio.Event()
         self.stopped = trio.Event()
@@ -94,7 +100,16 @@ class Daemon:
         """Build the monitor's next snapshot and swap it in; on the daemon's loop only."""
         status = self.status() | {"threads": self.services.history.threads}
         limits = {"inflight": int(self.limits.global_slots.total_tokens), "queued": self.limits.max_queued}
-        self.snapshot = Snapshot(time.monotonic(), self.ready, self.draining, status, limits)
+        self.snapshot = Snapshot(time.monotonic(), self.ready, self.draining, status, limits, self.store_problem)
+
+    def replica(self) -> Replica:
+        """This daemon as the deployment's replica registry lists it, as of now."""
+        return {
+            "id": self.replica_id,
+            "started": self.started_wall,
+            "inflight": self.limits.global_slots.borrowed_tokens,
+            "tasks": 0,  # no tasks yet in this daemon
+        }
 
     def status(self) -> dict[str, Any]:
         """What /api/status and the `status` tool show, as of now; on the daemon's loop only."""
@@ -111,6 +126,12 @@ class Daemon:
             "requests": self.calls.snapshot(),
             "tasks": self.services.tasks.statistics(),
             "demo": bool(getattr(self.services.gateway, "demo", False)),
+            "replica": {"id": self.replica_id, "started": self.started_wall},
+            # this one as of now, the others as of their last announcement; the oldest first
+            "replicas": sorted(
+                [self.replica(), *(r for r in self.replicas if r["id"] != self.replica_id)],
+                key=lambda r: (r["started"], r["id"]),
+            ),
         }
 
 
@@ -136,7 +157,7 @@ async def serve(
 
 
 async def _serve(daemon: Daemon, demo: bool, task_status: trio.TaskStatus[Bound]) -> None:
-    from exai.monitor import heartbeat, serve_monitor
+    from exai.monitor import heartbeat, serve_monitor, watch_store
     from exai.providers.gateway import ModelGateway
     from exai.providers.simulator import serve_simulator
     from exai.stalls import watch_stalls
@@ -158,8 +179,11 @@ async def _serve(daemon: Daemon, demo: bool, task_status: trio.TaskStatus[Bound]
                 why,
                 simulator_url,
             )
-        gateway = ModelGateway.from_settings(settings, daemon.limits.providers, simulator_url=simulator_url)
         async with open_store(settings) as store:
+            # The store chooses the provider slots: shared by replicas on Redis, none on SQLite.
+            gateway = ModelGateway.from_settings(
+                settings, daemon.limits.providers, simulator_url=simulator_url, slots=store
+            )
             async with gateway:
                 daemon.services = Services(
                     settings=settings,
@@ -175,6 +199,7 @@ async def _serve(daemon: Daemon, demo: bool, task_status: trio.TaskStatus[Bound]
                     daemon.services.tasks = tasks
                     daemon.loop = trio.lowlevel.current_trio_token()
                     await background.start(heartbeat, daemon)
+                    background.start_soon(watch_store, daemon)
                     monitor_url = None
                     if settings.monitor_port is not None and settings.monitor_port >= 0:
                         monitor_url = await background.start(serve_monitor, daemon, settings.host, settings.monitor_port)

@@ -13,7 +13,7 @@ same check from their /api/status (`support.assert_quiet_status`).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 import trio
 from harness import status_leaks
 from loguru import logger
+from redis_support import RedisServer
 
 from exai.config import Settings
 from exai.providers.simulator import Simulator, serve_simulator
@@ -132,3 +133,23 @@ async def daemons(nursery: trio.Nursery, tmp_path: Any, simulator: Simulator) ->
 async def daemon(daemons: Daemons) -> Bound:
     """A daemon on the simulator with the default limits."""
     return await daemons.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test session's own (skips when the binary is absent)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of an empty Redis database for one test."""
+    if redis_server.process is None:  # a test stopped it and failed before starting it again
+        redis_server.start()
+    assert redis_server.command("FLUSHALL") == b"+OK"
+    return redis_server.url()

@@ -603,18 +603,43 @@ def test_store_url_sqlite_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.store_url == f"sqlite:///{tmp_path}/relative/threads.db"
 
 
+def test_store_url_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXAI_STORE_URL", "redis://localhost:6379/0")
+    s = load_settings()
+    assert (s.store_location.host, s.store_location.port, s.store_location.db) == ("localhost", 6379, 0)
+    assert s.store_location.password is None
+    # A password (percent-encoded when it holds URL characters) is kept for the client and
+    # shown nowhere: not in the settings table, the location's text or its repr.
+    monkeypatch.setenv("EXAI_STORE_URL", "redis://:hun%2Fter2@[::1]:6380/3")
+    s = load_settings()
+    assert s.store_location.password == "hun/ter2"
+    assert (s.store_location.host, s.store_location.port, s.store_location.db) == ("::1", 6380, 3)
+    assert str(s.store_location) == "redis://:****@[::1]:6380/3"
+    assert "hun" not in repr(s.store_location)
+    table = {env: value for env, value, _ in describe_settings()}
+    assert table["EXAI_STORE_URL"] == "redis://:****@[::1]:6380/3"
+
+
+REDIS_FORM = "must be redis://[:password@]host:port/db"
+
+
 @pytest.mark.parametrize(
     ("value", "shown", "rule"),
     [
-        ("redis://localhost:6379/0", None, "redis:// scheme not supported (sqlite:///PATH)"),
-        ("redis://:hunter2@localhost:6379/0", "redis://:****@localhost:6379/0", "redis:// scheme"),
-        ("postgres://db/x", None, "postgres:// scheme not supported (sqlite:///PATH)"),
-        ("/var/lib/exai.db", None, "must be a URL (sqlite:///PATH)"),
+        ("redis://:hunter2@localhost:6379/16", "redis://:****@localhost:6379/16", f"{REDIS_FORM} (a database number from 0 to 15)"),
+        ("redis://admin:hunter2@localhost:6379/0", "redis://admin:****@localhost:6379/0", f"{REDIS_FORM} (a password after ':', no user name)"),
+        ("redis://localhost/0", None, f"{REDIS_FORM} (host, port and database number)"),
+        ("redis://localhost:6379", None, f"{REDIS_FORM} (host, port and database number)"),
+        ("redis://localhost:0/0", None, f"{REDIS_FORM} (a port from 1 to 65535)"),
+        ("redis://localhost:http/0", None, f"{REDIS_FORM} (a port from 1 to 65535)"),
+        ("redis://localhost:6379/x", None, f"{REDIS_FORM} (a database number from 0 to 15)"),
+        ("postgres://db/x", None, "postgres:// scheme not supported (sqlite:///PATH or redis://[:password@]host:port/db)"),
+        ("/var/lib/exai.db", None, "must be a URL (sqlite:///PATH or redis://[:password@]host:port/db)"),
         ("sqlite://", None, "must be sqlite:///PATH"),
         ("sqlite:///", None, "must be sqlite:///PATH"),
         ("sqlite://host/x.db", None, "must be sqlite:///PATH"),
     ],
-)
+)  # fmt: skip
 def test_invalid_store_url(
     monkeypatch: pytest.MonkeyPatch, value: str, shown: str | None, rule: str
 ) -> None:

@@ -37,7 +37,7 @@ def clean_env(tmp_path: Any, **extra: str) -> dict[str, str]:
         ("EXAI_LOG_FORMAT", "xml"),
         ("KIMI_BASE_URL", "ftp://example.invalid"),
         ("EXAI_TOOL_TIMEOUT_SEC", "5"),  # not a setting: one letter short
-        ("EXAI_STORE_URL", "redis://127.0.0.1:6379/0"),  # no such backend yet
+        ("EXAI_STORE_URL", "redis://127.0.0.1:6379/16"),  # Redis has databases 0 to 15
         ("EXAI_DISABLED_TOOLS", "nonesuch"),
         ("EXAI_CLINK_CLIS", "gemini"),
     ],

@@ -56,9 +56,10 @@ class FakeClock:
         return self.now
 
 
-# Backend -> the EXAI_STORE_URL of a fresh, empty store for one test.
-BACKENDS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda tmp_path: f"sqlite:///{tmp_path}/state/{DB_NAME}",
+# Backend -> the EXAI_STORE_URL of a fresh, empty store for one test (given the test's request).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp_path: f"sqlite:///{tmp_path}/state/{DB_NAME}",
+    "redis": lambda request, tmp_path: str(request.getfixturevalue("redis_url")),
 }
 
 
@@ -80,7 +81,7 @@ class StoreSettings(Protocol):
 @pytest.fixture(params=list(BACKENDS))
 def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSettings:
     """Settings of a fresh store of each backend in turn."""
-    url = BACKENDS[request.param](tmp_path)
+    url = BACKENDS[request.param](request, tmp_path)
 
     def make(*, ttl_hours: float = 1.0, max_turns: int = 40) -> Settings:
         return settings_for(tmp_path, url, ttl_hours=ttl_hours, max_turns=max_turns)
@@ -246,8 +247,8 @@ async def test_hold_serialises_one_thread_first_come_first_served(
     store_settings: StoreSettings, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_store(store_settings()) as store:
-        tid = (await store.append(None, "chat", pair(1))).thread_id
-        other = (await store.append(None, "chat", pair(1))).thread_id
+        # A hold needs no stored thread: no I/O here, which the jumping clock would outrun.
+        tid, other = str(uuid.uuid4()), str(uuid.uuid4())
         events: list[str] = []
 
         async def use(name: str, thread_id: str | None, delay: float) -> None:
@@ -275,7 +276,7 @@ async def test_waiting_for_a_hold_is_cancellable(
     store_settings: StoreSettings, autojump_clock: trio.abc.Clock
 ) -> None:
     async with open_store(store_settings()) as store:
-        tid = (await store.append(None, "chat", pair(1))).thread_id
+        tid = str(uuid.uuid4())  # no stored thread, no I/O (see above)
         got_in: list[str] = []
 
         async def second() -> None:

@@ -51,6 +51,25 @@ class CircuitBreaker:
             return None
         return round(max(0.0, self._opened_at + self.cooldown_s - trio.current_time()), 3)
 
+    def open_for(self) -> tuple[float, str, int] | None:
+        """(seconds it stays open, the last failure, failures in a row) while open; else None.
+        What a replica tells the others (exai.monitor.watch_store)."""
+        left = self.probe_in_s()
+        return None if left is None else (left, self._last_failure, self.consecutive_failures)
+
+    def open_elsewhere(self, seconds: float, reason: str, failures: int) -> None:
+        """Another replica has this provider's circuit open for `seconds` more: refuse here
+        too until then, then probe as after an opening here. Never shortens an opening."""
+        if self._auth_message is not None:
+            return
+        until = trio.current_time() + seconds
+        if self._open and self._opened_at + self.cooldown_s >= until:
+            return
+        self._open = True
+        self._opened_at = until - self.cooldown_s
+        self._last_failure = reason
+        self.consecutive_failures = max(self.consecutive_failures, failures)
+
     @property
     def probes_inflight(self) -> int:
         """Half-open probe requests running now: 0 or 1."""

@@ -18,7 +18,7 @@ import trio
 from loguru import logger
 
 from exai import metrics
-from exai.limits import take_slot
+from exai.limits import DeploymentSlots, ProcessSlots, take_slot
 from exai.providers.base import (
     CallBudget,
     Completion,
@@ -94,12 +94,15 @@ class Route:
 class ModelGateway:
     """Routes model names to providers, and makes each provider call with its retries."""
 
-    def __init__(self, settings: Settings, routes: dict[str, Route], *, demo: bool):
+    def __init__(
+        self, settings: Settings, routes: dict[str, Route], *, demo: bool, slots: DeploymentSlots | None = None
+    ):
         self.settings = settings
         self.routes = routes
         self.demo = demo
         self.models: dict[str, ModelInfo] = catalog(demo, settings.models_file)
         self.rng = random.Random()
+        self.slots: DeploymentSlots = slots or ProcessSlots()
 
     @classmethod
     def from_settings(
@@ -109,6 +112,7 @@ class ModelGateway:
         *,
         simulator_url: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        slots: DeploymentSlots | None = None,
     ) -> ModelGateway:
         """Build the gateway; `simulator_url` puts it in demo mode (both providers on the simulator)."""
         demo = simulator_url is not None
@@ -122,7 +126,9 @@ class ModelGateway:
                 key = _secret(getattr(settings, f"{name}_api_key", None))
                 base_url = str(getattr(settings, f"{name}_base_url"))
             limiter = limiters[name]
-            rate = RequestRateLimiter(name, getattr(settings, f"{name}_rpm", None), env_var=info.rpm_env)
+            rate = (slots or ProcessSlots()).rate_limiter(
+                name, getattr(settings, f"{name}_rpm", None), env_var=info.rpm_env
+            )
             http = None
             if key:
                 http = OpenAICompatProvider(
@@ -142,7 +148,7 @@ class ModelGateway:
                 http=http,
                 rate=rate,
             )
-        return cls(settings, routes, demo=demo)
+        return cls(settings, routes, demo=demo, slots=slots)
 
     async def __aenter__(self) -> ModelGateway:
         return self
@@ -350,17 +356,18 @@ class ModelGateway:
                 with route.circuit.attempt():
                     await take_slot(route.limiter)
                     try:
-                        return await self._attempt(
-                            route,
-                            info,
-                            messages=messages,
-                            temperature=temperature,
-                            max_tokens=max_tokens,
-                            on_text=on_text,
-                            thinking=thinking,
-                            web_search=web_search,
-                            log_context=(request_id, number, attempts),
-                        )
+                        async with self.slots.provider_slot(provider, int(route.limiter.total_tokens)):
+                            return await self._attempt(
+                                route,
+                                info,
+                                messages=messages,
+                                temperature=temperature,
+                                max_tokens=max_tokens,
+                                on_text=on_text,
+                                thinking=thinking,
+                                web_search=web_search,
+                                log_context=(request_id, number, attempts),
+                            )
                     finally:
                         route.limiter.release()
             except AttemptError as exc:

@@ -11,6 +11,8 @@ X-RateLimit-Reset) keeps every request back until the provider's window resets.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 import trio
 
@@ -45,25 +47,32 @@ class RequestRateLimiter:
         booked = max(self._next_free, now)
         send_at = max(now, booked - (self.burst - 1) * self.interval_s, self.held_until)
         if send_at > deadline:
-            left = max(0.0, deadline - now)
-            if send_at == self.held_until:
-                because = (
-                    f"{self.provider} said its request window is used up (X-RateLimit-Remaining: 0) "
-                    f"and resets in {send_at - now:.1f} s"
-                )
-                action = "Try again after the reset, or lower the request rate"
-            else:
-                because = (
-                    f"{self.provider} requests are limited to {self.rpm} per minute ({self.env_var}); "
-                    f"this call would have to wait {send_at - now:.1f} s"
-                )
-                action = f"Try again shortly, or raise {self.env_var} if your provider plan allows more"
-            raise ProviderError(
-                self.provider,
-                ErrorKind.RATE_LIMITED,
-                f"{because} and only {left:.1f} s were left before this call's deadline. {action}.",
-            )
+            raise self._too_late(send_at, now, deadline)
         self._next_free = booked + self.interval_s
+        await self._sleep_until(send_at, now)
+
+    def _too_late(self, send_at: float, now: float, deadline: float) -> ProviderError:
+        """The error of a turn at `send_at` that comes after the caller's `deadline`."""
+        left = max(0.0, deadline - now)
+        if send_at == self.held_until:
+            because = (
+                f"{self.provider} said its request window is used up (X-RateLimit-Remaining: 0) "
+                f"and resets in {send_at - now:.1f} s"
+            )
+            action = "Try again after the reset, or lower the request rate"
+        else:
+            because = (
+                f"{self.provider} requests are limited to {self.rpm} per minute ({self.env_var}); "
+                f"this call would have to wait {send_at - now:.1f} s"
+            )
+            action = f"Try again shortly, or raise {self.env_var} if your provider plan allows more"
+        return ProviderError(
+            self.provider,
+            ErrorKind.RATE_LIMITED,
+            f"{because} and only {left:.1f} s were left before this call's deadline. {action}.",
+        )
+
+    async def _sleep_until(self, send_at: float, now: float) -> None:
         if send_at <= now:
             return  # a turn free now is taken without a task switch (the caller checkpoints next)
         self.waiting += 1
@@ -71,3 +80,29 @@ class RequestRateLimiter:
             await trio.sleep_until(send_at)
         finally:
             self.waiting -= 1
+
+
+# Book the provider's next turn in the whole deployment: (interval_s, burst, within_s) ->
+# (booked, seconds from now until the turn); nothing is booked when the turn comes later than
+# within_s. One round trip to the shared store (exai.store.redis).
+BookTurn: TypeAlias = Callable[[float, int, float], Awaitable[tuple[bool, float]]]
+
+
+class SharedRequestRateLimiter(RequestRateLimiter):
+    """The same ceiling for every replica of a deployment: the schedule lives in the shared
+    store (`book`), the provider's holds stay this replica's own. A cancelled caller's booked
+    turn is not given back, as for one daemon."""
+
+    def __init__(self, provider: str, rpm: int, *, env_var: str, book: BookTurn):
+        super().__init__(provider, rpm, env_var=env_var)
+        self._book = book
+
+    async def wait_turn(self, deadline: float) -> None:
+        now = trio.current_time()
+        if self.held_until > deadline:
+            raise self._too_late(self.held_until, now, deadline)
+        booked, wait = await self._book(self.interval_s, self.burst, max(0.0, deadline - now))
+        if not booked:
+            raise self._too_late(now + wait, now, deadline)
+        now = trio.current_time()
+        await self._sleep_until(max(now + wait, self.held_until), now)

@@ -14,10 +14,12 @@ EXAI_STORE_URL.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from exai.providers.ratelimit import RequestRateLimiter
+from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.tasks import NewTask, TaskCursor, TaskRecord, TaskStatus
 from exai.store.threads import Appended, Thread, Turn
 
@@ -114,6 +116,27 @@ class Store(Protocol):
 
     async def expire_tasks(self) -> int:
         """Delete expired tasks; return how many."""
+        ...
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """A deployment-wide provider request slot (exai.limits.DeploymentSlots): a store that
+        one daemon owns holds nothing (the daemon's own limiter is the ceiling); a shared one
+        holds a lease its replica renews, which frees itself if the replica dies."""
+        ...
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """The provider's EXAI_*_RPM ceiling (exai.limits.DeploymentSlots): one daemon's own
+        schedule, or on a shared store the deployment's."""
+        ...
+
+    async def announce(
+        self, replica: Replica, lease_s: float, circuits: Mapping[str, OpenCircuit]
+    ) -> Deployment:
+        """Record `replica` as live for `lease_s` seconds and the provider circuits open on it
+        (`circuits`), and return the deployment: every live replica (this one included), the
+        oldest first, and every circuit open on any of them. A store one daemon owns knows
+        only that one. Bounded in time; StoreUnavailable when the store does not answer (the
+        daemon announces itself every half second: that is also how /readyz knows)."""
         ...
 
     async def aclose(self) -> None:

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +32,8 @@ import trio
 from loguru import logger
 
 from exai.config import STORE_FILE
+from exai.providers.ratelimit import RequestRateLimiter
+from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.tasks import (
     NewTask,
     TaskCursor,
@@ -502,6 +504,21 @@ class SqliteStore:
             entry.users -= 1
             if not entry.users:
                 del self._holds[key]
+
+    def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
+        """One daemon per file: its own limiter is the ceiling, nothing to hold here."""
+        return _HOLD_NOTHING
+
+    def rate_limiter(self, provider: str, rpm: int | None, *, env_var: str) -> RequestRateLimiter:
+        """One daemon per file: the daemon's own schedule is the deployment's."""
+        return RequestRateLimiter(provider, rpm, env_var=env_var)
+
+    async def announce(
+        self, replica: Replica, lease_s: float, circuits: Mapping[str, OpenCircuit]
+    ) -> Deployment:
+        """One daemon per file: the deployment is this replica. A local file opened at
+        start-up: its problems show as each call's error."""
+        return Deployment([replica], dict(circuits))
 
     async def list(self) -> list[Thread]:
         """Live threads, newest first."""
