@@ -8,6 +8,7 @@ Rules: loopback only; the session's own redis-server (never a system one), flush
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -26,7 +27,16 @@ from redis_support import RedisServer
 from exai.cli import main
 from exai.client import connect
 from exai.config import Settings
-from exai.store import StoreUnavailable, Thread, ThreadNotFound, Turn, open_store, read_thread
+from exai.store import (
+    NewTask,
+    StoreUnavailable,
+    Thread,
+    ThreadNotFound,
+    TooManyTasks,
+    Turn,
+    open_store,
+    read_thread,
+)
 
 
 def settings_for(tmp_path: Path, url: str) -> Settings:
@@ -141,6 +151,47 @@ async def test_a_thread_key_expires_in_redis(tmp_path: Path, redis_url: str, red
         ttl = int(redis_server.command("TTL", f"exai:thread:{tid}")[1:])
         assert 2 * 3600 - 5 <= ttl <= 2 * 3600
 
+
+
+async def test_two_replicas_never_create_more_than_max_unfinished_tasks(tmp_path: Path, redis_url: str) -> None:
+    """The unfinished count and the insert are one script: replicas creating at once never
+    exceed EXAI_MAX_TASKS together."""
+    settings = settings_for(tmp_path, redis_url)
+    created: list[str] = []
+    refused: list[str] = []
+    async with open_store(settings) as one, open_store(settings) as two:
+
+        async def create(store: Any, task_id: str) -> None:
+            task = NewTask(id=task_id, owner="o", tool="chat", ttl_s=60, runner=task_id[0], lease_s=30, message="")
+            try:
+                await store.create_task(task, max_unfinished=5)
+                created.append(task_id)
+            except TooManyTasks:
+                refused.append(task_id)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(create, one, f"a{n}")
+                nursery.start_soon(create, two, f"b{n}")
+        assert (len(created), len(refused)) == (5, 15)
+        assert sorted(t.id for t in await two.tasks(None)) == sorted(created)
+
+
+async def test_a_task_key_expires_in_redis_and_the_sweep_clears_its_index(
+    tmp_path: Path, redis_url: str, redis_server: RedisServer
+) -> None:
+    now = time.time()
+    clock = lambda: now  # noqa: E731
+    async with open_store(settings_for(tmp_path, redis_url), clock=clock) as store:
+        task = NewTask(id="t1", owner="o", tool="chat", ttl_s=120, runner="r", lease_s=30, message="")
+        await store.create_task(task, max_unfinished=5)
+        ttl = int(redis_server.command("TTL", "exai:task:t1")[1:])
+        assert 115 <= ttl <= 120
+        now += 121
+        assert await store.expire_tasks() == 1
+        for index in ("exai:tasks", "exai:tasks:expiry", "exai:tasks:working"):
+            assert redis_server.command("ZCARD", index) == b":0"
+        assert redis_server.command("EXISTS", "exai:task:t1") == b":0"
 
 async def test_per_operation_latency(tmp_path: Path, redis_url: str) -> None:
     """One round trip per read, two per append: each well under the issue's 2 ms budget here."""
@@ -394,3 +445,24 @@ async def test_a_circuit_opened_by_one_replica_is_open_on_the_other(
     assert left is not None and 25 <= left <= 30  # the first opener's cooldown, not a fresh one
     glm = two.daemon.services.gateway.routes["glm"].circuit.state
     assert glm == "closed"
+
+
+async def test_a_task_run_by_one_replica_is_read_on_the_other(daemons: Any, redis_url: str) -> None:
+    """Tasks live in Redis: the other replica gets the task and its result, and `exai tasks`
+    reads it there too."""
+    one, two = [await daemons.start(store_url=redis_url) for _ in range(2)]
+    async with connect(one.url, era="legacy") as first, connect(two.url, era="legacy") as second:
+        created = await first.request(
+            "tools/call", {"name": "chat", "arguments": {"prompt": "hello"}, "task": {"ttl": 60_000}}
+        )
+        task_id = created["task"]["taskId"]
+        result = await first.request("tasks/result", {"taskId": task_id})
+        assert result["isError"] is False
+        got = await second.request("tasks/get", {"taskId": task_id})
+        assert got["status"] == "completed"
+        again = await second.request("tasks/result", {"taskId": task_id})
+        assert again["content"] == result["content"]
+    where = {"EXAI_STATE_DIR": str(one.daemon.settings.state_dir), "EXAI_STORE_URL": redis_url}
+    listed = CliRunner().invoke(main, ["tasks", "--json"], env=where)
+    assert listed.exit_code == 0, listed.output
+    assert [(row["id"], row["status"]) for row in json.loads(listed.output)] == [(task_id, "completed")]

@@ -38,6 +38,7 @@ from exai.store import (
     ThreadNotFound,
     TooManyTasks,
     Turn,
+    open_reader,
     open_store,
     read_thread,
 )
@@ -439,6 +440,34 @@ async def test_tasks_page_oldest_first_after_a_cursor(store_settings: StoreSetti
         rest = await store.tasks("alice", after=(first[-1].created, first[-1].id), limit=10)
         assert [t.id for t in rest] == ["t2", "t3", "t4"]
 
+
+
+def test_the_reader_sees_live_tasks_newest_first(store_settings: StoreSettings) -> None:
+    """`exai tasks` / `exai task ID`: anyone's live tasks, a lost one failed, an expired one never."""
+    settings = store_settings()
+    clock = FakeClock(time.time() - 100)
+
+    async def make() -> None:
+        async with open_store(settings, clock=clock) as store:
+            await store.create_task(new_task("expired", ttl_s=50), max_unfinished=9)
+            await store.create_task(new_task("lost", owner="bob", lease_s=10), max_unfinished=9)
+            clock.now += 1
+            await store.create_task(new_task("done"), max_unfinished=9)
+            await store.finish_task("done", TaskStatus.COMPLETED, "ok", {"result": {}})
+            clock.now += 1
+            await store.create_task(new_task("live", lease_s=HOUR), max_unfinished=9)
+
+    trio.run(make)
+    reader = open_reader(settings)
+    assert [(t.id, t.status) for t in reader.tasks()] == [
+        ("live", TaskStatus.WORKING), ("done", TaskStatus.COMPLETED), ("lost", TaskStatus.FAILED)
+    ]  # fmt: skip
+    lost = reader.task("lost")
+    assert (lost.owner, lost.message) == ("bob", LEASE_LOST)
+    assert reader.task("done").outcome == {"result": {}}
+    for missing in ("expired", "no-such-task"):
+        with pytest.raises(TaskNotFound):
+            reader.task(missing)
 
 # -- SQLite backend only: its file, WAL, locks, worker threads, schema -------------------
 

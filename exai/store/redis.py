@@ -1,21 +1,24 @@
 """The Redis backend of the store (`redis://[:password@]host:port/db`, Redis 7+ or Valkey):
-conversation threads shared by every replica of a deployment.
+conversation threads and tasks shared by every replica of a deployment.
 
 Each thread is one hash `exai:thread:<uuid>` (`doc`: its JSON; `updated`: its last use;
 `version`: bumped by every write) with a Redis key expiry of EXAI_CONVERSATION_TTL_HOURS,
 refreshed by every use, so Redis itself frees what nobody uses; the sorted set `exai:threads`
 (thread id by last use) lists them. A thread is live while `updated` is within the TTL of the
 store's clock (the same rule as the SQLite backend, so a reader with another TTL sees the
-same threads).
+same threads). Tasks (exai.store.tasks) are hashes `exai:task:<id>` kept likewise until their
+own ttl, indexed by three sorted sets (see TASK_INDEX_KEY): the same records, statuses and rules
+as the SQLite backend's tasks table.
 
-Round trips: every operation is one Lua script (one EVALSHA), except `append`, which is two (read
-the thread with its version, then write it if that version is still current; a write from another
-replica in between makes it read again). The client is coredis on anyio (trio): a cancelled
+Round trips: every operation, of threads or tasks, is one Lua script (one EVALSHA), except
+`append`, which is two (read the thread with its version, then write it if that version is still
+current; a write from another replica in between makes it read again). The client is coredis on anyio (trio): a cancelled
 command leaves its connection usable (tests/test_redis.py checks exactly that).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import threading
@@ -24,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict
-from typing import Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import coredis
 import orjson
@@ -38,6 +41,15 @@ from exai.providers.catalog import PROVIDERS
 from exai.providers.ratelimit import RequestRateLimiter, SharedRequestRateLimiter
 from exai.store.deployment import Deployment, OpenCircuit, Replica
 from exai.store.holds import ThreadHolds
+from exai.store.tasks import (
+    NewTask,
+    TaskCursor,
+    TaskNotFound,
+    TaskRecord,
+    TaskStatus,
+    TooManyTasks,
+    lost_outcome,
+)
 from exai.store.threads import (
     Appended,
     StoreUnavailable,
@@ -343,6 +355,260 @@ class _Threads:
         return expired
 
 
+# Tasks (exai.store.tasks): each is the hash exai:task:<id> (the fields of _TASK_FIELDS, times as
+# the store's clock, `outcome` JSON) with a Redis key expiry of its ttl; the sorted sets
+# exai:tasks (id by created: pages, oldest first, ties by id as SQLite orders them),
+# exai:tasks:expiry (id by created + ttl: the sweep) and exai:tasks:working (a working task's id
+# by its lease end: the unfinished count, renewals, failing a runner's work) index them.
+TASK_INDEX_KEY: Final = f"{KEY_PREFIX}tasks"
+TASK_EXPIRY_KEY: Final = f"{KEY_PREFIX}tasks:expiry"
+TASK_WORKING_KEY: Final = f"{KEY_PREFIX}tasks:working"
+_TASK_KEYS: Final = [TASK_INDEX_KEY, TASK_EXPIRY_KEY, TASK_WORKING_KEY]
+_TASK_FIELDS: Final = (
+    "id", "owner", "tool", "status", "message", "created", "updated", "ttl_s", "runner", "lease_until", "outcome"
+)
+_TASK_GET: Final = "{" + ", ".join(f"'{f}'" for f in _TASK_FIELDS) + "}"
+
+# KEYS: index, expiry, working. ARGV: now, max unfinished, key expiry (whole seconds), key
+# prefix, id, expires, lease until, then the record's field/value pairs. -> 1 created, 0 too many.
+_CREATE_TASK: Final = """
+local now = tonumber(ARGV[1])
+local unfinished = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[1], '+inf')) do
+  local v = redis.call('HMGET', ARGV[4] .. id, 'status', 'expires')
+  if v[1] == 'working' and tonumber(v[2]) >= now then unfinished = unfinished + 1 end
+end
+if unfinished >= tonumber(ARGV[2]) then return 0 end
+local key = ARGV[4] .. ARGV[5]
+redis.call('HSET', key, 'expires', ARGV[6], unpack(ARGV, 8))
+redis.call('EXPIRE', key, ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
+return 1
+"""
+# KEYS: task. ARGV: now. -> the live task's fields, or false.
+_GET_TASK: Final = f"""
+local expires = redis.call('HGET', KEYS[1], 'expires')
+if not expires or tonumber(expires) < tonumber(ARGV[1]) then return false end
+return redis.call('HMGET', KEYS[1], unpack({_TASK_GET}))
+"""
+# KEYS: task, working. ARGV: now, id, status ("": only the message), message, outcome JSON.
+# A working task gets the message (and with a status, ends); a finished one keeps its own.
+# -> the record's fields as it stands after, or false (no live task).
+_CHANGE_TASK: Final = f"""
+local v = redis.call('HMGET', KEYS[1], 'status', 'expires')
+if not v[1] then return false end
+if v[1] == 'working' then
+  if ARGV[3] == '' then
+    redis.call('HSET', KEYS[1], 'message', ARGV[4], 'updated', ARGV[1])
+  elseif tonumber(v[2]) >= tonumber(ARGV[1]) then
+    redis.call('HSET', KEYS[1], 'status', ARGV[3], 'message', ARGV[4], 'outcome', ARGV[5], 'updated', ARGV[1])
+    redis.call('ZREM', KEYS[2], ARGV[2])
+  end
+end
+if tonumber(v[2]) < tonumber(ARGV[1]) then return false end
+return redis.call('HMGET', KEYS[1], unpack({_TASK_GET}))
+"""
+# KEYS: working. ARGV: now, key prefix, runner, lease until ("": fail them), message, outcome
+# JSON. -> how many of `runner`'s working tasks were renewed (or failed).
+_RUNNER_TASKS: Final = """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local key = ARGV[2] .. id
+  local v = redis.call('HMGET', key, 'status', 'runner')
+  if not v[1] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif v[1] == 'working' and v[2] == ARGV[3] then
+    n = n + 1
+    if ARGV[4] ~= '' then
+      redis.call('HSET', key, 'lease_until', ARGV[4])
+      redis.call('ZADD', KEYS[1], ARGV[4], id)
+    else
+      redis.call('HSET', key, 'status', 'failed', 'message', ARGV[5], 'outcome', ARGV[6], 'updated', ARGV[1])
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+end
+return n
+"""
+# KEYS: index. ARGV: now, key prefix, owner ("": anyone's), cursor created ("": none), cursor
+# id, limit (-1: all), "1" newest first. -> the records' fields, in order.
+_LIST_TASKS: Final = f"""
+local function later(a, b)  -- a sorts after b, byte by byte (as sorted sets and SQLite order)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[6])
+local ids
+if ARGV[7] == '1' then
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '-inf')
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[4] == '' and '-inf' or ARGV[4], '+inf', 'WITHSCORES')
+end
+local out = {{}}
+local step = ARGV[7] == '1' and 1 or 2
+for i = 1, #ids, step do
+  if limit >= 0 and #out >= limit then break end
+  local id = ids[i]
+  local skip = step == 2 and ARGV[4] ~= '' and tonumber(ids[i + 1]) == tonumber(ARGV[4]) and not later(id, ARGV[5])
+  if not skip then
+    local v = redis.call('HMGET', ARGV[2] .. id, 'owner', 'expires')
+    if v[1] and tonumber(v[2]) >= now and (ARGV[3] == '' or v[1] == ARGV[3]) then
+      table.insert(out, redis.call('HMGET', ARGV[2] .. id, unpack({_TASK_GET})))
+    end
+  end
+end
+return out
+"""
+# KEYS: index. ARGV: now, key prefix. -> {status, lease until} of every live task.
+_COUNT_TASKS: Final = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local v = redis.call('HMGET', ARGV[2] .. id, 'status', 'lease_until', 'expires')
+  if v[1] and tonumber(v[3]) >= tonumber(ARGV[1]) then table.insert(out, {v[1], v[2]}) end
+end
+return out
+"""
+# KEYS: index, expiry, working. ARGV: now, key prefix. -> how many expired tasks were deleted.
+_EXPIRE_TASKS: Final = """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+for _, id in ipairs(gone) do
+  redis.call('DEL', ARGV[2] .. id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[3], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+return #gone
+"""
+
+
+def _task_key(task_id: str) -> str:
+    return f"{KEY_PREFIX}task:{task_id}"
+
+
+def _task_record(fields: Sequence[str | None]) -> TaskRecord:
+    v = dict(zip(_TASK_FIELDS, fields, strict=True))
+    outcome = v["outcome"]
+    return TaskRecord(
+        id=str(v["id"]),
+        owner=str(v["owner"]),
+        tool=str(v["tool"]),
+        status=TaskStatus(str(v["status"])),
+        message=str(v["message"]),
+        created=float(str(v["created"])),
+        updated=float(str(v["updated"])),
+        ttl_s=float(str(v["ttl_s"])),
+        runner=str(v["runner"]),
+        lease_until=float(str(v["lease_until"])),
+        outcome=None if outcome is None else orjson.loads(outcome),
+    )
+
+
+def _json(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # what orjson refuses (an int beyond 64 bits): json's text
+        return json.dumps(value)
+
+
+class _Tasks:
+    """The task scripts on one client; every method one round trip. Errors are the client's."""
+
+    def __init__(self, client: coredis.Redis[str], *, clock: Callable[[], float]):
+        self.clock = clock
+        self._create = client.register_script(_CREATE_TASK)
+        self._get = client.register_script(_GET_TASK)
+        self._change = client.register_script(_CHANGE_TASK)
+        self._runner = client.register_script(_RUNNER_TASKS)
+        self._list = client.register_script(_LIST_TASKS)
+        self._count = client.register_script(_COUNT_TASKS)
+        self._expire = client.register_script(_EXPIRE_TASKS)
+
+    async def create(self, task: NewTask, max_unfinished: int) -> TaskRecord:
+        now = self.clock()
+        record = TaskRecord(
+            task.id, task.owner, task.tool, TaskStatus.WORKING, task.message,
+            now, now, task.ttl_s, task.runner, now + task.lease_s, None,
+        )  # fmt: skip
+        pairs = [
+            "id", task.id, "owner", task.owner, "tool", task.tool, "status", record.status.value,
+            "message", task.message, "created", repr(now), "updated", repr(now),
+            "ttl_s", repr(task.ttl_s), "runner", task.runner, "lease_until", repr(record.lease_until),
+            "outcome", "null",
+        ]  # fmt: skip
+        created: int = await self._create(
+            _TASK_KEYS,
+            [
+                repr(now), max_unfinished, max(1, math.ceil(task.ttl_s)), _task_key(""), task.id,
+                repr(record.expires), repr(record.lease_until), *pairs,
+            ],
+        )  # fmt: skip
+        if not created:
+            raise TooManyTasks(max_unfinished)
+        return record
+
+    async def get(self, task_id: str, owner: str | None) -> TaskRecord:
+        now = self.clock()
+        fields: list[str | None] | None = await self._get([_task_key(task_id)], [repr(now)])
+        if not fields or (owner is not None and fields[1] != owner):
+            raise TaskNotFound(task_id)
+        return _task_record(fields).as_read(now)
+
+    async def list(
+        self, owner: str | None, after: TaskCursor | None, limit: int, *, newest_first: bool = False
+    ) -> list[TaskRecord]:
+        now = self.clock()
+        cursor = ("", "") if after is None else (repr(after[0]), after[1])
+        rows: list[list[str | None]] = await self._list(
+            [TASK_INDEX_KEY],
+            [repr(now), _task_key(""), owner or "", *cursor, limit, "1" if newest_first else "0"],
+        )
+        return [_task_record(row).as_read(now) for row in rows]
+
+    async def update(self, task_id: str, message: str) -> None:
+        await self._change([_task_key(task_id), TASK_WORKING_KEY], [repr(self.clock()), task_id, "", message, ""])
+
+    async def finish(
+        self, task_id: str, status: TaskStatus, message: str, outcome: dict[str, Any] | None
+    ) -> TaskRecord:
+        now = self.clock()
+        fields: list[str | None] | None = await self._change(
+            [_task_key(task_id), TASK_WORKING_KEY], [repr(now), task_id, status.value, message, _json(outcome)]
+        )
+        if not fields:
+            raise TaskNotFound(task_id)
+        return _task_record(fields).as_read(now)
+
+    async def renew(self, runner: str, lease_s: float) -> int:
+        now = self.clock()
+        renewed: int = await self._runner([TASK_WORKING_KEY], [repr(now), _task_key(""), runner, repr(now + lease_s), "", ""])
+        return renewed
+
+    async def fail(self, runner: str, message: str) -> int:
+        args = [repr(self.clock()), _task_key(""), runner, "", message, _json(lost_outcome(message))]
+        failed: int = await self._runner([TASK_WORKING_KEY], args)
+        return failed
+
+    async def count(self) -> dict[TaskStatus, int]:
+        now = self.clock()
+        counts = dict.fromkeys(TaskStatus, 0)
+        rows: list[list[str]] = await self._count([TASK_INDEX_KEY], [repr(now), _task_key("")])
+        for status_text, lease_until in rows:
+            status = TaskStatus(status_text)
+            if status is TaskStatus.WORKING and float(lease_until) < now:
+                status = TaskStatus.FAILED
+            counts[status] += 1
+        return counts
+
+    async def expire(self) -> int:
+        expired: int = await self._expire(_TASK_KEYS, [repr(self.clock()), _task_key("")])
+        return expired
+
+
 def _unavailable(location: RedisLocation, exc: BaseException) -> StoreUnavailable:
     reason = str(exc) or type(exc).__name__
     return StoreUnavailable(f"the conversation store {location} is unavailable: {reason}")
@@ -353,9 +619,10 @@ class RedisStore:
     (a script runs whole); the client's connection stays usable. Built by `open_redis`."""
 
     def __init__(
-        self, threads: _Threads, leases: _Leases, location: RedisLocation, *, max_turns: int
+        self, threads: _Threads, tasks: _Tasks, leases: _Leases, location: RedisLocation, *, max_turns: int
     ):
         self._threads = threads
+        self._tasks = tasks
         self._leases = leases
         self._announce = threads.script(_ANNOUNCE)
         self._location = location
@@ -415,6 +682,40 @@ class RedisStore:
 
     async def expire(self) -> int:
         return await self._call(self._threads.expire())
+
+    # -- tasks: each call one script -----------------------------------------------------
+
+    async def create_task(self, task: NewTask, *, max_unfinished: int) -> TaskRecord:
+        """The unfinished count and the insert in one script: atomic across replicas."""
+        return await self._call(self._tasks.create(task, max_unfinished))
+
+    async def task(self, task_id: str, owner: str | None) -> TaskRecord:
+        return await self._call(self._tasks.get(task_id, owner))
+
+    async def tasks(
+        self, owner: str | None, *, after: TaskCursor | None = None, limit: int = 100
+    ) -> builtins.list[TaskRecord]:
+        return await self._call(self._tasks.list(owner, after, limit))
+
+    async def update_task(self, task_id: str, message: str) -> None:
+        await self._call(self._tasks.update(task_id, message))
+
+    async def finish_task(
+        self, task_id: str, status: TaskStatus, message: str, outcome: dict[str, Any] | None
+    ) -> TaskRecord:
+        return await self._call(self._tasks.finish(task_id, status, message, outcome))
+
+    async def renew_tasks(self, runner: str, lease_s: float) -> int:
+        return await self._call(self._tasks.renew(runner, lease_s))
+
+    async def fail_tasks(self, runner: str, message: str) -> int:
+        return await self._call(self._tasks.fail(runner, message))
+
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        return await self._call(self._tasks.count())
+
+    async def expire_tasks(self) -> int:
+        return await self._call(self._tasks.expire())
 
     def provider_slot(self, provider: str, ceiling: int) -> AbstractAsyncContextManager[None]:
         """A lease in `exai:slots:<provider>`: fewer than `ceiling` held in the deployment."""
@@ -495,7 +796,8 @@ async def open_redis(
             leases = _Leases(client, location, lease_s=lease_s)
             nursery.start_soon(leases.renew_forever)
             threads = _Threads(client, ttl_s=ttl_s, clock=clock)
-            yield RedisStore(threads, leases, location, max_turns=max_turns)
+            tasks = _Tasks(client, clock=clock)
+            yield RedisStore(threads, tasks, leases, location, max_turns=max_turns)
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The client's connection pool runs in a task group, which wraps whatever leaves this
@@ -520,19 +822,26 @@ class RedisReader:
         return str(self.location)
 
     def threads(self) -> list[Thread]:
-        return self._run(lambda threads: threads.list())
+        return self._run(lambda threads, _: threads.list())
 
     def thread(self, thread_id: str) -> Thread:
-        async def one(threads: _Threads) -> Thread:
-            thread, _ = await threads.read(thread_id, touch=False)
+        async def one(threads: _Threads, _: _Tasks) -> Thread:
+            thread, _version = await threads.read(thread_id, touch=False)
             return thread
 
         return self._run(one)
 
-    def _run(self, work: Callable[[_Threads], Awaitable[T]]) -> T:
+    def tasks(self) -> list[TaskRecord]:
+        return self._run(lambda _, tasks: tasks.list(None, None, -1, newest_first=True))
+
+    def task(self, task_id: str) -> TaskRecord:
+        return self._run(lambda _, tasks: tasks.get(task_id, None))
+
+    def _run(self, work: Callable[[_Threads, _Tasks], Awaitable[T]]) -> T:
         async def main() -> T:
             async with _client(self.location) as client:
-                return await work(_Threads(client, ttl_s=self.ttl_s, clock=time.time))
+                threads = _Threads(client, ttl_s=self.ttl_s, clock=time.time)
+                return await work(threads, _Tasks(client, clock=time.time))
 
         outcome: list[T] = []
         failure: list[BaseException] = []
