@@ -1201,14 +1201,16 @@ async def task_round(soak: Soak, client: ExaiClient, action: str, tag: str) -> s
         soak.tasks["completed"] += (await client.request("tasks/get", {"taskId": task_id}))["status"] == "completed"
         return "tool_error" if result.get("isError") else "ok"
     if action == "cancel":
-        task_id = await create_task(soak, client, tag, {"hang": True})
-        await trio.sleep(rng.uniform(0.05, 0.5))
-        try:
-            cancelled = await client.request("tasks/cancel", {"taskId": task_id})
-        except RpcError as exc:
-            if exc.code != -32602 or "terminal status" not in exc.message:
-                raise
-            # Refused while queued (overloaded): the task failed before the cancel came.
+        for attempt in range(5):  # under overload most hanging tasks fail before the cancel comes
+            task_id = await create_task(soak, client, f"{tag}-{attempt}", {"hang": True})
+            await trio.sleep(rng.uniform(0.05, 0.5))
+            try:
+                cancelled = await client.request("tasks/cancel", {"taskId": task_id})
+                break
+            except RpcError as exc:
+                if exc.code != -32602 or "terminal status" not in exc.message:
+                    raise
+        else:
             return "finished_before_cancel"
         soak.verify("tasks/cancel answers cancelled", cancelled["status"] == "cancelled", f"{tag}: {cancelled}")
         soak.tasks["cancelled"] += 1
