@@ -669,6 +669,55 @@ class Bench:
                 "p50_ms": ms(pct(gaps, 0.5)), "p99_ms": ms(pct(gaps, 0.99)), "max_ms": ms(max(gaps)),
                 "samples_ms": [ms(gap) for gap in gaps]}
 
+    async def tasks(self, n: int) -> dict[str, Any]:
+        """`n` legacy tasks (tools/call with params.task) created over WebSocket, each after a
+        plain tools/call of chat on the same connection (the creation answer's added latency over
+        that answer, round by round; and over a `version` call's, the cheapest tools/call answer,
+        with no work to wait for), then all polled to completion with tasks/get; the daemon's RSS after."""
+        await self.sim_config()
+        warmup = 20
+        added: list[float] = []
+        over_version: list[float] = []
+        gets: list[float] = []
+        ids: list[str] = []
+        async with connect(self.daemon_url) as client:
+            base = rss_kib(self.daemon_pid)
+            for i in range(warmup + n):
+                plain = await self.daemon_call(client)
+                started = trio.current_time()
+                await client.call_tool("version", {})
+                version = trio.current_time() - started
+                started = trio.current_time()
+                task = (await client.request("tools/call", {"name": "chat", "arguments": {"prompt": "benchmark"}, "task": {"ttl": 600_000}}))["task"]
+                created = trio.current_time() - started
+                if i >= warmup:
+                    added.append(created - plain)
+                    over_version.append(created - version)
+                    ids.append(task["taskId"])
+            statuses: dict[str, int] = {}
+            for task_id in ids:
+                while True:
+                    started = trio.current_time()
+                    got = await client.request("tasks/get", {"taskId": task_id})
+                    gets.append(trio.current_time() - started)
+                    if got["status"] != "working":
+                        statuses[got["status"]] = statuses.get(got["status"], 0) + 1
+                        break
+                    await trio.sleep(0.01)
+            after = rss_kib(self.daemon_pid)
+        return {
+            "tasks": n,
+            "statuses": statuses,
+            "created_added_p50_ms": ms(pct(added, 0.5)),
+            "created_added_p99_ms": ms(pct(added, 0.99)),
+            "created_over_version_p50_ms": ms(pct(over_version, 0.5)),
+            "get_p50_ms": ms(pct(gets, 0.5)),
+            "get_p99_ms": ms(pct(gets, 0.99)),
+            "gets": len(gets),
+            "rss_before_mib": round(base / 1024, 1),
+            "rss_after_mib": round(after / 1024, 1),
+        }
+
     async def memory(self, idle: int, inflight: int) -> dict[str, Any]:
         """RSS growth per idle connection and per in-flight call, each on a fresh daemon."""
         async with self.fresh_daemon() as daemon:
@@ -1038,6 +1087,7 @@ def plan_loads(bench: Bench, opts: argparse.Namespace, transports: list[str], fl
     for via in transports:
         add("disconnect_to_abort", via, partial(bench.disconnect_to_abort, int(50 * scale), via))
     add("memory", "ws", lambda: bench.memory(int(1000 * scale), int(1000 * scale)))
+    add("tasks", "ws", lambda: bench.tasks(int(1000 * scale)))
     add("monitor", "ws", lambda: monitor_bench(bench, scale))
     levels = CONCURRENCY if not opts.quick else [1, 8, 64]
     for via in transports:
@@ -1260,6 +1310,11 @@ TARGETS: list[tuple[str, str, str, str, Callable[[float], bool] | None]] = [
     ("throughput_modern", "over_http_calls_per_s", "modern HTTP calls/s over legacy HTTP, 64 in flight", ">= 0", lambda v: v >= 0),
     ("open_loop_300_per_s", "added_p50_ms", "300 calls/s open loop, 200 ms provider, added p50 (ms)", "<= 2", lambda v: v <= 2),
     ("open_loop_300_per_s", "added_p99_ms", "300 calls/s open loop, 200 ms provider, added p99 (ms)", "<= 5", lambda v: v <= 5),
+    ("tasks", "created_added_p50_ms", "task creation answer over a plain call's answer, p50 (ms)", "<= 1", lambda v: v <= 1),
+    ("tasks", "created_over_version_p50_ms", "task creation answer over a `version` call's, p50 (ms)", "-", None),
+    ("tasks", "get_p50_ms", "tasks/get p50, 1,000 tasks (ms)", "-", None),
+    ("tasks", "get_p99_ms", "tasks/get p99, 1,000 tasks (ms)", "-", None),
+    ("tasks", "rss_after_mib", "daemon RSS after 1,000 tasks (MiB)", "-", None),
     ("throughput", "calls_per_s", "64 in flight, zero-latency provider (calls/s)", ">= 1000", lambda v: v >= 1000),
     ("throughput", "healthz_p50_ms", "/healthz under saturation, p50 (ms)", "< 100", lambda v: v < 100),
     ("throughput", "healthz_max_ms", "/healthz under saturation, max (ms)", "< 100", lambda v: v < 100),

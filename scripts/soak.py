@@ -158,6 +158,7 @@ class Soak:
     repo: str = ""  # a git repository for precommit
     clink_pids: str = ""  # where each sleepy CLI run writes its pid and its child's
     clink: Counter[str] = field(default_factory=Counter)  # runs, left (see clink_checks)
+    tasks: Counter[str] = field(default_factory=Counter)  # created, cancelled, ... (see task_round)
     daemon_log: str = ""
 
     def check(self, name: str) -> Check:
@@ -1162,6 +1163,105 @@ async def modern_client(soak: Soak, number: int, stop_at: float) -> None:
                     return
 
 
+# -- task clients (contract 3d) --------------------------------------------------------------
+
+TASK_ACTIONS: Final = ["result", "cancel", "abandon", "poll_after_disconnect"]
+
+
+def task_prompt(tag: str, behaviour: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "chat", "arguments": {"prompt": f"soak task {tag}\n#sim {json.dumps(behaviour)}"}, "task": {"ttl": 60_000}}
+
+
+async def create_task(soak: Soak, client: ExaiClient, tag: str, behaviour: dict[str, Any]) -> str:
+    task = (await client.request("tools/call", task_prompt(tag, behaviour)))["task"]
+    soak.verify("a task is created working", task["status"] == "working", f"{tag}: {task}")
+    soak.tasks["created"] += 1
+    return str(task["taskId"])
+
+
+async def poll_task(client: ExaiClient, task_id: str) -> dict[str, Any]:
+    """tasks/get until the task is no longer working."""
+    while True:
+        got: dict[str, Any] = await client.request("tasks/get", {"taskId": task_id})
+        if got["status"] != "working":
+            return got
+        await trio.sleep(min(0.2, got.get("pollInterval", 200) / 1000))
+
+
+async def task_round(soak: Soak, client: ExaiClient, action: str, tag: str) -> str:
+    """One legacy task (tools/call with params.task): its result fetched, cancelled while it
+    hangs, abandoned (never asked about again), or polled from a new connection after the one
+    that created it died."""
+    rng = soak.rng
+    slow = {"chunks": rng.randint(2, 6), "chunk_delay_s": rng.uniform(0.05, 0.3)}
+    if action == "result":
+        task_id = await create_task(soak, client, tag, slow)
+        result = await client.request("tasks/result", {"taskId": task_id})
+        soak.tasks["result_fetched"] += 1
+        soak.tasks["completed"] += (await client.request("tasks/get", {"taskId": task_id}))["status"] == "completed"
+        return "tool_error" if result.get("isError") else "ok"
+    if action == "cancel":
+        for attempt in range(5):  # under overload most hanging tasks fail before the cancel comes
+            task_id = await create_task(soak, client, f"{tag}-{attempt}", {"hang": True})
+            await trio.sleep(rng.uniform(0.05, 0.5))
+            try:
+                cancelled = await client.request("tasks/cancel", {"taskId": task_id})
+                break
+            except RpcError as exc:
+                if exc.code != -32602 or "terminal status" not in exc.message:
+                    raise
+        else:
+            return "finished_before_cancel"
+        soak.verify("tasks/cancel answers cancelled", cancelled["status"] == "cancelled", f"{tag}: {cancelled}")
+        soak.tasks["cancelled"] += 1
+        return "cancelled"
+    if action == "abandon":
+        await create_task(soak, client, tag, slow)
+        soak.tasks["abandoned"] += 1
+        return "abandoned"
+    async with connect(soak.url, token=TOKEN, era="legacy") as own:
+        task_id = await create_task(soak, own, tag, slow)
+        await own.close_abruptly()
+    async with connect(soak.url, token=TOKEN, era="legacy") as again:
+        got = await poll_task(again, task_id)
+    soak.tasks["polled_after_disconnect"] += 1
+    soak.tasks["completed"] += got["status"] == "completed"
+    return str(got["status"])
+
+
+async def task_client(soak: Soak, number: int, stop_at: float) -> None:
+    calls = 0
+    while running(soak, stop_at):
+        try:
+            async with connect(soak.url, token=TOKEN, era="legacy") as client:
+                while running(soak, stop_at):
+                    action = soak.rng.choice(TASK_ACTIONS)
+                    calls += 1
+                    try:
+                        outcome = await task_round(soak, client, action, f"t{number}-{calls}")
+                    except (RpcError, ConnectionLost) as exc:
+                        outcome = failure(soak, f"task {action}", exc)
+                    soak.record(f"task_{action}", outcome)
+                    await trio.sleep(soak.rng.uniform(0, 0.3))
+                    if client.closed_reason is not None:
+                        soak.unexpected.append(f"task client {number} lost its connection: {client.closed_reason}")
+                        break
+        except (CannotConnect, ConnectionLost) as exc:
+            if not daemon_alive(soak):
+                return
+            soak.record("connect", classify(exc))
+            await trio.sleep(0.2)
+
+
+def check_tasks(soak: Soak, status: dict[str, Any]) -> None:
+    """No task working in /api/status without a live call: the calls of the daemon's tasks
+    (connection "tasks") are at least its working tasks, in one snapshot."""
+    working = len(status["tasks"]["running"])
+    calls = sum(1 for call in status["requests"] if call["connection"] == "tasks")
+    soak.max_seen["tasks_working"] = max(soak.max_seen["tasks_working"], working)
+    soak.verify("every working task has a live call", working <= calls, f"{working} working tasks, {calls} task calls")
+
+
 # -- Streamable HTTP fuzz client -------------------------------------------------------------------
 
 
@@ -1416,6 +1516,7 @@ async def sample(soak: Soak, http: httpx.AsyncClient) -> None:
     after = await sim_stats(soak, http)
     soak.samples += 1
     check_bounds(soak, status)
+    check_tasks(soak, status)
     ended_between = (after["requests_total"] - after["inflight"]) - (before["requests_total"] - before["inflight"])
     open_throughout = before["inflight"] - ended_between
     provider_inflight = sum(p["inflight"] for p in status["providers"].values())
@@ -1477,6 +1578,8 @@ async def final_checks(soak: Soak) -> dict[str, Any]:
                 settled = True
             suffix = f" (settled within {SETTLE_S:g} s)" if settled else f" (still so {SETTLE_S:g} s later)"
         soak.verify(f"at rest after {quiet_s(soak):g} s quiet", not problems, "; ".join(problems) + suffix)
+        tasks = status["tasks"]
+        soak.verify("no task working at rest", not tasks.get("working") and not tasks["running"], f"{tasks.get('working')} working: {tasks['running'][:3]}")
         await abandoned_checks(soak, http)
         await clink_checks(soak)
         metrics_text = (await http.get(soak.monitor_url + "/metrics", headers=soak.headers)).text
@@ -1601,6 +1704,8 @@ async def run(soak: Soak, workdir: str, log: Any, sim_log: Any) -> dict[str, Any
                     clients.start_soon(guarded, soak, http_fuzz_client, number, stop_at)
                 for number in range(args.modern_clients):
                     clients.start_soon(guarded, soak, modern_client, number, stop_at)
+                for number in range(args.task_clients):
+                    clients.start_soon(guarded, soak, task_client, number, stop_at)
                 # Clients stop starting work at stop_at; whatever is still running gets 15 s.
                 await trio.sleep_until(stop_at)
                 clients.cancel_scope.deadline = stop_at + 15
@@ -1693,6 +1798,7 @@ def report(soak: Soak, final: dict[str, Any], took: float) -> bool:
         + ", ".join(f"{k} {v}" for k, v in sorted(soak.http_fuzz_answers.items()))
     )
     print(f"clink: {soak.clink['runs']} runs of the CLI that never answers, cancelled or abandoned; {soak.clink['left']} processes left")
+    print("tasks (legacy, WebSocket): " + ", ".join(f"{name} {count}" for name, count in sorted(soak.tasks.items())))
     print("tool errors: " + "; ".join(f"{v}x {k}" for k, v in soak.tool_errors.most_common(4)))
     print("peaks: " + ", ".join(f"{k} {v}" for k, v in sorted(soak.max_seen.items())))
     print("circuit states (samples): " + ", ".join(f"{k} {v}" for k, v in sorted(soak.circuits.items())))
@@ -1745,6 +1851,7 @@ def summary(soak: Soak, ok: bool, took: float) -> dict[str, Any]:
                  "fuzz_answers": dict(soak.http_fuzz_answers)},
         "rss_kib": dict(soak.rss),
         "clink": dict(soak.clink),
+        "tasks": dict(soak.tasks),
     }
 
 
@@ -1756,6 +1863,7 @@ def main() -> int:
     parser.add_argument("--http-clients", type=int, default=6, help="well-behaved Streamable HTTP clients (default 6)")
     parser.add_argument("--http-fuzz-clients", type=int, default=1, help="HTTP clients sending bad requests (default 1)")
     parser.add_argument("--modern-clients", type=int, default=3, help="modern (2026-07-28) HTTP clients (default 3)")
+    parser.add_argument("--task-clients", type=int, default=2, help="legacy task clients over WebSocket (default 2)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: from the time)")
     parser.add_argument(
         "--avoid-known-crashers",

@@ -44,3 +44,9 @@ async def test_a_60_second_chaos_soak_holds_every_invariant(tmp_path: Path) -> N
     assert sessions.get("modern_closed", 0) > 0 and modern["modern_bad_headers"]
     # clink's CLI that never answers ran, was cancelled or abandoned, and left no process.
     assert soak["clink"]["runs"] > 0 and soak["clink"]["left"] == 0 and ws["by_action"]["clink"]
+    # Legacy tasks were created and completed, cancelled, abandoned, and polled from a new
+    # connection after the one that created them died; none was left working.
+    tasks = soak["tasks"]
+    for count in ("created", "completed", "result_fetched", "cancelled", "abandoned", "polled_after_disconnect"):
+        assert tasks.get(count, 0) > 0, tasks
+    assert soak["checks"]["every working task has a live call"]["ok"] and soak["checks"]["no task working at rest"]["ok"]
